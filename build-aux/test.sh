@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Second command of the README: installs what the tests need and runs every
+# check — formatting, clippy, all tests (as root *and* as an unprivileged
+# user when started as root), the data validators and the GUI smoke test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TERM_COLOR=never
+ARTIFACTS_DIR=${ARTIFACTS_DIR:-$ROOT/test-artifacts}
+mkdir -p "$ARTIFACTS_DIR"
+export ARTIFACTS_DIR
+
+step() { printf '\n==> %s\n' "$*"; }
+FAILED=()
+PASSED=()
+check() { # name, command...
+  local name=$1; shift
+  step "$name"
+  if "$@"; then PASSED+=("$name"); else FAILED+=("$name"); echo "FAILED: $name"; fi
+}
+
+bash build-aux/deps.sh test
+
+check "cargo fmt --check" cargo fmt --check
+check "cargo clippy" cargo clippy --all-targets -- -D warnings
+step "build"
+cargo build --all-targets
+AIRLOCK_BIN=$ROOT/target/debug/airlock
+export AIRLOCK_BIN
+
+check "tests as $(id -un)" cargo test --no-fail-fast
+
+if [ "$(id -u)" -eq 0 ]; then
+  # Our users are not root: every test runs again as an unprivileged user.
+  TEST_USER=airlock-test
+  id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+  USER_DIR=$(mktemp -d /tmp/airlock-usertest.XXXXXX)
+  chmod 755 "$USER_DIR"
+  mapfile -t EXES < <(cargo test --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    try: m=json.loads(l)
+    except Exception: continue
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m.get("profile",{}).get("test"):
+        print(m["executable"])')
+  # The checkout may sit below a folder the test user cannot enter: run
+  # copies of the binaries from a folder it can.
+  cp "$AIRLOCK_BIN" "$USER_DIR/airlock"
+  for e in "${EXES[@]}"; do cp "$e" "$USER_DIR/"; done
+  chmod -R a+rX "$USER_DIR"
+  run_as_user() {
+    local rc=0
+    for e in "${EXES[@]}"; do
+      local b; b=$(basename "$e")
+      local home; home=$(mktemp -d /tmp/airlock-userhome.XXXXXX)
+      chown "$TEST_USER:" "$home"
+      echo "--- $b (as $TEST_USER)"
+      (cd "$USER_DIR" && runuser -u "$TEST_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin \
+        HOME="$home" USER="$TEST_USER" LANG=C.UTF-8 AIRLOCK_BIN="$USER_DIR/airlock" \
+        AIRLOCK_SRC="$ROOT" RUST_BACKTRACE=1 "$USER_DIR/$b" --test-threads=2) || rc=1
+      rm -rf "$home"
+    done
+    return $rc
+  }
+  check "tests as $TEST_USER" run_as_user
+  rm -rf "$USER_DIR"
+fi
+
+if [ -x build-aux/validate-data.sh ]; then
+  check "data validators" bash build-aux/validate-data.sh
+fi
+if [ -x build-aux/gui-smoke.sh ]; then
+  check "GUI smoke test" bash build-aux/gui-smoke.sh "$AIRLOCK_BIN"
+fi
+
+echo
+echo "== summary"
+for p in "${PASSED[@]}"; do echo "  ok      $p"; done
+for f in "${FAILED[@]+"${FAILED[@]}"}"; do echo "  FAILED  $f"; done
+echo "checks: ${#PASSED[@]} passed, ${#FAILED[@]} failed"
+[ ${#FAILED[@]} -eq 0 ]

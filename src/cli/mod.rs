@@ -1,0 +1,80 @@
+//! The `airlock` command line (clap). Each subcommand lives in its own file;
+//! this one only parses and dispatches. `airlock` with no subcommand opens
+//! the window.
+
+pub mod doctor;
+pub mod log;
+pub mod review;
+pub mod run;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "airlock",
+    version,
+    about = "Run AI agents on your files in a sandbox, and review every change before it lands",
+    long_about = None
+)]
+pub struct Cli {
+    /// Say more about what is enforced and how.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a new sandbox.
+    Run(Box<run::RunArgs>),
+    /// Check what this machine lets Airlock enforce.
+    Doctor(doctor::DoctorArgs),
+    /// Show the audit log: tasks, denials, network flows, commits.
+    Log(log::LogArgs),
+    /// List the changes a finished task made, with risk flags.
+    Changes(review::ChangesArgs),
+    /// Show a task's changes as diffs.
+    Diff(review::DiffArgs),
+    /// Copy approved changes into your folders (all, some files, some hunks).
+    Commit(review::CommitArgs),
+    /// Discard a task's changes.
+    Reject(review::TaskArg),
+    /// Put back what the last commit of a task replaced.
+    Undo(review::TaskArg),
+    /// Run one probe of `airlock doctor` in this fresh process (internal).
+    #[command(name = crate::doctor::PROBE_SUBCOMMAND, hide = true)]
+    Probe(doctor::ProbeArgs),
+}
+
+fn init_tracing(verbose: bool) {
+    let default = if verbose { "airlock=debug" } else { "airlock=warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Entry point of the `airlock` binary after the helper dispatch.
+pub fn main() -> ExitCode {
+    crate::i18n::init();
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match cli.command {
+        Some(Command::Run(args)) => run::main(*args, cli.verbose),
+        Some(Command::Doctor(args)) => doctor::main(args, cli.verbose),
+        Some(Command::Log(args)) => log::main(args),
+        Some(Command::Changes(args)) => review::changes(args),
+        Some(Command::Diff(args)) => review::diff(args),
+        Some(Command::Commit(args)) => review::commit(args),
+        Some(Command::Reject(args)) => review::reject(args),
+        Some(Command::Undo(args)) => review::undo(args),
+        // Single-threaded here: nothing above starts a thread.
+        Some(Command::Probe(args)) => doctor::probe_main(args),
+        None => crate::ui::run(),
+    }
+}

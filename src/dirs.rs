@@ -1,0 +1,86 @@
+//! Where Airlock keeps its state, following the XDG base directory spec, and
+//! the one safe way we write small files.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+                .unwrap_or_else(|| PathBuf::from("/"))
+        })
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        // The spec says relative values are invalid and must be ignored.
+        Some(v) if Path::new(&v).is_absolute() => PathBuf::from(v),
+        _ => home().join(fallback),
+    }
+}
+
+/// The user's home folder.
+pub fn home_dir() -> PathBuf {
+    home()
+}
+
+/// `$XDG_STATE_HOME/airlock`: task folders and their pending changes.
+pub fn state_dir() -> PathBuf {
+    xdg("XDG_STATE_HOME", ".local/state").join("airlock")
+}
+
+/// `$XDG_STATE_HOME/airlock/tasks`.
+pub fn tasks_dir() -> PathBuf {
+    state_dir().join("tasks")
+}
+
+/// `$XDG_DATA_HOME/airlock`: the audit database.
+pub fn data_dir() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share").join("airlock")
+}
+
+/// `$XDG_CONFIG_HOME/airlock`: agent profiles.
+pub fn config_dir() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("airlock")
+}
+
+/// Creates `path` and its parents with mode 0700 for the new ones.
+pub fn create_private_dir(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Writes `data` to `path` so that a reader sees the old or the new content,
+/// never a mix: a temporary beside it, fsync, rename, fsync of the folder.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,249 @@
+//! The policy model: what one task may see, write, reach and use. Built from
+//! command-line options, agent profiles (TOML) or D-Bus requests; consumed by
+//! the supervisor and turned into a sandbox by `sandbox`.
+
+pub mod oci;
+pub mod size;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use size::{format_size, parse_size};
+
+use crate::Error;
+
+/// How a granted folder is visible inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// A read-only bind of the real folder.
+    Ro,
+    /// An overlay over the real folder: writes go to the task's upper layer
+    /// and reach the real folder only through review and commit.
+    Rw,
+}
+
+/// One folder (or file) the user granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub path: PathBuf,
+    pub access: Access,
+}
+
+impl Grant {
+    /// Parses `PATH[:ro|:rw]` as given to `--grant`. A path that itself ends
+    /// in `:ro`/`:rw` can be given as `PATH:ro:rw`... the last suffix wins.
+    pub fn parse(spec: &str) -> Result<Grant, Error> {
+        let (path, access) = if let Some(p) = spec.strip_suffix(":rw") {
+            (p, Access::Rw)
+        } else if let Some(p) = spec.strip_suffix(":ro") {
+            (p, Access::Ro)
+        } else {
+            (spec, Access::Ro)
+        };
+        if path.is_empty() {
+            return Err(Error::Invalid(format!(
+                "--grant {spec:?}: the path is empty"
+            )));
+        }
+        Ok(Grant {
+            path: PathBuf::from(path),
+            access,
+        })
+    }
+}
+
+/// The network mode of a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetMode {
+    /// Loopback only; no proxy exists.
+    #[default]
+    None,
+    /// Only the hosts of the allow-list are reachable, through the proxy.
+    Allow,
+    /// Like `Allow`, and unknown hosts are held while the user is asked.
+    Ask,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetPolicy {
+    #[serde(default)]
+    pub mode: NetMode,
+    /// `HOST[:PORT]`, `*.example.com`, an IP literal or a CIDR.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Seconds a held connection waits for an answer before it is denied.
+    #[serde(default = "default_consent_timeout")]
+    pub consent_timeout_secs: u64,
+}
+
+fn default_consent_timeout() -> u64 {
+    60
+}
+
+/// How much the monitor reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchLevel {
+    /// Only blocked syscalls and accesses outside the grants.
+    #[default]
+    Denials,
+    /// Every file access, for forensic runs.
+    All,
+}
+
+/// Resource limits. `None` means "no limit" only where the field allows it;
+/// [`Limits::default`] is what keeps a desktop responsive when an agent
+/// misbehaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Memory of the whole task in bytes (per process under rlimits).
+    pub memory: u64,
+    /// Processes and threads of the task.
+    pub pids: u64,
+    /// Share of one CPU core (1.0 = one full core).
+    pub cpu: f64,
+    /// Open files per process.
+    pub nofile: u64,
+    /// Size of the task's `/tmp`.
+    pub tmp_size: u64,
+    /// Wall-clock time in seconds; 0 = no limit.
+    pub timeout_secs: u64,
+    /// Bytes the task may write into its read-write grants.
+    pub max_upper: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 4 << 30,
+            pids: 512,
+            cpu: 1.0,
+            nofile: 4096,
+            tmp_size: 1 << 30,
+            timeout_secs: 0,
+            max_upper: 8 << 30,
+        }
+    }
+}
+
+/// Which seccomp profile the sandbox installs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompChoice {
+    /// Airlock's own default profile.
+    #[default]
+    Default,
+    /// A Docker/OCI JSON profile, imported instead of the default.
+    OciFile(PathBuf),
+}
+
+/// Everything a task may do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Policy {
+    pub grants: Vec<Grant>,
+    /// Paths never visible, on top of [`always_denied`].
+    pub deny: Vec<PathBuf>,
+    pub net: NetPolicy,
+    pub limits: Limits,
+    pub watch: WatchLevel,
+    /// Extra environment variables (`--env K=V`).
+    pub env: Vec<(String, String)>,
+    /// Fail instead of running with a weaker Landlock than the kernel's best.
+    pub require_landlock: bool,
+    pub seccomp: SeccompChoice,
+    /// Name of the agent whose persistent home folder is mounted as `$HOME`.
+    pub persistent_home: Option<String>,
+    /// Give the task its own pseudo-terminal.
+    pub tty: bool,
+}
+
+/// Paths relative to `$HOME` that no task ever sees, even inside a grant:
+/// keys, credentials, keyrings and browser profiles.
+pub const ALWAYS_DENIED_IN_HOME: &[&str] = &[
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".azure",
+    ".config/gcloud",
+    ".kube",
+    ".docker",
+    ".netrc",
+    ".git-credentials",
+    ".pgpass",
+    ".npmrc",
+    ".pypirc",
+    ".cargo/credentials",
+    ".cargo/credentials.toml",
+    ".password-store",
+    ".local/share/keyrings",
+    ".local/share/kwalletd",
+    ".config/keepassxc",
+    ".mozilla",
+    ".thunderbird",
+    ".config/google-chrome",
+    ".config/chromium",
+    ".config/BraveSoftware",
+    ".config/microsoft-edge",
+    ".config/vivaldi",
+    ".config/opera",
+    ".var/app/org.mozilla.firefox",
+    ".var/app/com.google.Chrome",
+    ".config/Signal",
+    ".config/Slack",
+    ".local/share/TelegramDesktop",
+    ".config/gh",
+    ".config/hub",
+    ".config/Bitwarden",
+    ".config/1Password",
+    ".vault-token",
+    ".terraform.d/credentials.tfrc.json",
+    ".config/rclone",
+    ".bash_history",
+    ".zsh_history",
+    ".python_history",
+    ".local/share/recently-used.xbel",
+];
+
+/// The absolute always-denied paths for the user whose home is `home`.
+pub fn always_denied(home: &Path) -> Vec<PathBuf> {
+    ALWAYS_DENIED_IN_HOME.iter().map(|p| home.join(p)).collect()
+}
+
+impl Policy {
+    /// Every path that must be hidden: the built-in list plus `--deny`.
+    pub fn denied_paths(&self, home: &Path) -> Vec<PathBuf> {
+        let mut v = always_denied(home);
+        v.extend(self.deny.iter().cloned());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_suffixes() {
+        assert_eq!(Grant::parse("/a").unwrap().access, Access::Ro);
+        assert_eq!(Grant::parse("/a:rw").unwrap().access, Access::Rw);
+        assert_eq!(Grant::parse("/a:ro").unwrap().path, PathBuf::from("/a"));
+        assert_eq!(Grant::parse("/a:b:rw").unwrap().path, PathBuf::from("/a:b"));
+        assert!(Grant::parse(":rw").is_err());
+    }
+
+    #[test]
+    fn denied_includes_ssh_and_user_paths() {
+        let p = Policy {
+            deny: vec![PathBuf::from("/srv/secret")],
+            ..Policy::default()
+        };
+        let d = p.denied_paths(Path::new("/home/u"));
+        assert!(d.contains(&PathBuf::from("/home/u/.ssh")));
+        assert!(d.contains(&PathBuf::from("/srv/secret")));
+    }
+}

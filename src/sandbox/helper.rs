@@ -1,0 +1,411 @@
+//! The helper process: a fresh exec of our own binary, single-threaded, that
+//! builds the sandbox in the order the kernel needs and `exec`s the agent.
+//!
+//! ```text
+//! supervisor ── spawns ──▶ helper (outside; writes the id maps, forwards signals)
+//!                            └─ clone(new user, mount, pid, net, ipc, uts, cgroup ns)
+//!                                 ▶ PID 1 (mounts, pivot_root; then reaps and forwards)
+//!                                      └─ fork ▶ agent (limits, no_new_privs, Landlock,
+//!                                                 capabilities dropped, seccomp, exec)
+//! ```
+//! The control socket (fd 3) carries the spec in and [`HelperMsg`]s out.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use super::spec::{HelperMsg, SandboxSpec};
+use super::{landlock, limits, mounts, seccomp, sys};
+use crate::event::Enforced;
+
+/// The control socket's descriptor number in the helper.
+pub const CONTROL_FD: RawFd = 3;
+
+/// Exit status of the helper when the sandbox could not be built.
+pub const SETUP_FAILED: i32 = 125;
+
+struct Control {
+    sock: UnixStream,
+}
+
+impl Control {
+    fn send(&mut self, msg: &HelperMsg) {
+        if let Ok(mut line) = serde_json::to_vec(msg) {
+            line.push(b'\n');
+            // The supervisor may be gone; the parent-death signal ends us then.
+            let _ = self.sock.write_all(&line);
+        }
+    }
+
+    fn fail(&mut self, stage: &str, message: impl std::fmt::Display) -> ! {
+        self.send(&HelperMsg::Error {
+            stage: stage.to_string(),
+            message: message.to_string(),
+        });
+        // SAFETY: _exit skips destructors and atexit handlers of a forked child.
+        unsafe { libc::_exit(SETUP_FAILED) }
+    }
+}
+
+/// Entry point of `airlock __sandbox-helper`.
+pub fn main() -> ! {
+    // SAFETY: fd 3 was placed there by the supervisor for us alone.
+    let sock = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+    let mut ctl = Control { sock };
+    let spec: SandboxSpec = {
+        let mut reader = BufReader::new(&ctl.sock);
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 => match serde_json::from_str(&line) {
+                Ok(s) => s,
+                Err(e) => ctl.fail("read plan", e),
+            },
+            _ => ctl.fail("read plan", "the supervisor sent no sandbox plan"),
+        }
+    };
+    // The helper dies with the supervisor thread that started it.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+
+    let (go_r, go_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => ctl.fail("create pipe", e),
+    };
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP;
+    let outer_uid = nix::unistd::geteuid().as_raw();
+    let outer_gid = nix::unistd::getegid().as_raw();
+    // SAFETY: the helper is single-threaded.
+    let pid = match unsafe { sys::clone_fork(flags) } {
+        Ok(p) => p,
+        Err(e) => ctl.fail(
+            "create namespaces",
+            format!("{e} (are unprivileged user namespaces allowed? run `airlock doctor`)"),
+        ),
+    };
+    if pid == 0 {
+        drop(go_w);
+        // Wait until the outside has written our id maps.
+        let mut b = [0u8; 1];
+        if nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&go_r), &mut b) != Ok(1) {
+            // SAFETY: as above.
+            unsafe { libc::_exit(SETUP_FAILED) }
+        }
+        drop(go_r);
+        pid1(spec, ctl);
+    }
+    drop(go_r);
+    if let Err(e) = write_id_maps(pid, &spec, outer_uid, outer_gid) {
+        // SAFETY: killing our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        ctl.fail("map user ids", e);
+    }
+    ctl.send(&HelperMsg::Started { pid1: pid as u32 });
+    if nix::unistd::write(&go_w, b"g").is_err() {
+        ctl.fail("start sandbox", "PID 1 of the sandbox vanished");
+    }
+    drop(go_w);
+    drop(ctl);
+    forward_signals_to(pid);
+    let status = wait_for(pid);
+    std::process::exit(status)
+}
+
+fn write_id_maps(pid: libc::pid_t, spec: &SandboxSpec, uid: u32, gid: u32) -> std::io::Result<()> {
+    let base = PathBuf::from(format!("/proc/{pid}"));
+    if spec.outer_root {
+        // Root keeps uid 0 for building the mounts (files it creates in our
+        // tmpfs must be owned by a mapped id) and maps the agent's
+        // unprivileged id; the agent drops to it before exec.
+        let u = spec.user.uid;
+        let g = spec.user.gid;
+        std::fs::write(base.join("uid_map"), format!("0 0 1\n{u} {u} 1\n"))?;
+        std::fs::write(base.join("gid_map"), format!("0 0 1\n{g} {g} 1\n"))?;
+    } else {
+        std::fs::write(base.join("setgroups"), "deny")?;
+        std::fs::write(base.join("uid_map"), format!("{uid} {uid} 1\n"))?;
+        std::fs::write(base.join("gid_map"), format!("{gid} {gid} 1\n"))?;
+    }
+    Ok(())
+}
+
+/// The pid signals are forwarded to (PID 1 from the helper, the agent from PID 1).
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+fn forward_signals_to(pid: libc::pid_t) {
+    FORWARD_TO.store(pid, Ordering::Relaxed);
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ] {
+        // SAFETY: installing a handler that only calls kill().
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = forward as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Waits for `pid`, reaping any other child on the way; returns the
+/// shell-style status (code, or 128 + signal).
+fn wait_for(pid: libc::pid_t) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own children.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return SETUP_FAILED;
+        }
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            if libc::WIFSIGNALED(status) {
+                return 128 + libc::WTERMSIG(status);
+            }
+        }
+    }
+}
+
+/// PID 1 of the sandbox.
+fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
+    // SAFETY: prctl with integer arguments; PID 1 dies with the helper.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    if let Err(e) = mounts::build_root(&spec) {
+        ctl.fail(&e.stage, e.message);
+    }
+    if let Err(e) = nix::unistd::sethostname(&spec.hostname) {
+        ctl.fail("set host name", e);
+    }
+    if let Err(e) = sys::loopback_up() {
+        ctl.fail("bring up loopback", e);
+    }
+    // Nobody inside may read or write PID 1's memory through /proc.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+
+    // SAFETY: PID 1 is single-threaded.
+    let agent = match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => agent(&spec, ctl),
+        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+        Err(e) => ctl.fail("start agent", e),
+    };
+    drop(ctl);
+    // PID 1 needs no privilege to reap and forward.
+    let _ = sys::drop_bounding_and_ambient();
+    let _ = sys::clear_capabilities();
+    forward_signals_to(agent);
+    // When the agent ends, PID 1 ends, and the kernel kills every process
+    // left in the namespace: a daemonised child cannot outlive the task.
+    let status = wait_for(agent);
+    // SAFETY: _exit in a forked process.
+    unsafe { libc::_exit(status) }
+}
+
+/// The agent's last steps before `exec`, most powerful first.
+fn agent(spec: &SandboxSpec, mut ctl: Control) -> ! {
+    // Handlers installed by PID 1 must not leak into the agent.
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ] {
+        // SAFETY: restoring default dispositions.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+    // A new session: no controlling terminal, so TIOCSTI has nothing to push into.
+    if let Err(e) = nix::unistd::setsid() {
+        ctl.fail("new session", e);
+    }
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+
+    let mut layers: Vec<Enforced> = Vec::new();
+    fn enforced(what: &str, value: String, mechanism: &str, note: Option<String>) -> Enforced {
+        Enforced {
+            what: what.into(),
+            value,
+            mechanism: mechanism.into(),
+            note,
+        }
+    }
+
+    if let Err(e) = sys::drop_bounding_and_ambient() {
+        ctl.fail("drop capabilities", e);
+    }
+    if spec.outer_root {
+        let (u, g) = (spec.user.uid, spec.user.gid);
+        // SAFETY: plain credential syscalls.
+        let ok = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(g, g, g) == 0
+                && libc::setresuid(u, u, u) == 0
+        };
+        if !ok {
+            ctl.fail("drop to unprivileged user", std::io::Error::last_os_error());
+        }
+    }
+    for l in limits::apply_rlimits(&spec.limits) {
+        match l {
+            Ok(e) => layers.push(e),
+            Err(e) => ctl.fail("set resource limits", e),
+        }
+    }
+    let cwd = if spec.cwd.is_dir() {
+        spec.cwd.clone()
+    } else {
+        spec.user.home.clone()
+    };
+    if let Err(e) = nix::unistd::chdir(&cwd) {
+        ctl.fail("enter working folder", format!("{}: {e}", cwd.display()));
+    }
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        ctl.fail("no_new_privs", std::io::Error::last_os_error());
+    }
+    layers.push(enforced("no_new_privs", "on".into(), "kernel", None));
+    match landlock::restrict(spec, &[]) {
+        Ok(o) => layers.push(enforced(
+            "landlock",
+            format!("ABI {}", o.kernel_abi),
+            if o.status == "not enforced" {
+                "not-enforced"
+            } else {
+                "kernel"
+            },
+            (o.status != "fully enforced")
+                .then(|| format!("Landlock is {} on this kernel", o.status)),
+        )),
+        Err(e) => ctl.fail("Landlock", e),
+    }
+    if let Err(e) = sys::clear_capabilities() {
+        ctl.fail("drop capabilities", e);
+    }
+    layers.push(enforced("capabilities", "none".into(), "kernel", None));
+    let compiled = match seccomp::compile(&spec.seccomp) {
+        Ok(c) => c,
+        Err(e) => ctl.fail("seccomp", e),
+    };
+    layers.push(enforced(
+        "seccomp",
+        format!(
+            "{} ({} filters)",
+            spec.seccomp.name,
+            compiled.programs.len()
+        ),
+        "kernel",
+        (!compiled.unknown_names.is_empty()).then(|| {
+            format!(
+                "not on this architecture: {}",
+                compiled.unknown_names.join(", ")
+            )
+        }),
+    ));
+    for (what, value) in [
+        ("namespaces", "user, mount, pid, net, ipc, uts, cgroup"),
+        ("network", "loopback only"),
+    ] {
+        layers.push(enforced(what, value.into(), "kernel", None));
+    }
+    let program = match resolve_program(&spec.argv[0], &spec.env) {
+        Some(p) => p,
+        None => {
+            ctl.send(&HelperMsg::Error {
+                stage: "run command".into(),
+                message: format!("{}: command not found in the sandbox", spec.argv[0]),
+            });
+            // SAFETY: _exit in a forked process; 127 as a shell would.
+            unsafe { libc::_exit(127) }
+        }
+    };
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
+    let Ok(prog) = CString::new(program.as_os_str().as_bytes()) else {
+        ctl.fail("run command", "the command contains a NUL byte");
+    };
+    ctl.send(&HelperMsg::Enforced { layers });
+    // Every descriptor beyond stdio, the control socket included, is closed
+    // by exec; until then we can still report a failed exec.
+    if let Err(e) = sys::cloexec_from(3) {
+        ctl.fail("close descriptors", e);
+    }
+    if let Err(e) = seccomp::install(&compiled) {
+        ctl.fail("seccomp", e);
+    }
+    let err = match nix::unistd::execve(&prog, &argv, &envp) {
+        Err(e) => e,
+        Ok(i) => match i {},
+    };
+    let code = if err == nix::errno::Errno::ENOENT {
+        127
+    } else {
+        126
+    };
+    ctl.send(&HelperMsg::Error {
+        stage: "run command".into(),
+        message: format!("{}: {err}", program.display()),
+    });
+    // SAFETY: _exit in a forked process.
+    unsafe { libc::_exit(code) }
+}
+
+/// Finds `cmd` on the sandbox's `PATH` (not ours: the agent's environment
+/// decides), as execvp would.
+fn resolve_program(cmd: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    if cmd.contains('/') {
+        return Some(PathBuf::from(cmd));
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| {
+            let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
+                return false;
+            };
+            // SAFETY: access(2) on a NUL-terminated path.
+            unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+        })
+}

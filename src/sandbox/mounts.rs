@@ -1,0 +1,464 @@
+//! The sandbox's file system, built in the helper's new mount namespace as
+//! one linear story (as bubblewrap does): a tmpfs root, the read-only system,
+//! a generated `/etc`, fresh `/proc`, minimal `/dev`, `/tmp`, `$HOME`, the
+//! grants (overlays for read-write ones), the hidden paths, then
+//! `pivot_root` and the old root detached.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::spec::SandboxSpec;
+use super::sys::{
+    bind_with_attrs, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+};
+
+/// A failed step: what we were doing, and on which path.
+#[derive(Debug)]
+pub struct StepError {
+    pub stage: String,
+    pub message: String,
+}
+
+fn fail(stage: &str, path: &Path, e: impl std::fmt::Display) -> StepError {
+    StepError {
+        stage: stage.to_string(),
+        message: format!("{}: {e}", path.display()),
+    }
+}
+
+/// The system folders bound read-only from the host (or re-created as the
+/// same symlinks, as on merged-/usr systems).
+const SYSTEM: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Harmless host files and folders the sandbox's `/etc` borrows read-only:
+/// the dynamic linker's cache, CA certificates, alternatives, time zone,
+/// protocol tables, shell defaults. Nothing with secrets or identities.
+const ETC_BORROWED: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "alternatives",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "pki",
+    "crypto-policies",
+    "localtime",
+    "timezone",
+    "protocols",
+    "services",
+    "mime.types",
+    "locale.alias",
+    "locale.conf",
+    "bash.bashrc",
+    "profile",
+    "inputrc",
+    "os-release",
+    "debian_version",
+    "lsb-release",
+    "python3",
+    "magic",
+    "magic.mime",
+];
+
+/// `/proc` files that leak the host kernel's state: masked as Docker does.
+const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "kallsyms",
+    "kmsg",
+    "kpagecount",
+    "kpageflags",
+    "kpagecgroup",
+    "sysrq-trigger",
+    "config.gz",
+];
+const PROC_MASKED_DIRS: &[&str] = &["acpi", "scsi", "firmware", "asound", "driver"];
+const PROC_READ_ONLY: &[&str] = &["sys", "irq", "bus", "fs"];
+
+/// Device nodes bound from the host; everything else in `/dev` is absent.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// `root` + an absolute `path`.
+pub fn under(root: &Path, path: &Path) -> PathBuf {
+    let mut out = root.to_path_buf();
+    for c in path.components() {
+        if let Component::Normal(n) = c {
+            out.push(n);
+        }
+    }
+    out
+}
+
+fn mkdir_p(p: &Path, mode: u32) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(mode).create(p)
+}
+
+fn tmpfs(target: &Path, flags: MsFlags, opts: &str) -> Result<(), StepError> {
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(opts))
+        .map_err(|e| fail("mount tmpfs", target, e))
+}
+
+fn ro_bind(src: &Path, dst: &Path) -> Result<(), StepError> {
+    bind_with_attrs(
+        src,
+        dst,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )
+    .map_err(|e| fail("read-only bind", src, e))
+}
+
+/// Creates an empty file or folder at `dst` to mount `src` onto.
+fn mountpoint_like(src: &Path, dst: &Path) -> Result<(), StepError> {
+    let meta = fs::metadata(src).map_err(|e| fail("inspect", src, e))?;
+    if let Some(parent) = dst.parent() {
+        mkdir_p(parent, 0o755).map_err(|e| fail("create mount point", parent, e))?;
+    }
+    if meta.is_dir() {
+        mkdir_p(dst, 0o755).map_err(|e| fail("create mount point", dst, e))
+    } else if dst.symlink_metadata().is_err() {
+        fs::File::create(dst)
+            .map(|_| ())
+            .map_err(|e| fail("create mount point", dst, e))
+    } else {
+        Ok(())
+    }
+}
+
+/// One mount of the user's area (tmp, home, grants), applied parents first.
+enum Item<'a> {
+    Tmp,
+    Home,
+    Ro(&'a Path),
+    Rw(&'a super::spec::RwMount),
+}
+
+impl Item<'_> {
+    fn path<'b>(&'b self, spec: &'b SandboxSpec) -> &'b Path {
+        match self {
+            Item::Tmp => Path::new("/tmp"),
+            Item::Home => &spec.user.home,
+            Item::Ro(p) => p,
+            Item::Rw(m) => &m.path,
+        }
+    }
+}
+
+/// Builds the whole tree under `spec.root_mount` and pivots into it.
+pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
+    let r = spec.root_mount.as_path();
+    // Nothing we mount may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| fail("make mounts private", Path::new("/"), e))?;
+    tmpfs(
+        r,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        "mode=0755,size=16m",
+    )?;
+
+    // The read-only system.
+    for name in SYSTEM {
+        let host = Path::new("/").join(name);
+        let dst = r.join(name);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&host).map_err(|e| fail("read link", &host, e))?;
+                symlink(&target, &dst).map_err(|e| fail("create link", &dst, e))?;
+            }
+            Ok(m) if m.is_dir() => {
+                mkdir_p(&dst, 0o755).map_err(|e| fail("create mount point", &dst, e))?;
+                ro_bind(&host, &dst)?;
+            }
+            _ => {}
+        }
+    }
+    build_etc(spec, &r.join("etc"))?;
+    build_proc(&r.join("proc"))?;
+    build_dev(&r.join("dev"))?;
+
+    // The user's area, parents before children so a nested grant lands on
+    // top of the folder that contains it.
+    let mut items: Vec<Item> = Vec::new();
+    let covered = |p: &Path| {
+        spec.ro.iter().any(|g| p.starts_with(g)) || spec.rw.iter().any(|g| p.starts_with(&g.path))
+    };
+    if !covered(Path::new("/tmp")) {
+        items.push(Item::Tmp);
+    }
+    if !covered(&spec.user.home) {
+        items.push(Item::Home);
+    }
+    items.extend(spec.ro.iter().map(|p| Item::Ro(p.as_path())));
+    items.extend(spec.rw.iter().map(Item::Rw));
+    items.sort_by_key(|i| i.path(spec).components().count());
+    for item in &items {
+        let dst = under(r, item.path(spec));
+        match item {
+            Item::Tmp => {
+                mkdir_p(&dst, 0o755).map_err(|e| fail("create", &dst, e))?;
+                tmpfs(
+                    &dst,
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    &format!("mode=1777,size={}", spec.limits.tmp_size.max(4096)),
+                )?;
+            }
+            Item::Home => {
+                mkdir_p(&dst, 0o755).map_err(|e| fail("create", &dst, e))?;
+                if let Some(src) = &spec.persistent_home {
+                    bind_with_attrs(src, &dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+                        .map_err(|e| fail("bind home", src, e))?;
+                } else {
+                    let owner = if spec.outer_root {
+                        format!(",uid={},gid={}", spec.user.uid, spec.user.gid)
+                    } else {
+                        String::new()
+                    };
+                    tmpfs(
+                        &dst,
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                        &format!("mode=0700,size={}{owner}", spec.limits.tmp_size.max(4096)),
+                    )?;
+                }
+            }
+            Item::Ro(src) => {
+                mountpoint_like(src, &dst)?;
+                ro_bind(src, &dst)?;
+            }
+            Item::Rw(m) => {
+                mountpoint_like(&m.path, &dst)?;
+                overlay(m, &dst)?;
+            }
+        }
+    }
+
+    // Hidden paths: an empty, read-only, unlistable folder, or /dev/null
+    // bound read-only on a nodev mount (so it cannot even be opened).
+    for d in &spec.deny {
+        let dst = under(r, d);
+        let Ok(meta) = fs::symlink_metadata(&dst) else {
+            continue;
+        };
+        if meta.is_dir() {
+            tmpfs(
+                &dst,
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                "mode=0000,size=4k",
+            )?;
+        } else if meta.file_type().is_symlink() {
+            // A mount cannot cover a symlink itself; its target was added to
+            // the deny list by the supervisor, so it leads nowhere.
+            continue;
+        } else {
+            ro_bind(Path::new("/dev/null"), &dst)?;
+        }
+    }
+
+    // The skeleton itself becomes read-only, then we enter it.
+    mount(
+        None::<&str>,
+        r,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=16m"),
+    )
+    .map_err(|e| fail("make root read-only", r, e))?;
+    pivot(r)
+}
+
+fn overlay(m: &super::spec::RwMount, dst: &Path) -> Result<(), StepError> {
+    use std::os::fd::AsRawFd;
+    // Layers are named through /proc/self/fd so that no file name (commas,
+    // colons, backslashes, newlines) can be read as a mount option.
+    let open = |p: &Path| fs::File::open(p).map_err(|e| fail("open overlay layer", p, e));
+    let (lower, upper, work) = (open(&m.path)?, open(&m.upper)?, open(&m.work)?);
+    let opts = format!(
+        "lowerdir=/proc/self/fd/{},upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{},userxattr",
+        lower.as_raw_fd(),
+        upper.as_raw_fd(),
+        work.as_raw_fd()
+    );
+    mount(
+        Some("overlay"),
+        dst,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| fail("mount overlay for read-write grant", &m.path, e))
+}
+
+fn write_file(path: &Path, content: &str) -> Result<(), StepError> {
+    fs::write(path, content).map_err(|e| fail("write", path, e))
+}
+
+fn build_etc(spec: &SandboxSpec, etc: &Path) -> Result<(), StepError> {
+    mkdir_p(etc, 0o755).map_err(|e| fail("create", etc, e))?;
+    let u = &spec.user;
+    let name = sanitize_name(&u.name);
+    let home = u.home.to_string_lossy().replace([':', '\n'], "_");
+    let mut passwd = format!(
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n{name}:x:{}:{}:{name}:{home}:/bin/sh\n",
+        u.uid, u.gid
+    );
+    if u.uid != 65534 {
+        passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    }
+    write_file(&etc.join("passwd"), &passwd)?;
+    let mut group = format!("root:x:0:\n{name}:x:{}:\n", u.gid);
+    if u.gid != 65534 {
+        group.push_str("nogroup:x:65534:\n");
+    }
+    write_file(&etc.join("group"), &group)?;
+    write_file(
+        &etc.join("hosts"),
+        &format!(
+            "127.0.0.1\tlocalhost {h}\n::1\tlocalhost ip6-localhost ip6-loopback {h}\n",
+            h = spec.hostname
+        ),
+    )?;
+    write_file(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
+    write_file(&etc.join("resolv.conf"), &spec.resolv_conf)?;
+    write_file(
+        &etc.join("nsswitch.conf"),
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n",
+    )?;
+    write_file(
+        &etc.join("machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )?;
+    for name in ETC_BORROWED {
+        let host = Path::new("/etc").join(name);
+        let dst = etc.join(name);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let t = fs::read_link(&host).map_err(|e| fail("read link", &host, e))?;
+                symlink(&t, &dst).map_err(|e| fail("create link", &dst, e))?;
+            }
+            Ok(_) => {
+                mountpoint_like(&host, &dst)?;
+                ro_bind(&host, &dst)?;
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A user name safe for passwd(5).
+fn sanitize_name(n: &str) -> String {
+    let s: String = n
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        .take(32)
+        .collect();
+    if s.is_empty() {
+        "agent".into()
+    } else {
+        s
+    }
+}
+
+fn build_proc(proc_: &Path) -> Result<(), StepError> {
+    mkdir_p(proc_, 0o555).map_err(|e| fail("create", proc_, e))?;
+    mount(
+        Some("proc"),
+        proc_,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| fail("mount /proc", proc_, e))?;
+    for name in PROC_READ_ONLY {
+        let p = proc_.join(name);
+        if p.exists() {
+            ro_bind(&p, &p)?;
+        }
+    }
+    for name in PROC_MASKED_FILES {
+        let p = proc_.join(name);
+        if p.exists() {
+            ro_bind(Path::new("/dev/null"), &p)?;
+        }
+    }
+    for name in PROC_MASKED_DIRS {
+        let p = proc_.join(name);
+        if p.is_dir() {
+            tmpfs(
+                &p,
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                "mode=0555,size=4k",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn build_dev(dev: &Path) -> Result<(), StepError> {
+    mkdir_p(dev, 0o755).map_err(|e| fail("create", dev, e))?;
+    tmpfs(
+        dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        "mode=0755,size=64k",
+    )?;
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        let dst = dev.join(name);
+        if host.exists() {
+            fs::File::create(&dst).map_err(|e| fail("create", &dst, e))?;
+            bind_with_attrs(&host, &dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
+                .map_err(|e| fail("bind device", &host, e))?;
+        }
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        symlink(target, dev.join(link)).map_err(|e| fail("create link", &dev.join(link), e))?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts, 0o755).map_err(|e| fail("create", &pts, e))?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620"),
+    )
+    .map_err(|e| fail("mount devpts", &pts, e))?;
+    let shm = dev.join("shm");
+    mkdir_p(&shm, 0o755).map_err(|e| fail("create", &shm, e))?;
+    tmpfs(
+        &shm,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        "mode=1777,size=64m",
+    )?;
+    let _ = fs::set_permissions(dev, fs::Permissions::from_mode(0o755));
+    Ok(())
+}
+
+/// Enters `new_root` and detaches the host's tree (`pivot_root(".", ".")`,
+/// then unmounting the old root stacked underneath).
+fn pivot(new_root: &Path) -> Result<(), StepError> {
+    nix::unistd::chdir(new_root).map_err(|e| fail("enter new root", new_root, e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| fail("pivot_root", new_root, e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("detach old root", Path::new("/"), e))?;
+    nix::unistd::chdir("/").map_err(|e| fail("enter /", Path::new("/"), e))?;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! Supervisor side: turns a policy into a checked [`SandboxSpec`] — grants
+//! resolved and validated, overlay layers created, hidden paths expanded,
+//! environment scrubbed — so that the helper only carries out a plan.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::seccomp;
+use super::spec::{RwMount, SandboxSpec, SandboxUser};
+use crate::policy::{Access, Policy, SeccompChoice};
+use crate::task::{RwLayer, TaskDir};
+use crate::Error;
+
+/// The unprivileged identity a task runs as when Airlock itself is root.
+pub const ROOT_FALLBACK_ID: u32 = 65534;
+
+/// Folders a grant may not be or lie in: the sandbox supplies its own
+/// read-only system, `/proc` and `/dev`.
+const SYSTEM_PREFIXES: &[&str] = &[
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/dev",
+    "/sys", "/boot",
+];
+
+/// Environment variables passed through from the caller; everything else
+/// (display, session bus, agent sockets, tokens) stays outside.
+fn passes_through(key: &str) -> bool {
+    matches!(
+        key,
+        "PATH" | "LANG" | "LANGUAGE" | "TERM" | "TZ" | "COLORTERM" | "NO_COLOR"
+    ) || key.starts_with("LC_")
+}
+
+/// Resolves and checks one grant path.
+fn resolve_grant(path: &Path, access: Access) -> Result<PathBuf, Error> {
+    let real = path.canonicalize().map_err(|e| {
+        Error::Invalid(format!(
+            "--grant {}: {e} (grant a folder that exists)",
+            path.display()
+        ))
+    })?;
+    if real == Path::new("/") {
+        return Err(Error::Invalid(
+            "--grant /: the whole file system cannot be granted".into(),
+        ));
+    }
+    if let Some(p) = SYSTEM_PREFIXES.iter().find(|p| real.starts_with(p)) {
+        return Err(Error::Invalid(format!(
+            "--grant {}: {p} is provided read-only by the sandbox itself and cannot be granted",
+            real.display()
+        )));
+    }
+    if access == Access::Rw && !real.is_dir() {
+        return Err(Error::Invalid(format!(
+            "--grant {}:rw: read-write grants must be folders (grant the folder that contains the file)",
+            real.display()
+        )));
+    }
+    Ok(real)
+}
+
+/// The overlay's root folder takes its mode and owner from the upper layer:
+/// make them the real folder's, so the agent sees the folder as it is.
+fn match_root_of_layer(real: &Path, upper: &Path, outer_root: bool) -> Result<(), Error> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(real).map_err(|e| Error::io(real, e))?;
+    std::fs::set_permissions(upper, std::fs::Permissions::from_mode(meta.mode() & 0o1777))
+        .map_err(|e| Error::io(upper, e))?;
+    if outer_root {
+        std::os::unix::fs::chown(upper, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| Error::io(upper, e))?;
+    }
+    Ok(())
+}
+
+/// Builds the plan and creates the task's overlay layers under `task_dir`.
+pub fn plan(
+    policy: &Policy,
+    argv: &[String],
+    task_dir: &TaskDir,
+) -> Result<(SandboxSpec, Vec<RwLayer>), Error> {
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(Error::Invalid("no command to run".into()));
+    }
+    let outer_root = nix::unistd::geteuid().is_root();
+    let real_home = crate::dirs::home_dir();
+    let user = if outer_root {
+        SandboxUser {
+            uid: ROOT_FALLBACK_ID,
+            gid: ROOT_FALLBACK_ID,
+            name: "airlock".into(),
+            home: PathBuf::from("/home/airlock"),
+        }
+    } else {
+        let uid = nix::unistd::getuid();
+        let name = std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(|| {
+                nix::unistd::User::from_uid(uid)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .unwrap_or_else(|| "agent".into());
+        SandboxUser {
+            uid: uid.as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            name,
+            home: real_home
+                .canonicalize()
+                .unwrap_or_else(|_| real_home.clone()),
+        }
+    };
+
+    let own_dirs = [
+        crate::dirs::state_dir(),
+        crate::dirs::data_dir(),
+        crate::dirs::config_dir(),
+    ];
+    let mut seen = BTreeSet::new();
+    let mut ro = Vec::new();
+    let mut rw = Vec::new();
+    let mut layers = Vec::new();
+    for g in &policy.grants {
+        let real = resolve_grant(&g.path, g.access)?;
+        if !seen.insert(real.clone()) {
+            return Err(Error::Invalid(format!(
+                "--grant {}: granted twice; give each folder once",
+                real.display()
+            )));
+        }
+        if real.starts_with(task_dir.path()) {
+            return Err(Error::Invalid(format!(
+                "--grant {}: Airlock's own task folders cannot be granted",
+                real.display()
+            )));
+        }
+        match g.access {
+            Access::Ro => ro.push(real),
+            Access::Rw => {
+                // overlayfs refuses an upper layer inside its lower layer.
+                if let Some(own) = own_dirs.iter().find(|d| d.starts_with(&real)) {
+                    return Err(Error::Invalid(format!(
+                        "--grant {}:rw: this folder contains Airlock's own folder {}; grant a folder inside it instead",
+                        real.display(),
+                        own.display()
+                    )));
+                }
+                let index = layers.len();
+                let (upper, work) = (task_dir.upper(index), task_dir.work(index));
+                for d in [&upper, &work] {
+                    crate::dirs::create_private_dir(d)?;
+                }
+                match_root_of_layer(&real, &upper, outer_root)?;
+                layers.push(RwLayer {
+                    path: real.clone(),
+                    index,
+                });
+                rw.push(RwMount {
+                    path: real,
+                    upper,
+                    work,
+                });
+            }
+        }
+    }
+    let root_mount = task_dir.root_mount();
+    crate::dirs::create_private_dir(&root_mount)?;
+
+    // Hidden paths: the built-in list, --deny, Airlock's own folders (a task
+    // must not see pending changes, the audit log or agent profiles), and
+    // the real targets of any that are symlinks.
+    let mut deny: Vec<PathBuf> = policy.denied_paths(&real_home);
+    deny.extend(own_dirs.iter().cloned());
+    let mut expanded = BTreeSet::new();
+    for d in deny {
+        if let Ok(real) = d.canonicalize() {
+            expanded.insert(real);
+        }
+        expanded.insert(d);
+    }
+
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| passes_through(k))
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+    }
+    env.push(("HOME".into(), user.home.to_string_lossy().into_owned()));
+    env.push(("USER".into(), user.name.clone()));
+    env.push(("LOGNAME".into(), user.name.clone()));
+    env.push(("SHELL".into(), "/bin/sh".into()));
+    env.push((
+        "AIRLOCK_TASK".into(),
+        task_dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    ));
+    for (k, v) in &policy.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(Error::Invalid(format!(
+                "--env {k:?}: not a valid variable name"
+            )));
+        }
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+
+    let seccomp_profile = match &policy.seccomp {
+        SeccompChoice::Default => seccomp::default_profile(),
+        SeccompChoice::OciFile(path) => crate::policy::oci::import_file(path)?,
+    };
+    let cwd = rw
+        .first()
+        .map(|m| m.path.clone())
+        .or_else(|| ro.first().cloned())
+        .unwrap_or_else(|| user.home.clone());
+    let spec = SandboxSpec {
+        task_id: task_dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        argv: argv.to_vec(),
+        env,
+        cwd,
+        root_mount,
+        hostname: "airlock".into(),
+        user,
+        outer_root,
+        ro,
+        rw,
+        deny: expanded.into_iter().collect(),
+        persistent_home: None,
+        limits: policy.limits.clone(),
+        require_landlock: policy.require_landlock,
+        seccomp: seccomp_profile,
+        resolv_conf: "# This sandbox has no network.\n".into(),
+    };
+    Ok((spec, layers))
+}

@@ -1,0 +1,68 @@
+//! What the supervisor tells the helper: everything the sandbox needs, already
+//! resolved and validated, so the helper only executes a plan.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::seccomp::Profile;
+use crate::event::Enforced;
+use crate::policy::Limits;
+
+/// The identity the agent runs as inside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub home: PathBuf,
+}
+
+/// A read-write grant and its overlay layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RwMount {
+    pub path: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+/// The complete plan for one sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub task_id: String,
+    pub argv: Vec<String>,
+    /// The agent's whole environment (already scrubbed).
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// An empty folder (in the task folder) where the new root is built.
+    pub root_mount: PathBuf,
+    pub hostname: String,
+    pub user: SandboxUser,
+    /// The supervisor runs as root: the helper maps uid 0 for its own set-up
+    /// and runs the agent as `user` (an unprivileged uid), never as root.
+    pub outer_root: bool,
+    pub ro: Vec<PathBuf>,
+    pub rw: Vec<RwMount>,
+    /// Paths hidden behind an empty read-only mount.
+    pub deny: Vec<PathBuf>,
+    /// A folder bound as `$HOME` instead of an empty tmpfs.
+    pub persistent_home: Option<PathBuf>,
+    pub limits: Limits,
+    pub require_landlock: bool,
+    pub seccomp: Profile,
+    /// Lines for the sandbox's `/etc/resolv.conf`.
+    pub resolv_conf: String,
+}
+
+/// What the helper tells the supervisor over the control socket, one JSON
+/// object per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "snake_case")]
+pub enum HelperMsg {
+    /// PID 1 of the sandbox exists (pid as seen by the supervisor).
+    Started { pid1: u32 },
+    /// Everything is in place; the agent is about to `exec`.
+    Enforced { layers: Vec<Enforced> },
+    /// A step failed; nothing of the agent ran.
+    Error { stage: String, message: String },
+}
