@@ -11,6 +11,7 @@
 //! - [`doctor`]: what this machine can enforce, found by real probes.
 //! - [`ui`]: the libadwaita window.
 
+pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -19,9 +20,11 @@ pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod i18n;
+pub mod monitor;
 pub mod netproxy;
 pub mod policy;
 pub mod sandbox;
+pub mod supervisor;
 pub mod task;
 pub mod ui;
 pub mod workspace;

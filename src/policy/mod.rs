@@ -3,6 +3,7 @@
 //! the supervisor and turned into a sandbox by `sandbox`.
 
 pub mod oci;
+pub mod profile;
 pub mod size;
 
 use std::path::{Path, PathBuf};
@@ -151,6 +152,9 @@ pub struct Policy {
     pub net: NetPolicy,
     pub limits: Limits,
     pub watch: WatchLevel,
+    /// Turn the monitor off: denials still happen but are silent. Only for
+    /// measuring what monitoring costs (`airlock run --watch off`).
+    pub unmonitored: bool,
     /// Extra environment variables (`--env K=V`).
     pub env: Vec<(String, String)>,
     /// Fail instead of running with a weaker Landlock than the kernel's best.

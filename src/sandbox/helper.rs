@@ -41,6 +41,20 @@ impl Control {
         }
     }
 
+    /// Sends `msg` with `fd` attached (`SCM_RIGHTS`).
+    fn send_fd(&mut self, msg: &HelperMsg, fd: RawFd) -> std::io::Result<()> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let iov = [std::io::IoSlice::new(&line)];
+        let fds = [fd];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(self.sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+            .map(|_| ())
+            .map_err(std::io::Error::from)
+    }
+
     fn fail(&mut self, stage: &str, message: impl std::fmt::Display) -> ! {
         self.send(&HelperMsg::Error {
             stage: stage.to_string(),
@@ -211,12 +225,27 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 
+    // The agent hands its seccomp listener to us over `sync`: it cannot
+    // send it to the supervisor itself, because once its filter is in place
+    // its own sendmsg would wait for that very listener.
+    let (mut sync_ours, sync_agent) = match UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => ctl.fail("create socket pair", e),
+    };
     // SAFETY: PID 1 is single-threaded.
     let agent = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => agent(&spec, ctl),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(sync_ours);
+            agent(&spec, ctl, sync_agent)
+        }
         Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
         Err(e) => ctl.fail("start agent", e),
     };
+    drop(sync_agent);
+    if spec.watch.is_some() {
+        pass_listener(agent, &mut sync_ours, &mut ctl);
+    }
+    drop(sync_ours);
     drop(ctl);
     // PID 1 needs no privilege to reap and forward.
     let _ = sys::drop_bounding_and_ambient();
@@ -229,8 +258,47 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
     unsafe { libc::_exit(status) }
 }
 
+/// Takes the agent's listener (by its descriptor number, through
+/// `pidfd_getfd`) and sends it to the supervisor, then lets the agent go on.
+fn pass_listener(agent: libc::pid_t, sync: &mut UnixStream, ctl: &mut Control) {
+    use std::io::Read;
+    let mut num = [0u8; 4];
+    if sync.read_exact(&mut num).is_err() {
+        // The agent failed before; it reported why.
+        return;
+    }
+    let target = i32::from_ne_bytes(num);
+    if target >= 0 {
+        // SAFETY: pidfd syscalls on our own child; the descriptors are
+        // closed below.
+        unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, agent, 0) as i32;
+            let fd = if pidfd >= 0 {
+                libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) as i32
+            } else {
+                -1
+            };
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                libc::kill(agent, libc::SIGKILL);
+                ctl.fail("pass the monitor's listener", e);
+            }
+            let sent = ctl.send_fd(&HelperMsg::Listener, fd);
+            libc::close(fd);
+            if pidfd >= 0 {
+                libc::close(pidfd);
+            }
+            if let Err(e) = sent {
+                libc::kill(agent, libc::SIGKILL);
+                ctl.fail("pass the monitor's listener", e);
+            }
+        }
+    }
+    let _ = sync.write_all(b"k");
+}
+
 /// The agent's last steps before `exec`, most powerful first.
-fn agent(spec: &SandboxSpec, mut ctl: Control) -> ! {
+fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
     // Handlers installed by PID 1 must not leak into the agent.
     for sig in [
         libc::SIGINT,
@@ -274,6 +342,10 @@ fn agent(spec: &SandboxSpec, mut ctl: Control) -> ! {
         if !ok {
             ctl.fail("drop to unprivileged user", std::io::Error::last_os_error());
         }
+        // Changing ids made us non-dumpable, which would keep PID 1 from
+        // taking our seccomp listener (pidfd_getfd); exec resets it anyway.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     }
     for l in limits::apply_rlimits(&spec.limits) {
         match l {
@@ -312,9 +384,24 @@ fn agent(spec: &SandboxSpec, mut ctl: Control) -> ! {
         ctl.fail("drop capabilities", e);
     }
     layers.push(enforced("capabilities", "none".into(), "kernel", None));
-    let compiled = match seccomp::compile(&spec.seccomp) {
-        Ok(c) => c,
-        Err(e) => ctl.fail("seccomp", e),
+    let monitored = match spec.watch {
+        Some(level) => {
+            match seccomp::compile_monitored(&spec.seccomp, &crate::monitor::watch::rules(level)) {
+                Ok(m) => Some(m),
+                Err(e) => ctl.fail("seccomp", e),
+            }
+        }
+        None => None,
+    };
+    let compiled = match &monitored {
+        Some(m) => seccomp::Compiled {
+            programs: m.plain.programs.clone(),
+            unknown_names: m.plain.unknown_names.clone(),
+        },
+        None => match seccomp::compile(&spec.seccomp) {
+            Ok(c) => c,
+            Err(e) => ctl.fail("seccomp", e),
+        },
     };
     layers.push(enforced(
         "seccomp",
@@ -361,7 +448,6 @@ fn agent(spec: &SandboxSpec, mut ctl: Control) -> ! {
     let Ok(prog) = CString::new(program.as_os_str().as_bytes()) else {
         ctl.fail("run command", "the command contains a NUL byte");
     };
-    ctl.send(&HelperMsg::Enforced { layers });
     // Every descriptor beyond stdio, the control socket included, is closed
     // by exec; until then we can still report a failed exec.
     if let Err(e) = sys::cloexec_from(3) {
@@ -370,6 +456,62 @@ fn agent(spec: &SandboxSpec, mut ctl: Control) -> ! {
     if let Err(e) = seccomp::install(&compiled) {
         ctl.fail("seccomp", e);
     }
+    let mut listener = None;
+    if let Some(m) = &monitored {
+        match seccomp::install_with_listener(&m.notify) {
+            Ok(fd) => {
+                listener = Some(fd);
+                layers.push(enforced(
+                    "monitor",
+                    format!("{:?}", spec.watch.unwrap_or_default()).to_lowercase(),
+                    "seccomp-notify",
+                    None,
+                ));
+            }
+            Err(e) => {
+                // No user notification here: the denials still hold, as
+                // plain errno filters, but nobody will see them.
+                let fallback = seccomp::Profile {
+                    name: "denials".into(),
+                    default_action: seccomp::Action::Allow,
+                    rules: m.deny_rules.clone(),
+                    refuse_foreign_abi: false,
+                };
+                match seccomp::compile(&fallback).map(|c| seccomp::install(&c)) {
+                    Ok(Ok(())) => layers.push(enforced(
+                        "monitor",
+                        "off".into(),
+                        "not-enforced",
+                        Some(format!(
+                            "seccomp user notification is unavailable ({e}): denials are enforced but invisible"
+                        )),
+                    )),
+                    Ok(Err(e)) => ctl.fail("seccomp", e),
+                    Err(e) => ctl.fail("seccomp", e),
+                }
+            }
+        }
+    } else {
+        layers.push(enforced(
+            "monitor",
+            "off".into(),
+            "not-enforced",
+            Some("monitoring was turned off for this task: denials are invisible".into()),
+        ));
+    }
+    ctl.send(&HelperMsg::Enforced { layers });
+    if spec.watch.is_some() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let num = listener.as_ref().map_or(-1, |l| l.as_raw_fd());
+        let mut ack = [0u8; 1];
+        if sync.write_all(&num.to_ne_bytes()).is_err() || sync.read_exact(&mut ack).is_err() {
+            // SAFETY: _exit in a forked process.
+            unsafe { libc::_exit(SETUP_FAILED) }
+        }
+    }
+    drop(listener);
+    drop(sync);
     let err = match nix::unistd::execve(&prog, &argv, &envp) {
         Err(e) => e,
         Ok(i) => match i {},

@@ -15,8 +15,8 @@ pub mod spec;
 mod sys;
 pub mod syscalls;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -28,7 +28,7 @@ pub use limits::unenforced as unenforced_limits;
 pub use spec::{HelperMsg, SandboxSpec};
 pub use sys::effective_capabilities;
 
-use crate::event::Enforced;
+use crate::event::{Enforced, EventKind};
 
 /// The hidden first argument that turns our binary into the helper.
 pub const HELPER_ARG: &str = "__sandbox-helper";
@@ -41,7 +41,58 @@ pub fn helper_main() -> ! {
 /// A started sandbox.
 pub struct Running {
     child: Child,
-    ctl: BufReader<UnixStream>,
+    ctl: CtlReader,
+    monitor_ctx: Option<crate::monitor::Context>,
+    events_tx: Option<std::sync::mpsc::Sender<EventKind>>,
+    events_rx: Option<std::sync::mpsc::Receiver<EventKind>>,
+    monitor: Option<std::thread::JoinHandle<crate::monitor::Stats>>,
+}
+
+/// Reads the helper's JSON lines and the descriptors that ride along.
+struct CtlReader {
+    sock: UnixStream,
+    buf: Vec<u8>,
+    fds: std::collections::VecDeque<OwnedFd>,
+}
+
+impl CtlReader {
+    fn next_line(&mut self) -> Option<String> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(String::from_utf8_lossy(&line).into_owned());
+            }
+            let mut chunk = [0u8; 4096];
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+            let mut iov = [std::io::IoSliceMut::new(&mut chunk)];
+            let msg = match recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return None,
+            };
+            let n = msg.bytes;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for fd in fds {
+                            // SAFETY: the kernel just gave us this descriptor.
+                            self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+            }
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }
 
 /// What the helper reported while setting up.
@@ -96,10 +147,45 @@ pub fn spawn(
     let mut w = &ours;
     w.write_all(&line)
         .map_err(|e| crate::Error::Sandbox(format!("the helper did not take the plan: {e}")))?;
+    let monitor_ctx = spec.watch.map(|level| monitor_context(spec, level));
+    let (events_tx, events_rx) = std::sync::mpsc::channel();
     Ok(Running {
         child,
-        ctl: BufReader::new(ours),
+        ctl: CtlReader {
+            sock: ours,
+            buf: Vec::new(),
+            fds: Default::default(),
+        },
+        monitor_ctx,
+        events_tx: Some(events_tx),
+        events_rx: Some(events_rx),
+        monitor: None,
     })
+}
+
+/// What the monitor needs to know about `spec`'s sandbox.
+fn monitor_context(spec: &SandboxSpec, level: crate::policy::WatchLevel) -> crate::monitor::Context {
+    let deny_rules = seccomp::compile_monitored(&spec.seccomp, &[])
+        .map(|m| m.deny_rules)
+        .unwrap_or_default();
+    let mut visible: Vec<std::path::PathBuf> = [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/dev",
+    ]
+    .iter()
+    .map(std::path::PathBuf::from)
+    .collect();
+    visible.extend(spec.ro.iter().cloned());
+    visible.extend(spec.rw.iter().map(|m| m.path.clone()));
+    crate::monitor::Context {
+        level,
+        deny_rules,
+        view: crate::monitor::watch::View {
+            visible,
+            private: vec!["/tmp".into(), "/etc".into(), spec.user.home.clone()],
+            denied: spec.deny.clone(),
+        },
+        proxy_ports: Vec::new(),
+    }
 }
 
 impl Running {
@@ -108,25 +194,44 @@ impl Running {
         self.child.id()
     }
 
+    /// The monitor's events (denials, file and network attempts), in the
+    /// order they happened; taken once. Drain it on a thread of your own:
+    /// it ends when the monitor has reported everything (after [`wait`]).
+    ///
+    /// [`wait`]: Running::wait
+    pub fn take_events(&mut self) -> Option<std::sync::mpsc::Receiver<EventKind>> {
+        self.events_rx.take()
+    }
+
     /// Reads the helper's reports until the agent has been exec'd (or the
-    /// set-up failed).
+    /// set-up failed). The monitor starts here, as soon as its listener
+    /// arrives: the agent's own `exec` already waits for it.
     pub fn setup(&mut self) -> SetupReport {
         let mut report = SetupReport::default();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match self.ctl.read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => match serde_json::from_str::<HelperMsg>(&line) {
-                    Ok(HelperMsg::Started { pid1 }) => report.pid1 = Some(pid1),
-                    Ok(HelperMsg::Enforced { layers }) => report.layers = layers,
-                    Ok(HelperMsg::Error { stage, message }) => {
-                        report.error = Some((stage, message))
-                    }
-                    Err(e) => tracing::warn!("unreadable helper message {line:?}: {e}"),
-                },
+        while let Some(line) = self.ctl.next_line() {
+            match serde_json::from_str::<HelperMsg>(&line) {
+                Ok(HelperMsg::Started { pid1 }) => report.pid1 = Some(pid1),
+                Ok(HelperMsg::Enforced { layers }) => report.layers = layers,
+                Ok(HelperMsg::Error { stage, message }) => report.error = Some((stage, message)),
+                Ok(HelperMsg::Listener) => {
+                    let (Some(fd), Some(ctx)) = (self.ctl.fds.pop_front(), self.monitor_ctx.clone())
+                    else {
+                        tracing::warn!("the helper sent a listener message without a listener");
+                        continue;
+                    };
+                    let Some(tx) = self.events_tx.clone() else { continue };
+                    self.monitor = Some(std::thread::spawn(move || {
+                        crate::monitor::run(fd, ctx, move |ev| {
+                            let _ = tx.send(ev);
+                        })
+                    }));
+                }
+                Err(e) => tracing::warn!("unreadable helper message {line:?}: {e}"),
             }
         }
+        // From now on only the monitor thread holds a sender: the event
+        // channel closes when the monitor has said everything.
+        self.events_tx = None;
         report
     }
 
@@ -134,6 +239,11 @@ impl Running {
     pub fn wait(&mut self) -> std::io::Result<i32> {
         use std::os::unix::process::ExitStatusExt;
         let st = self.child.wait()?;
+        // Every process of the task is gone: the monitor sees its listener
+        // hang up, reports what it still holds, and ends.
+        if let Some(m) = self.monitor.take() {
+            let _ = m.join();
+        }
         Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
     }
 

@@ -183,6 +183,24 @@ pub fn plan(
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| passes_through(k))
         .collect();
+    // Only PATH entries that exist inside: a search through folders the
+    // sandbox hides would show up as attempts to reach them.
+    for (k, v) in env.iter_mut() {
+        if k == "PATH" {
+            let keep: Vec<&str> = v
+                .split(':')
+                .filter(|d| {
+                    let d = Path::new(d);
+                    d.is_absolute()
+                        && (["/usr", "/bin", "/sbin"].iter().any(|p| d.starts_with(p))
+                            || ro.iter().any(|g| d.starts_with(g))
+                            || rw.iter().any(|g| d.starts_with(&g.path)))
+                })
+                .collect();
+            *v = keep.join(":");
+        }
+    }
+    env.retain(|(k, v)| k != "PATH" || !v.is_empty());
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
     }
@@ -238,6 +256,7 @@ pub fn plan(
         require_landlock: policy.require_landlock,
         seccomp: seccomp_profile,
         resolv_conf: "# This sandbox has no network.\n".into(),
+        watch: (!policy.unmonitored).then_some(policy.watch),
     };
     Ok((spec, layers))
 }

@@ -444,6 +444,133 @@ pub fn compile(profile: &Profile) -> Result<Compiled, CompileError> {
     })
 }
 
+/// The errno value that marks "notify" in the program seccompiler builds
+/// for us; [`compile_monitored`] rewrites those returns into
+/// `SECCOMP_RET_USER_NOTIF`, an action seccompiler does not have.
+const NOTIFY_MARKER: u32 = 0xabc;
+
+/// A profile compiled for a monitored sandbox.
+pub struct Monitored {
+    /// The filters that answer by themselves (everything but the denials).
+    pub plain: Compiled,
+    /// One program whose matches go to the supervisor's listener: the
+    /// profile's EPERM denials and the watched syscalls. Install it with
+    /// `SECCOMP_FILTER_FLAG_NEW_LISTENER`.
+    pub notify: BpfProgram,
+    /// The rules the listener answers with EPERM; everything else it sees
+    /// is only observed and continues.
+    pub deny_rules: Vec<Rule>,
+}
+
+/// Compiles `profile` so that its denials become visible: for a profile
+/// whose default is Allow (ours), each `Errno(EPERM)` rule is moved into the
+/// notification program, together with `watch`. A profile with another
+/// default (an imported allow-list) keeps its denials as plain errno
+/// filters — the kernel gives the listener nothing to see for them.
+pub fn compile_monitored(profile: &Profile, watch: &[Rule]) -> Result<Monitored, CompileError> {
+    let is_denial = |r: &Rule| {
+        profile.default_action == Action::Allow && r.action == Action::Errno(EPERM)
+    };
+    let deny_rules: Vec<Rule> = profile.rules.iter().filter(|r| is_denial(r)).cloned().collect();
+    let plain_profile = Profile {
+        rules: profile.rules.iter().filter(|r| !is_denial(r)).cloned().collect(),
+        ..profile.clone()
+    };
+    let plain = compile(&plain_profile)?;
+    let notify_profile = Profile {
+        name: format!("{} (monitored)", profile.name),
+        default_action: Action::Allow,
+        rules: deny_rules
+            .iter()
+            .chain(watch.iter())
+            .map(|r| Rule {
+                action: Action::Errno(NOTIFY_MARKER),
+                ..r.clone()
+            })
+            .collect(),
+        refuse_foreign_abi: false,
+    };
+    let mut compiled = compile(&notify_profile)?;
+    let mut notify = compiled.programs.pop().ok_or_else(|| CompileError {
+        profile: profile.name.clone(),
+        message: "nothing to monitor".into(),
+    })?;
+    const RET_K: u16 = 0x06;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let mut patched = 0;
+    for ins in notify.iter_mut() {
+        if ins.code == RET_K && ins.k == RET_ERRNO | NOTIFY_MARKER {
+            ins.k = libc::SECCOMP_RET_USER_NOTIF;
+            patched += 1;
+        }
+    }
+    if patched == 0 {
+        return Err(CompileError {
+            profile: profile.name.clone(),
+            message: "the notification program has no notify return".into(),
+        });
+    }
+    Ok(Monitored {
+        plain,
+        notify,
+        deny_rules,
+    })
+}
+
+/// Installs `prog` with `SECCOMP_FILTER_FLAG_NEW_LISTENER`; returns the
+/// listener. `no_new_privs` must already be set.
+pub fn install_with_listener(prog: &BpfProgram) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: fprog points to a live, correctly sized BPF program.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            1, /* SECCOMP_SET_MODE_FILTER */
+            SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that we now own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
+}
+
+/// Whether `args` of syscall `nr` match one of `rules` — the same meaning
+/// the compiled filter gives them, evaluated in user space by the listener.
+pub fn rules_match(rules: &[Rule], nr: i64, args: &[u64; 6]) -> bool {
+    rules.iter().any(|r| {
+        r.names.iter().any(|n| syscall_number(n) == Some(nr))
+            && r.args.iter().all(|c| {
+                let Some(&a) = args.get(c.index as usize) else {
+                    return false;
+                };
+                let (a, v) = if c.low32 {
+                    (a & 0xffff_ffff, c.value & 0xffff_ffff)
+                } else {
+                    (a, c.value)
+                };
+                match c.op {
+                    Op::Eq => a == v,
+                    Op::Ne => a != v,
+                    Op::Lt => a < v,
+                    Op::Le => a <= v,
+                    Op::Gt => a > v,
+                    Op::Ge => a >= v,
+                    Op::MaskedEq(m) => {
+                        let m = if c.low32 { m & 0xffff_ffff } else { m };
+                        a & m == v
+                    }
+                }
+            })
+    })
+}
+
 /// A hand-written filter for what seccompiler cannot say: on x86_64, refuse
 /// x32 syscalls (numbers with bit 30 set) and foreign-architecture calls
 /// (i386 `int 0x80`) with EPERM.
@@ -509,6 +636,31 @@ mod tests {
         assert!(c.programs.len() >= 2);
         #[cfg(target_arch = "x86_64")]
         assert!(c.unknown_names.is_empty(), "{:?}", c.unknown_names);
+    }
+
+    #[test]
+    fn monitored_profile_patches_notify_and_evaluates_like_the_filter() {
+        let m = compile_monitored(&default_profile(), &[]).unwrap();
+        assert!(m.notify.iter().any(|i| i.k == libc::SECCOMP_RET_USER_NOTIF));
+        let nr = |n| syscall_number(n).unwrap();
+        let mut a = [0u64; 6];
+        assert!(rules_match(&m.deny_rules, nr("ptrace"), &a));
+        a[1] = 0x5412;
+        assert!(rules_match(&m.deny_rules, nr("ioctl"), &a));
+        a[1] = 0xffff_ffff_0000_5412;
+        assert!(rules_match(&m.deny_rules, nr("ioctl"), &a), "low 32 bits only");
+        a[1] = 0x5413;
+        assert!(!rules_match(&m.deny_rules, nr("ioctl"), &a));
+        a = [libc::CLONE_NEWUSER as u64 | 17, 0, 0, 0, 0, 0];
+        assert!(rules_match(&m.deny_rules, nr("clone"), &a));
+        a = [17, 0, 0, 0, 0, 0];
+        assert!(!rules_match(&m.deny_rules, nr("clone"), &a));
+        a = [2, 1, 0, 0, 0, 0];
+        assert!(!rules_match(&m.deny_rules, nr("socket"), &a));
+        a = [17, 3, 0, 0, 0, 0];
+        assert!(rules_match(&m.deny_rules, nr("socket"), &a));
+        // clone3's ENOSYS stays a plain filter.
+        assert!(!rules_match(&m.deny_rules, nr("clone3"), &[0; 6]));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::seccomp::Profile;
 use crate::event::Enforced;
-use crate::policy::Limits;
+use crate::policy::{Limits, WatchLevel};
 
 /// The identity the agent runs as inside.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +50,8 @@ pub struct SandboxSpec {
     pub limits: Limits,
     pub require_landlock: bool,
     pub seccomp: Profile,
+    /// The monitor's watch level; `None` turns monitoring off.
+    pub watch: Option<WatchLevel>,
     /// Lines for the sandbox's `/etc/resolv.conf`.
     pub resolv_conf: String,
 }
@@ -63,6 +65,8 @@ pub enum HelperMsg {
     Started { pid1: u32 },
     /// Everything is in place; the agent is about to `exec`.
     Enforced { layers: Vec<Enforced> },
+    /// The seccomp notification listener rides along as `SCM_RIGHTS`.
+    Listener,
     /// A step failed; nothing of the agent ran.
     Error { stage: String, message: String },
 }
