@@ -652,3 +652,46 @@ fn oci_profile_is_enforced() {
     let o = w.run(&["--seccomp-profile", prof.to_str().unwrap()], "mkdir /tmp/x 2>&1; echo end");
     assert!(text(&o).contains("Permission denied"), "{}", text(&o));
 }
+
+#[test]
+fn tty_gives_the_task_its_own_terminal() {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let w = World::new();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave.as_raw_fd();
+    let mut c = w.cmd(&[
+        "run",
+        "--tty",
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo TASK-HAS-TTY; read -r l; echo got:$l; ls -l /proc/self/fd/0",
+    ]);
+    // SAFETY: duplicates of a descriptor we own, for the child's stdio.
+    unsafe {
+        c.stdin(Stdio::from_raw_fd(libc::dup(slave)))
+            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
+            .stderr(Stdio::from_raw_fd(libc::dup(slave)));
+    }
+    let mut child = c.spawn().unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    std::thread::sleep(Duration::from_millis(500));
+    master.write_all(b"hello\r").unwrap();
+    let mut out = Vec::new();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < Duration::from_secs(30) {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if String::from_utf8_lossy(&out).contains("waiting for review") {
+            break;
+        }
+    }
+    let status = child.wait().unwrap();
+    let t = String::from_utf8_lossy(&out);
+    assert!(status.success(), "{t}");
+    assert!(t.contains("TASK-HAS-TTY") && t.contains("got:hello"), "{t}");
+}

@@ -89,6 +89,21 @@ pub fn main() -> ! {
         Ok(p) => p,
         Err(e) => ctl.fail("create pipe", e),
     };
+    // --tty: a pseudo-terminal of the task's own. The agent gets the
+    // subsidiary side as its controlling terminal; we relay the main side
+    // to our stdio, so the user's terminal is never the agent's.
+    let pty = if spec.tty {
+        let winsize = terminal_size(0);
+        match nix::pty::openpty(winsize.as_ref(), None) {
+            Ok(p) => {
+                TTY_SLAVE.store(std::os::fd::AsRawFd::as_raw_fd(&p.slave), Ordering::Relaxed);
+                Some(p)
+            }
+            Err(e) => ctl.fail("create pseudo-terminal", e),
+        }
+    } else {
+        None
+    };
     let flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -130,8 +145,97 @@ pub fn main() -> ! {
     drop(go_w);
     drop(ctl);
     forward_signals_to(pid);
-    let status = wait_for(pid);
+    let status = match pty {
+        Some(p) => {
+            drop(p.slave);
+            relay(p.master, pid)
+        }
+        None => wait_for(pid),
+    };
     std::process::exit(status)
+}
+
+/// The subsidiary side of `--tty`'s pseudo-terminal, for the agent.
+static TTY_SLAVE: AtomicI32 = AtomicI32::new(-1);
+
+fn terminal_size(fd: RawFd) -> Option<nix::pty::Winsize> {
+    // SAFETY: TIOCGWINSZ fills the struct we own.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    (unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0).then_some(ws)
+}
+
+/// Copies between our stdio and the task's terminal until PID 1 ends, in
+/// raw mode when our stdin is a terminal (restored on the way out), passing
+/// window-size changes on. Returns PID 1's status.
+fn relay(master: std::os::fd::OwnedFd, pid1: libc::pid_t) -> i32 {
+    use std::os::fd::AsRawFd;
+    let m = master.as_raw_fd();
+    let saved = nix::sys::termios::tcgetattr(std::io::stdin()).ok();
+    if let Some(t) = &saved {
+        let mut raw = t.clone();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &raw);
+    }
+    let mut buf = [0u8; 8192];
+    let mut stdin_open = true;
+    let mut last_size = terminal_size(0).map(|w| (w.ws_row, w.ws_col));
+    let status = loop {
+        let mut fds = [
+            libc::pollfd { fd: m, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: if stdin_open { 0 } else { -1 }, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two pollfds we own.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+        let size = terminal_size(0).map(|w| (w.ws_row, w.ws_col));
+        if size != last_size {
+            if let Some(ws) = terminal_size(0) {
+                // SAFETY: TIOCSWINSZ reads the struct we own.
+                unsafe { libc::ioctl(m, libc::TIOCSWINSZ, &ws) };
+            }
+            last_size = size;
+        }
+        if r > 0 {
+            if fds[0].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+                match nix::unistd::read(m, &mut buf) {
+                    Ok(n) if n > 0 => {
+                        let _ = std::io::stdout().write_all(&buf[..n]);
+                        let _ = std::io::stdout().flush();
+                    }
+                    // EIO: every holder of the terminal is gone.
+                    _ => {}
+                }
+            }
+            if fds[1].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+                match nix::unistd::read(0, &mut buf) {
+                    Ok(n) if n > 0 => {
+                        let _ = nix::unistd::write(&master, &buf[..n]);
+                    }
+                    _ => stdin_open = false,
+                }
+            }
+        }
+        let mut st = 0;
+        // SAFETY: waitpid on our own child.
+        if unsafe { libc::waitpid(pid1, &mut st, libc::WNOHANG) } == pid1 {
+            // What the agent printed last is still in the terminal.
+            while let Ok(n) = nix::unistd::read(m, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let _ = std::io::stdout().write_all(&buf[..n]);
+            }
+            let _ = std::io::stdout().flush();
+            break if libc::WIFEXITED(st) {
+                libc::WEXITSTATUS(st)
+            } else {
+                128 + libc::WTERMSIG(st)
+            };
+        }
+    };
+    if let Some(t) = &saved {
+        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, t);
+    }
+    status
 }
 
 fn write_id_maps(pid: libc::pid_t, spec: &SandboxSpec, uid: u32, gid: u32) -> std::io::Result<()> {
@@ -314,6 +418,22 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
     // A new session: no controlling terminal, so TIOCSTI has nothing to push into.
     if let Err(e) = nix::unistd::setsid() {
         ctl.fail("new session", e);
+    }
+    let slave = TTY_SLAVE.load(Ordering::Relaxed);
+    if slave >= 0 {
+        // SAFETY: the pseudo-terminal made for this task becomes its stdio
+        // and controlling terminal.
+        let ok = unsafe {
+            libc::dup2(slave, 0) >= 0
+                && libc::dup2(slave, 1) >= 0
+                && libc::dup2(slave, 2) >= 0
+                && libc::ioctl(0, libc::TIOCSCTTY, 0) == 0
+        };
+        if !ok {
+            ctl.fail("attach pseudo-terminal", std::io::Error::last_os_error());
+        }
+        // SAFETY: closing our copy; 0-2 keep it open.
+        unsafe { libc::close(slave) };
     }
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };

@@ -257,6 +257,7 @@ pub fn plan(
         seccomp: seccomp_profile,
         resolv_conf: "# This sandbox has no network.\n".into(),
         watch: (!policy.unmonitored).then_some(policy.watch),
+        tty: policy.tty,
     };
     Ok((spec, layers))
 }

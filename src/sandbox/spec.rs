@@ -50,6 +50,8 @@ pub struct SandboxSpec {
     pub limits: Limits,
     pub require_landlock: bool,
     pub seccomp: Profile,
+    /// Give the agent a pseudo-terminal of its own, relayed by the helper.
+    pub tty: bool,
     /// The monitor's watch level; `None` turns monitoring off.
     pub watch: Option<WatchLevel>,
     /// Lines for the sandbox's `/etc/resolv.conf`.
