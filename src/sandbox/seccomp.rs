@@ -133,7 +133,15 @@ fn arg(index: u8, op: Op, value: u64) -> ArgCond {
 pub fn default_profile() -> Profile {
     let mut rules = vec![
         deny(
-            &["ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp"],
+            &[
+                "ptrace",
+                "process_vm_readv",
+                "process_vm_writev",
+                "process_madvise",
+                "process_mrelease",
+                "pidfd_getfd",
+                "kcmp",
+            ],
             "reading or steering other processes is how a sandboxed program escapes or steals secrets",
         ),
         deny(
