@@ -350,7 +350,10 @@ fn sockaddr_text(sa: &[u8]) -> Option<(String, u16, bool)> {
     match family {
         libc::AF_INET => {
             let ip = std::net::Ipv4Addr::from(<[u8; 4]>::try_from(sa.get(4..8)?).ok()?);
-            Some((format!("{ip}:{port}"), port, ip.is_loopback()))
+            // Transparent-mode pool addresses live on the sandbox's `lo` too:
+            // the forwarder catches them and the proxy logs the flow.
+            let local = ip.is_loopback() || crate::netproxy::dns::Pool::contains(ip);
+            Some((format!("{ip}:{port}"), port, local))
         }
         libc::AF_INET6 => {
             let ip = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(sa.get(8..24)?).ok()?);

@@ -120,8 +120,11 @@ pub struct Gate {
     consent: Option<ConsentSender>,
     events: EventSink,
     state: Mutex<State>,
-    next_id: AtomicU64,
 }
+
+/// Question ids, unique in the process: one supervisor queue holds the
+/// questions of every task, and an answer names its question by id.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Gate {
     pub fn new(
@@ -138,7 +141,6 @@ impl Gate {
             consent,
             events,
             state: Mutex::new(State::default()),
-            next_id: AtomicU64::new(1),
         }
     }
 
@@ -225,25 +227,24 @@ impl Gate {
     }
 
     async fn run_question(self: Arc<Self>, key: Key, tx: watch::Sender<Option<Outcome>>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let host = key.0.to_string();
         let port = key.1;
-        let _ = self.events.send(EventKind::ConsentRequested {
-            id,
-            host: host.clone(),
-            port,
-        });
         let (reply_tx, reply_rx) = oneshot::channel();
         let request = ConsentRequest {
             id,
-            host,
+            host: host.clone(),
             port,
             reply: reply_tx,
         };
+        // Queued first, so whoever answers on seeing the event finds it.
         let sent = self
             .consent
             .as_ref()
             .is_some_and(|c| c.send(request).is_ok());
+        let _ = self
+            .events
+            .send(EventKind::ConsentRequested { id, host, port });
         let outcome = if !sent {
             Outcome::Unanswered
         } else {
@@ -342,6 +343,7 @@ mod tests {
             tokio::spawn(async move { g.ask(&h("new.example"), 443).await })
         };
         let req = crx.recv().await.unwrap();
+        let id = req.id;
         assert_eq!((req.host.as_str(), req.port), ("new.example", 443));
         assert_eq!(req.allow_entry(), "new.example");
         req.answer(ConsentAnswer::AllowAlways);
@@ -356,12 +358,12 @@ mod tests {
         assert!(crx.try_recv().is_err());
         assert!(matches!(
             erx.recv().await,
-            Some(EventKind::ConsentRequested { id: 1, .. })
+            Some(EventKind::ConsentRequested { id: i, .. }) if i == id
         ));
         assert_eq!(
             erx.recv().await,
             Some(EventKind::ConsentAnswered {
-                id: 1,
+                id,
                 answer: "allow_always".into()
             })
         );

@@ -16,6 +16,7 @@
 //! - [`dns`]: the in-sandbox DNS responder of transparent mode.
 //! - [`forwarder`]: the in-sandbox process.
 //! - [`control`]: the line protocol the forwarder uses to report DNS lookups.
+//! - [`session`]: one task's proxy on its own thread, as the supervisor runs it.
 
 pub mod consent;
 pub mod control;
@@ -25,6 +26,7 @@ pub mod hosts;
 mod http;
 mod io;
 pub mod proxy;
+pub mod session;
 pub mod sni;
 mod socks;
 pub mod ssrf;

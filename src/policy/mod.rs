@@ -68,7 +68,7 @@ pub enum NetMode {
     Ask,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetPolicy {
     #[serde(default)]
     pub mode: NetMode,
@@ -82,6 +82,17 @@ pub struct NetPolicy {
 
 fn default_consent_timeout() -> u64 {
     60
+}
+
+impl Default for NetPolicy {
+    /// No network; a question waits 60 s (as when read from a file).
+    fn default() -> Self {
+        NetPolicy {
+            mode: NetMode::None,
+            allow_hosts: Vec::new(),
+            consent_timeout_secs: default_consent_timeout(),
+        }
+    }
 }
 
 /// How much the monitor reports.

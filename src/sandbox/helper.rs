@@ -325,6 +325,10 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
     if let Err(e) = sys::loopback_up() {
         ctl.fail("bring up loopback", e);
     }
+    // The forwarder listens before the agent exists; PID 1 reaps it.
+    if let Err(e) = super::net::start_forwarder(&spec) {
+        ctl.fail("start the network forwarder", e);
+    }
     // Nobody inside may read or write PID 1's memory through /proc.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
@@ -462,11 +466,12 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
         if !ok {
             ctl.fail("drop to unprivileged user", std::io::Error::last_os_error());
         }
-        // Changing ids made us non-dumpable, which would keep PID 1 from
-        // taking our seccomp listener (pidfd_getfd); exec resets it anyway.
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     }
+    // PID 1 made itself non-dumpable (inherited by this fork) and changing
+    // ids does the same: either keeps PID 1 from taking our seccomp listener
+    // with pidfd_getfd, as an unprivileged user too. exec resets it anyway.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     for l in limits::apply_rlimits(&spec.limits) {
         match l {
             Ok(e) => layers.push(e),
@@ -486,7 +491,7 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
         ctl.fail("no_new_privs", std::io::Error::last_os_error());
     }
     layers.push(enforced("no_new_privs", "on".into(), "kernel", None));
-    match landlock::restrict(spec, &[]) {
+    match landlock::restrict(spec, &super::net::landlock_ports(spec)) {
         Ok(o) => layers.push(enforced(
             "landlock",
             format!("ABI {}", o.kernel_abi),
@@ -540,7 +545,7 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
     ));
     for (what, value) in [
         ("namespaces", "user, mount, pid, net, ipc, uts, cgroup"),
-        ("network", "loopback only"),
+        ("network", super::net::summary(spec)),
     ] {
         layers.push(enforced(what, value.into(), "kernel", None));
     }

@@ -9,6 +9,7 @@ mod helper;
 mod landlock;
 mod limits;
 mod mounts;
+pub mod net;
 pub mod plan;
 pub mod seccomp;
 pub mod spec;
@@ -184,7 +185,7 @@ fn monitor_context(spec: &SandboxSpec, level: crate::policy::WatchLevel) -> crat
             private: vec!["/tmp".into(), "/etc".into(), spec.user.home.clone()],
             denied: spec.deny.clone(),
         },
-        proxy_ports: Vec::new(),
+        proxy_ports: net::landlock_ports(spec),
     }
 }
 

@@ -267,6 +267,8 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
         }
     }
 
+    super::net::before_pivot(spec, r)?;
+
     // The skeleton itself becomes read-only, then we enter it.
     mount(
         None::<&str>,

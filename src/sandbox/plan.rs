@@ -256,6 +256,7 @@ pub fn plan(
         require_landlock: policy.require_landlock,
         seccomp: seccomp_profile,
         resolv_conf: "# This sandbox has no network.\n".into(),
+        net: None,
         watch: (!policy.unmonitored).then_some(policy.watch),
         tty: policy.tty,
     };

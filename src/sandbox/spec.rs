@@ -56,6 +56,24 @@ pub struct SandboxSpec {
     pub watch: Option<WatchLevel>,
     /// Lines for the sandbox's `/etc/resolv.conf`.
     pub resolv_conf: String,
+    /// The path out through the network proxy; `None`: loopback only.
+    #[serde(default)]
+    pub net: Option<NetSpec>,
+}
+
+/// The sandbox's end of the network proxy ([`super::net`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetSpec {
+    /// The proxy's unix socket on the host, bound into the sandbox.
+    pub socket: PathBuf,
+    /// The forwarder's port on 127.0.0.1 and [::1].
+    pub port: u16,
+    /// The secret of the forwarder's control channel.
+    pub control_token: String,
+    /// Ports caught in transparent mode besides 80 and 443.
+    pub extra_ports: Vec<u16>,
+    /// The enforcement report's words (`allow-list proxy (2 hosts)`, `ask`).
+    pub summary: String,
 }
 
 /// What the helper tells the supervisor over the control socket, one JSON
