@@ -4,8 +4,10 @@
 
 pub mod doctor;
 pub mod log;
+pub mod net;
 pub mod review;
 pub mod run;
+pub mod tasks;
 
 use std::process::ExitCode;
 
@@ -44,13 +46,23 @@ pub enum Command {
     Reject(review::TaskArg),
     /// Put back what the last commit of a task replaced.
     Undo(review::TaskArg),
+    /// List tasks: queued, running, waiting for review, finished.
+    Tasks(tasks::TasksArgs),
+    /// Kill a running task.
+    Kill(tasks::KillArgs),
+    /// Run the supervisor and its D-Bus service without the window.
+    Serve(tasks::ServeArgs),
     /// Run one probe of `airlock doctor` in this fresh process (internal).
     #[command(name = crate::doctor::PROBE_SUBCOMMAND, hide = true)]
     Probe(doctor::ProbeArgs),
 }
 
 fn init_tracing(verbose: bool) {
-    let default = if verbose { "airlock=debug" } else { "airlock=warn" };
+    let default = if verbose {
+        "airlock=debug"
+    } else {
+        "airlock=warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -73,6 +85,9 @@ pub fn main() -> ExitCode {
         Some(Command::Commit(args)) => review::commit(args),
         Some(Command::Reject(args)) => review::reject(args),
         Some(Command::Undo(args)) => review::undo(args),
+        Some(Command::Tasks(args)) => tasks::tasks(args),
+        Some(Command::Kill(args)) => tasks::kill(args),
+        Some(Command::Serve(args)) => tasks::serve(args),
         // Single-threaded here: nothing above starts a thread.
         Some(Command::Probe(args)) => doctor::probe_main(args),
         None => crate::ui::run(),

@@ -1,16 +1,19 @@
-//! `airlock run`: one task in a fresh sandbox, from the terminal.
+//! `airlock run`: one task in a fresh sandbox, from the terminal. When the
+//! Airlock app (or `airlock serve`) owns its name on the session bus, the
+//! task is submitted there over D-Bus and its events are followed; otherwise
+//! (or with `--local`) an in-process supervisor runs it with the terminal's
+//! stdio passed through. The same audit database either way.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
 
-use crate::event::{Enforced, Event, EventKind, ExitStatus};
+use crate::event::{Enforced, Event, EventKind};
 use crate::i18n::{gettext, gettext_f};
-use crate::policy::{parse_size, Grant, Limits, Policy, SeccompChoice};
+use crate::policy::{parse_size, Grant, Policy, SeccompChoice};
 use crate::sandbox;
-use crate::task::{TaskDir, TaskId, TaskManifest, TaskState};
+use crate::supervisor::{Config, OutputMode, Supervisor, TaskRequest};
+use crate::task::{TaskId, TaskState};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -54,25 +57,62 @@ pub struct RunArgs {
     /// Write lifecycle events as JSON lines to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json_events: Option<String>,
+    /// Give the task a pseudo-terminal of its own (for interactive agents);
+    /// your terminal is relayed to it, never handed over.
+    #[arg(long)]
+    pub tty: bool,
+    /// What the monitor reports: `denials` (blocked calls and paths outside
+    /// the grants), `all` (every file access, for forensic runs), or `off`
+    /// (denials stay silent; only for measuring the monitor's cost).
+    #[arg(long, value_name = "LEVEL")]
+    pub watch: Option<String>,
+    /// Use the agent profile NAME ($XDG_CONFIG_HOME/airlock/agents/NAME.toml):
+    /// its command, grants, network, limits; options given here add to it,
+    /// and a COMMAND given here is appended to the profile's command.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Network: `none` (the default: no proxy, loopback only), `allow`
+    /// (only the --allow-host hosts, through Airlock's proxy) or `ask`
+    /// (other hosts are held while you are asked).
+    #[arg(long = "net", value_name = "none|allow|ask")]
+    pub net: Option<String>,
+    /// A host the task may reach: HOST[:PORT] (ports 80 and 443 without
+    /// one), *.example.com, an IP address or a CIDR network.
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    pub allow_hosts: Vec<String>,
+    /// Seconds a held connection waits for your answer before it is denied.
+    #[arg(long, value_name = "SECONDS")]
+    pub consent_timeout: Option<u64>,
+    /// Run the task in this process even when the Airlock app is running.
+    #[arg(long)]
+    pub local: bool,
     /// The command and its arguments.
-    #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
+    #[arg(
+        trailing_var_arg = true,
+        required_unless_present = "agent",
+        value_name = "COMMAND"
+    )]
     pub command: Vec<String>,
 }
 
 /// Builds the policy from the options; errors say which option is wrong.
 pub fn policy_from_args(a: &RunArgs) -> Result<Policy, crate::Error> {
-    let mut p = Policy::default();
+    policy_onto(Policy::default(), a)
+}
+
+/// Adds the options to `p` (the defaults, or an agent profile's policy).
+pub fn policy_onto(mut p: Policy, a: &RunArgs) -> Result<Policy, crate::Error> {
     for g in &a.grants {
         p.grants.push(Grant::parse(g)?);
     }
-    p.deny = a.deny.clone();
+    p.deny.extend(a.deny.iter().cloned());
     for e in &a.env {
         let (k, v) = e
             .split_once('=')
             .ok_or_else(|| crate::Error::Invalid(format!("--env {e:?}: write KEY=VALUE")))?;
         p.env.push((k.to_string(), v.to_string()));
     }
-    let mut l = Limits::default();
+    let mut l = p.limits.clone();
     if let Some(m) = &a.memory {
         l.memory = parse_size(m)?;
     }
@@ -113,67 +153,48 @@ pub fn policy_from_args(a: &RunArgs) -> Result<Policy, crate::Error> {
     if let Some(f) = &a.seccomp_profile {
         p.seccomp = SeccompChoice::OciFile(f.clone());
     }
+    p.tty = a.tty;
+    super::net::apply(&mut p, a.net.as_deref(), &a.allow_hosts, a.consent_timeout)?;
+    match a.watch.as_deref() {
+        None => {}
+        Some("denials") => p.watch = crate::policy::WatchLevel::Denials,
+        Some("all") => p.watch = crate::policy::WatchLevel::All,
+        Some("off") => p.unmonitored = true,
+        Some(other) => {
+            return Err(crate::Error::Invalid(format!(
+                "--watch {other}: use denials, all or off"
+            )))
+        }
+    }
     Ok(p)
 }
 
 /// Writes events as JSON lines, in order, to a file or stdout.
 struct EventSink {
     out: Option<Box<dyn Write + Send>>,
-    task: TaskId,
-    seq: u64,
 }
 
 impl EventSink {
-    fn emit(&mut self, kind: EventKind) {
-        let ev = Event::new(self.task.clone(), self.seq, kind);
-        self.seq += 1;
+    fn open(arg: Option<&str>) -> Result<EventSink, crate::Error> {
+        Ok(EventSink {
+            out: match arg {
+                None => None,
+                Some("-") => Some(Box::new(std::io::stdout())),
+                Some(f) => Some(Box::new(
+                    std::fs::File::create(f).map_err(|e| crate::Error::io(f, e))?,
+                )),
+            },
+        })
+    }
+
+    fn write(&mut self, ev: &Event) {
         if let Some(out) = &mut self.out {
-            if let Ok(line) = serde_json::to_string(&ev) {
+            if let Ok(line) = serde_json::to_string(ev) {
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
         }
     }
-}
-
-/// Bytes used by the task's upper layers (what it wrote into its grants).
-pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fn walk(p: &std::path::Path, total: &mut u64) {
-        let Ok(rd) = std::fs::read_dir(p) else { return };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            *total += m.blocks() * 512;
-            if m.is_dir() {
-                walk(&e.path(), total);
-            }
-        }
-    }
-    let mut total = 0;
-    for i in 0..layers {
-        walk(&task_dir.upper(i), &mut total);
-    }
-    total
-}
-
-/// Entries in the upper layers that are not folders: a quick count of the
-/// files a review will show.
-pub fn changed_files(task_dir: &TaskDir, layers: usize) -> u64 {
-    fn walk(p: &std::path::Path, n: &mut u64) {
-        let Ok(rd) = std::fs::read_dir(p) else { return };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => walk(&e.path(), n),
-                Ok(_) => *n += 1,
-                Err(_) => {}
-            }
-        }
-    }
-    let mut n = 0;
-    for i in 0..layers {
-        walk(&task_dir.upper(i), &mut n);
-    }
-    n
 }
 
 fn print_layers(layers: &[Enforced]) {
@@ -184,6 +205,70 @@ fn print_layers(layers: &[Enforced]) {
             .map(|n| format!(" — {n}"))
             .unwrap_or_default();
         eprintln!("  {:<14} {:<28} [{}]{}", l.what, l.value, l.mechanism, note);
+    }
+}
+
+/// Follows one task's events (from either path) and says when it is over
+/// and with which exit code.
+pub(crate) struct Follow {
+    sink: EventSink,
+    verbose: bool,
+    /// Changed files from the `exited` event, once seen.
+    changed: Option<u64>,
+    code: Option<i32>,
+}
+
+impl Follow {
+    /// Handles one event of our task; returns the exit code once the task
+    /// has ended (and reached review, when it changed files).
+    pub(crate) fn event(&mut self, ev: &Event) -> Option<i32> {
+        self.sink.write(ev);
+        match &ev.kind {
+            EventKind::Enforcement { layers } if self.verbose => {
+                eprintln!("{}", gettext("Enforced in this sandbox:"));
+                print_layers(layers);
+            }
+            EventKind::Warning { message } => eprintln!("airlock: {message}"),
+            EventKind::Failed { error } => {
+                eprintln!("airlock: {error}");
+                self.code = Some(sandbox::SETUP_FAILED);
+            }
+            EventKind::LimitHit { detail, .. } => eprintln!(
+                "airlock: {}",
+                gettext_f("the task was stopped: it {detail}", &[("detail", detail)])
+            ),
+            EventKind::Exited {
+                status,
+                changed_files,
+            } => {
+                self.changed = Some(*changed_files);
+                self.code = Some(status.code);
+                eprintln!(
+                    "{}",
+                    gettext_f(
+                        "airlock: task {id} exited with status {status}; {n} files changed, waiting for review",
+                        &[
+                            ("id", ev.task.as_str()),
+                            ("status", &status.code.to_string()),
+                            ("n", &changed_files.to_string())
+                        ]
+                    )
+                );
+            }
+            EventKind::StateChanged { to, .. } => {
+                let over = match to {
+                    TaskState::Failed | TaskState::Interrupted | TaskState::Reviewing => true,
+                    TaskState::Exited | TaskState::Killed => self.changed.unwrap_or(0) == 0,
+                    _ => false,
+                };
+                if over {
+                    // Killed before it ran: the shell's code for SIGKILL.
+                    return Some(self.code.unwrap_or(128 + libc::SIGKILL));
+                }
+            }
+            _ => {}
+        }
+        None
     }
 }
 
@@ -198,46 +283,43 @@ pub fn main(args: RunArgs, verbose: bool) -> ExitCode {
 }
 
 fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
-    let policy = policy_from_args(&args)?;
-    let id = TaskId::generate();
-    let tasks = crate::dirs::tasks_dir();
-    let task_dir = TaskDir::new(&tasks, &id);
-    crate::dirs::create_private_dir(task_dir.path())?;
-    let mut sink = EventSink {
-        out: match args.json_events.as_deref() {
-            None => None,
-            Some("-") => Some(Box::new(std::io::stdout())),
-            Some(f) => Some(Box::new(
-                std::fs::File::create(f).map_err(|e| crate::Error::io(f, e))?,
-            )),
-        },
-        task: id.clone(),
-        seq: 0,
-    };
-    sink.emit(EventKind::StateChanged {
-        from: None,
-        to: TaskState::Starting,
-    });
-    let (spec, layers) = match sandbox::plan::plan(&policy, &args.command, &task_dir) {
-        Ok(v) => v,
-        Err(e) => {
-            sink.emit(EventKind::Failed {
-                error: e.to_string(),
-            });
-            return Err(e.into());
+    let (policy, argv) = match &args.agent {
+        Some(name) => {
+            let profile = crate::policy::profile::load(name)?;
+            let mut argv = profile.command.clone();
+            argv.extend(args.command.iter().cloned());
+            (policy_onto(profile.policy, &args)?, argv)
         }
+        None => (policy_from_args(&args)?, args.command.clone()),
     };
-    let manifest = TaskManifest {
-        id: id.clone(),
-        argv: args.command.clone(),
-        policy: policy.clone(),
-        rw_layers: layers.clone(),
-        created_ms: crate::event::now_ms(),
-        requested_by: "cli".into(),
+    let mut follow = Follow {
+        sink: EventSink::open(args.json_events.as_deref())?,
+        verbose,
+        changed: None,
+        code: None,
     };
-    task_dir.write_manifest(&manifest)?;
+    if !args.local {
+        if let Some(code) =
+            crate::api::client::run_remote(&policy, &argv, &mut |ev| follow.event(ev))?
+        {
+            return Ok(code);
+        }
+    }
+    run_local(policy, argv, follow, verbose)
+}
 
-    let exe = std::env::current_exe().map_err(|e| crate::Error::io("/proc/self/exe", e))?;
+fn run_local(
+    policy: Policy,
+    argv: Vec<String>,
+    mut follow: Follow,
+    verbose: bool,
+) -> anyhow::Result<i32> {
+    let sup = Supervisor::start(Config::new()?)?;
+    if verbose {
+        for w in sup.warnings() {
+            eprintln!("airlock: {w}");
+        }
+    }
     // Ctrl+C reaches the helper through the terminal's process group and is
     // forwarded to the agent; we stay to report how it ended.
     // SAFETY: ignoring SIGINT/SIGQUIT in our own process.
@@ -245,184 +327,34 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let started = Instant::now();
-    let mut running = sandbox::spawn(
-        &spec,
-        &exe,
-        Stdio::inherit(),
-        Stdio::inherit(),
-        Stdio::inherit(),
-    )?;
-    let report = running.setup();
-    if let Some((stage, message)) = &report.error {
-        let status = running.wait().unwrap_or(sandbox::SETUP_FAILED);
-        let error = format!("{stage}: {message}");
-        // An exec failure (command not found) is the agent's exit, not a
-        // sandbox failure.
-        if stage == "run command" {
-            eprintln!("airlock: {error}");
-            finish(&mut sink, &task_dir, layers.len(), status, None);
-            return Ok(status);
-        }
-        sink.emit(EventKind::Failed {
-            error: error.clone(),
-        });
-        sink.emit(EventKind::StateChanged {
-            from: Some(TaskState::Starting),
-            to: TaskState::Failed,
-        });
-        anyhow::bail!(gettext_f(
-            "the sandbox could not be set up ({error}); run `airlock doctor` to see what this machine supports",
-            &[("error", &error)]
-        ));
-    }
-    let mut all_layers = report.layers.clone();
-    all_layers.extend(sandbox::unenforced_limits(&policy.limits));
-    all_layers.push(Enforced {
-        what: "tmp-size".into(),
-        value: crate::policy::format_size(policy.limits.tmp_size),
-        mechanism: "tmpfs".into(),
-        note: None,
-    });
-    all_layers.push(Enforced {
-        what: "max-upper".into(),
-        value: crate::policy::format_size(policy.limits.max_upper),
-        mechanism: "watchdog".into(),
-        note: None,
-    });
-    if policy.limits.timeout_secs > 0 {
-        all_layers.push(Enforced {
-            what: "timeout".into(),
-            value: format!("{} s", policy.limits.timeout_secs),
-            mechanism: "watchdog".into(),
-            note: None,
-        });
-    }
-    sink.emit(EventKind::Started {
-        argv: args.command.clone(),
-        helper_pid: running.pid(),
-    });
-    sink.emit(EventKind::Enforcement {
-        layers: all_layers.clone(),
-    });
-    sink.emit(EventKind::StateChanged {
-        from: Some(TaskState::Starting),
-        to: TaskState::Running,
-    });
-    if verbose {
-        eprintln!("{}", gettext("Enforced in this sandbox:"));
-        print_layers(&all_layers);
-    }
-
-    // The watchdog: wall-clock timeout and the size of what the task wrote.
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let hit: Arc<Mutex<Option<(String, String)>>> = Arc::new(Mutex::new(None));
-    let watchdog = {
-        let hit = hit.clone();
-        let (td, n, limits, pid) = (
-            task_dir.clone(),
-            layers.len(),
-            policy.limits.clone(),
-            running.pid(),
-        );
-        std::thread::spawn(move || {
-            // Wakes every 100 ms to check, or at once when the task ends.
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                done_rx.recv_timeout(Duration::from_millis(100))
-            {
-                let reason = if limits.timeout_secs > 0
-                    && started.elapsed() >= Duration::from_secs(limits.timeout_secs)
-                {
-                    Some((
-                        "timeout".to_string(),
-                        format!("ran longer than {} s", limits.timeout_secs),
-                    ))
-                } else if n > 0 {
-                    let used = upper_usage(&td, n);
-                    (used > limits.max_upper).then(|| {
-                        (
-                            "max-upper".to_string(),
-                            format!(
-                                "wrote {} into its grants, more than the {} allowed",
-                                crate::policy::format_size(used),
-                                crate::policy::format_size(limits.max_upper)
-                            ),
-                        )
-                    })
-                } else {
-                    None
-                };
-                if let Some(r) = reason {
-                    if let Ok(mut h) = hit.lock() {
-                        *h = Some(r);
-                    }
-                    // SAFETY: killing our own helper; PID 1 and the whole
-                    // namespace follow it.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    break;
-                }
-            }
-        })
-    };
-    let status = running.wait().unwrap_or(sandbox::SETUP_FAILED);
-    drop(done_tx);
-    let _ = watchdog.join();
-    let limit = hit.lock().ok().and_then(|h| h.clone());
-    if let Some((l, detail)) = &limit {
-        sink.emit(EventKind::LimitHit {
-            limit: l.clone(),
-            detail: detail.clone(),
-        });
-        eprintln!(
-            "airlock: {}",
-            gettext_f("the task was stopped: it {detail}", &[("detail", detail)])
-        );
-    }
-    finish(
-        &mut sink,
-        &task_dir,
-        layers.len(),
-        status,
-        limit.as_ref().map(|_| TaskState::Killed),
-    );
-    Ok(status)
-}
-
-fn finish(
-    sink: &mut EventSink,
-    task_dir: &TaskDir,
-    layers: usize,
-    status: i32,
-    state: Option<TaskState>,
-) {
-    let changed = changed_files(task_dir, layers);
-    let exit = ExitStatus {
-        code: status,
-        signal: (status > 128).then_some(status - 128),
-    };
-    if let Ok(data) = serde_json::to_vec(&exit) {
-        if let Err(e) = crate::dirs::write_atomic(&task_dir.path().join("exit.json"), &data) {
-            eprintln!("airlock: {e}");
-        }
-    }
-    sink.emit(EventKind::Exited {
-        status: exit,
-        changed_files: changed,
-    });
-    sink.emit(EventKind::StateChanged {
-        from: Some(TaskState::Running),
-        to: state.unwrap_or(TaskState::Exited),
-    });
-    let id = sink.task.to_string();
-    eprintln!(
-        "{}",
-        gettext_f(
-            "airlock: task {id} exited with status {status}; {n} files changed, waiting for review",
-            &[
-                ("id", &id),
-                ("status", &status.to_string()),
-                ("n", &changed.to_string())
-            ]
+    let mut sub = sup.subscribe();
+    let prompt = (policy.net.mode == crate::policy::NetMode::Ask).then(|| {
+        super::net::ConsentPrompt::start(
+            &sup,
+            policy.net.consent_timeout_secs,
+            super::net::interactive(),
         )
-    );
+    });
+    let id: TaskId = sup.submit_blocking(TaskRequest {
+        argv,
+        policy,
+        requested_by: "cli".into(),
+        output: OutputMode::Inherit,
+    })?;
+    if let Some(p) = &prompt {
+        p.follow(&id);
+    }
+    let code = loop {
+        let Some(ev) = sub.blocking_recv() else {
+            anyhow::bail!(gettext("the supervisor stopped before the task ended"));
+        };
+        if ev.task != id {
+            continue;
+        }
+        if let Some(code) = follow.event(&ev) {
+            break code;
+        }
+    };
+    sup.flush_audit_blocking();
+    Ok(code)
 }

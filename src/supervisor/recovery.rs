@@ -1,0 +1,292 @@
+//! What the supervisor does at start: retention, tasks whose supervisor
+//! died (→ `Interrupted`, upper layer kept), interrupted commits (finished
+//! or rolled back from their journal), and task folders the audit store
+//! does not know (reported, never deleted).
+
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{info_from_record, Shared};
+use crate::audit::Filter;
+use crate::event::{EventKind, ExitStatus};
+use crate::i18n::gettext_f;
+use crate::task::{TaskDir, TaskState};
+use crate::workspace::{self as ws, RecoveryOutcome};
+use crate::Error;
+
+/// `owner.json` in a task folder: which process runs the task, so that a
+/// second supervisor (the app, or `airlock run --local`) never declares
+/// another one's live task interrupted. Start times guard against reused
+/// pids.
+#[derive(Debug, Serialize, Deserialize)]
+struct Owner {
+    pid: u32,
+    start: u64,
+    helper_pid: u32,
+    helper_start: u64,
+}
+
+fn owner_path(dir: &TaskDir) -> std::path::PathBuf {
+    dir.path().join("owner.json")
+}
+
+/// Field 22 of `/proc/PID/stat`: the process's start time in clock ticks;
+/// `None` when there is no such process or only its zombie is left.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: skip past the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ');
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// Records this process (and the helper, once there is one: `helper_pid`
+/// 0 before) as the task's owner.
+pub(crate) fn write_owner(dir: &TaskDir, helper_pid: u32) -> Result<(), Error> {
+    let me = std::process::id();
+    let helper_start = if helper_pid == 0 {
+        0
+    } else {
+        start_time(helper_pid).unwrap_or(0)
+    };
+    let o = Owner {
+        pid: me,
+        start: start_time(me).unwrap_or(0),
+        helper_pid,
+        helper_start,
+    };
+    let data = serde_json::to_vec(&o).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::dirs::write_atomic(&owner_path(dir), &data)
+}
+
+/// Whether the process that ran the task (or its sandbox) still exists.
+fn owner_alive(dir: &TaskDir) -> bool {
+    let Ok(data) = std::fs::read(owner_path(dir)) else {
+        return false;
+    };
+    let Ok(o) = serde_json::from_slice::<Owner>(&data) else {
+        return false;
+    };
+    let alive = |pid: u32, start: u64| pid != 0 && start_time(pid).is_some_and(|s| s == start);
+    alive(o.pid, o.start) || alive(o.helper_pid, o.helper_start)
+}
+
+/// Makes a tree removable (overlay leaves `work/work` with mode 000), then
+/// removes it.
+fn remove_tree(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fn open_up(p: &Path) -> std::io::Result<()> {
+        let md = std::fs::symlink_metadata(p)?;
+        if md.is_dir() {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+            for e in std::fs::read_dir(p)? {
+                open_up(&e?.path())?;
+            }
+        }
+        Ok(())
+    }
+    match open_up(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        r => r?,
+    }
+    std::fs::remove_dir_all(p)
+}
+
+pub(crate) fn remove_layers(dir: &TaskDir, layers: &[crate::task::RwLayer]) -> Result<(), Error> {
+    for layer in layers {
+        for p in [dir.upper(layer.index), dir.work(layer.index)] {
+            remove_tree(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Finishes or rolls back an interrupted commit, unless another process
+/// holds the task's commit lock (its commit is still running).
+fn recover_commit(shared: &Shared, dir: &TaskDir) {
+    if !dir.path().join("commit.journal").exists() {
+        return;
+    }
+    let lock = dir.path().join("commit.lock");
+    let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+    else {
+        return;
+    };
+    // SAFETY: flock on our own fd; released when `f` is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return;
+    }
+    let id = dir
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match ws::recover(dir) {
+        Ok(RecoveryOutcome::Clean) => {}
+        Ok(RecoveryOutcome::RolledBack { seq }) => shared.warn(gettext_f(
+            "task {id}: an interrupted commit ({seq}) was rolled back; your files are as they were before it",
+            &[("id", &id), ("seq", &seq.to_string())],
+        )),
+        Ok(RecoveryOutcome::Completed { seq }) => shared.warn(gettext_f(
+            "task {id}: an interrupted commit ({seq}) was completed",
+            &[("id", &id), ("seq", &seq.to_string())],
+        )),
+        Err(e) => shared.warn(gettext_f(
+            "task {id}: an interrupted commit could not be recovered: {error}",
+            &[("id", &id), ("error", &e.to_string())],
+        )),
+    }
+    drop(f);
+}
+
+pub(crate) fn recover(shared: &Shared) -> Result<(), Error> {
+    let tasks_dir = shared.config.tasks_dir.clone();
+    if shared.config.retention_days > 0 {
+        let age = Duration::from_secs(shared.config.retention_days * 86_400);
+        let pruned = shared
+            .reader
+            .lock()
+            .map_err(|_| super::poisoned())?
+            .prune(age)?;
+        for id in &pruned {
+            let p = TaskDir::new(&tasks_dir, id);
+            if let Err(e) = remove_tree(p.path()) {
+                shared.warn(gettext_f(
+                    "the folder of pruned task {id} could not be removed: {error}",
+                    &[
+                        ("id", id.as_str()),
+                        ("error", &Error::io(p.path(), e).to_string()),
+                    ],
+                ));
+            }
+        }
+        if !pruned.is_empty() {
+            tracing::info!(
+                "pruned {} tasks older than {} days",
+                pruned.len(),
+                shared.config.retention_days
+            );
+        }
+    }
+    let records = shared
+        .reader
+        .lock()
+        .map_err(|_| super::poisoned())?
+        .tasks(&Filter::default())?;
+    let mut known = HashSet::new();
+    for r in &records {
+        known.insert(r.id.as_str().to_string());
+        let dir = TaskDir::new(&tasks_dir, &r.id);
+        shared.insert(info_from_record(r), None);
+        let live = matches!(
+            r.state,
+            TaskState::Queued | TaskState::Starting | TaskState::Running
+        );
+        if live && !owner_alive(&dir) {
+            interrupt(shared, &dir, r.state);
+        } else if !live {
+            recover_commit(shared, &dir);
+        }
+    }
+    let entries = match std::fs::read_dir(&tasks_dir) {
+        Ok(rd) => rd.flatten().collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(&tasks_dir, e)),
+    };
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !known.contains(&name) {
+            shared.warn(gettext_f(
+                "the task folder {path} has no record in the audit log; it was left as it is (look at it, then delete it yourself if you do not need it)",
+                &[("path", &e.path().display().to_string())],
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A task whose supervisor died: the sandbox died with it (parent-death
+/// signal), its upper layer stays for review.
+fn interrupt(shared: &Shared, dir: &TaskDir, was: TaskState) {
+    let id = match dir
+        .path()
+        .file_name()
+        .and_then(|n| crate::task::TaskId::parse(&n.to_string_lossy()).ok())
+    {
+        Some(id) => id,
+        None => return,
+    };
+    let changed = dir
+        .read_manifest()
+        .map(|m| super::runner::changed_files(dir, m.rw_layers.len()))
+        .unwrap_or(0);
+    if was != TaskState::Queued && dir.path().exists() && !dir.path().join("exit.json").exists() {
+        // The helper was killed by its parent-death signal (SIGKILL).
+        let exit = ExitStatus {
+            code: 128 + libc::SIGKILL,
+            signal: Some(libc::SIGKILL),
+        };
+        if let Ok(data) = serde_json::to_vec(&exit) {
+            if let Err(e) = crate::dirs::write_atomic(&dir.path().join("exit.json"), &data) {
+                shared.warn(e.to_string());
+            }
+        }
+    }
+    let message = gettext_f(
+        "task {id} was {state} when Airlock stopped; it is marked interrupted and its {n} changed files are kept for review",
+        &[("id", id.as_str()), ("state", was.as_str()), ("n", &changed.to_string())],
+    );
+    shared.emit(
+        &id,
+        EventKind::Warning {
+            message: message.clone(),
+        },
+    );
+    shared.transition(&id, TaskState::Interrupted);
+    shared.set_changed_files(&id, changed);
+    shared.warn(message);
+}
+
+/// Left in a task folder by [`kill_local`].
+pub(crate) const KILL_MARKER: &str = "kill.requested";
+
+/// Kills the sandbox of a task run by another process (`airlock run
+/// --local`) through its owner file; `false` if it is not running.
+pub fn kill_local(dir: &TaskDir) -> Result<bool, Error> {
+    let p = owner_path(dir);
+    let data = match std::fs::read(&p) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(&p, e)),
+    };
+    let o: Owner = serde_json::from_slice(&data).map_err(|e| Error::Manifest {
+        path: p.clone(),
+        message: e.to_string(),
+    })?;
+    if dir.path().join("exit.json").exists()
+        || o.helper_pid == 0
+        || start_time(o.helper_pid) != Some(o.helper_start)
+    {
+        return Ok(false);
+    }
+    // Tells the owning supervisor that the end was a kill, not the agent's.
+    let marker = dir.path().join(KILL_MARKER);
+    std::fs::write(&marker, b"").map_err(|e| Error::io(&marker, e))?;
+    // SAFETY: the pid and its start time match the task's helper; PID 1
+    // and the whole sandbox follow it.
+    if unsafe { libc::kill(o.helper_pid as i32, libc::SIGKILL) } != 0 {
+        return Err(Error::io(&p, std::io::Error::last_os_error()));
+    }
+    Ok(true)
+}

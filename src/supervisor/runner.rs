@@ -1,0 +1,473 @@
+//! One task from `Starting` to its end, on a dedicated thread: the helper's
+//! parent-death signal is tied to the thread that spawns it, so that thread
+//! lives exactly as long as the sandbox.
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::output::{pump, Ring};
+use super::{recovery, OutputMode, Shared, TaskCtl, TaskRequest};
+use crate::event::{Enforced, EventKind, ExitStatus};
+use crate::i18n::gettext_f;
+use crate::netproxy::session::NetSession;
+use crate::policy::Policy;
+use crate::sandbox::{self, SandboxSpec};
+use crate::task::{RwLayer, TaskDir, TaskId, TaskManifest, TaskState};
+use crate::workspace::{snapshot::snapshot_path, Snapshot};
+use crate::Error;
+
+/// Starts the task's thread. `done` hears the task id when it has ended.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    id: TaskId,
+    req: TaskRequest,
+    done: UnboundedSender<TaskId>,
+) {
+    let name = format!("airlock-task-{id}");
+    let (s2, id2, done2) = (shared.clone(), id.clone(), done.clone());
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        run(&s2, &id2, req);
+        let _ = done2.send(id2);
+    });
+    if let Err(e) = spawned {
+        shared.transition(&id, TaskState::Starting);
+        shared.emit(
+            &id,
+            EventKind::Failed {
+                error: format!("cannot start a thread for the task: {e}"),
+            },
+        );
+        shared.transition(&id, TaskState::Failed);
+        let _ = done.send(id);
+    }
+}
+
+fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
+    let ctl = Arc::new(TaskCtl::default());
+    let ring = shared.attach(id, ctl.clone());
+    shared.transition(id, TaskState::Starting);
+    let task_dir = TaskDir::new(&shared.config.tasks_dir, id);
+    let prepared = prepare(shared, id, &req, &task_dir);
+    let (mut spec, layers) = match prepared {
+        Ok(v) => v,
+        Err(e) => return fail(shared, id, e.to_string()),
+    };
+    // The task's network proxy (none for `--net none`), until the sandbox ends.
+    let emit = {
+        let (shared, id) = (shared.clone(), id.clone());
+        move |ev| {
+            shared.emit(&id, ev);
+        }
+    };
+    let consent = Some(shared.consent.clone());
+    let net = NetSession::start_for(&mut spec, &req.policy.net, task_dir.path(), emit, consent);
+    let net = match net {
+        Ok(n) => n,
+        Err(e) => return fail(shared, id, e.to_string()),
+    };
+    if ctl.kill.load(Ordering::SeqCst) {
+        return shared.transition(id, TaskState::Killed);
+    }
+    let (stdin, stdout, stderr, pumps) = match stdio(req.output, &task_dir, ring) {
+        Ok(v) => v,
+        Err(e) => return fail(shared, id, e.to_string()),
+    };
+    let started = Instant::now();
+    let mut running = match sandbox::spawn(&spec, &shared.config.helper_exe, stdin, stdout, stderr)
+    {
+        Ok(r) => r,
+        Err(e) => return fail(shared, id, e.to_string()),
+    };
+    ctl.pid.store(running.pid(), Ordering::SeqCst);
+    if let Err(e) = recovery::write_owner(&task_dir, running.pid()) {
+        shared.emit(
+            id,
+            EventKind::Warning {
+                message: e.to_string(),
+            },
+        );
+    }
+    // A kill that came while the helper was being started.
+    if ctl.kill.load(Ordering::SeqCst) {
+        running.kill();
+    }
+    let watchdog = Watchdog::start(
+        ctl.clone(),
+        task_dir.clone(),
+        layers.len(),
+        &req.policy,
+        started,
+    );
+    // The monitor's denials join the task's event stream as they happen.
+    let monitor_events = running.take_events().map(|rx| {
+        let (shared, id) = (shared.clone(), id.clone());
+        std::thread::spawn(move || {
+            for ev in rx {
+                shared.emit(&id, ev);
+            }
+        })
+    });
+    let report = running.setup();
+    if let Some((stage, message)) = &report.error {
+        let status = running.wait().unwrap_or(sandbox::SETUP_FAILED);
+        ctl.pid.store(0, Ordering::SeqCst);
+        watchdog.stop();
+        pumps.finish();
+        let error = format!("{stage}: {message}");
+        // An exec failure (command not found) is the agent's exit, not a
+        // sandbox failure.
+        if stage == "run command" {
+            shared.emit(id, EventKind::Warning { message: error });
+            shared.transition(id, TaskState::Running);
+            return finish(shared, id, &task_dir, layers.len(), status, None);
+        }
+        if ctl.kill.load(Ordering::SeqCst) {
+            write_exit(shared, id, &task_dir, status);
+            return shared.transition(id, TaskState::Killed);
+        }
+        return fail(
+            shared,
+            id,
+            gettext_f(
+                "the sandbox could not be set up ({error}); run `airlock doctor` to see what this machine supports",
+                &[("error", &error)],
+            ),
+        );
+    }
+    shared.emit(
+        id,
+        EventKind::Started {
+            argv: req.argv.clone(),
+            helper_pid: running.pid(),
+        },
+    );
+    shared.emit(
+        id,
+        EventKind::Enforcement {
+            layers: enforced(&report.layers, &req.policy),
+        },
+    );
+    shared.transition(id, TaskState::Running);
+    let status = running.wait().unwrap_or(sandbox::SETUP_FAILED);
+    ctl.pid.store(0, Ordering::SeqCst);
+    // Its last flows are reported before the task's end.
+    drop(net);
+    if let Some(t) = monitor_events {
+        let _ = t.join();
+    }
+    let hit = watchdog.stop();
+    pumps.finish();
+    if let Some((limit, detail)) = &hit {
+        shared.emit(
+            id,
+            EventKind::LimitHit {
+                limit: limit.clone(),
+                detail: detail.clone(),
+            },
+        );
+    }
+    // `airlock kill` from another process leaves a marker (see kill_local).
+    let killed = hit.is_some()
+        || ctl.kill.load(Ordering::SeqCst)
+        || task_dir.path().join(recovery::KILL_MARKER).exists();
+    let end = killed.then_some(TaskState::Killed);
+    finish(shared, id, &task_dir, layers.len(), status, end);
+}
+
+/// Plans the sandbox, creates the task folder, its layers, the snapshots
+/// of the read-write grants (the base for conflict detection) and the
+/// manifest.
+fn prepare(
+    shared: &Shared,
+    id: &TaskId,
+    req: &TaskRequest,
+    task_dir: &TaskDir,
+) -> Result<(SandboxSpec, Vec<RwLayer>), Error> {
+    crate::dirs::create_private_dir(task_dir.path())?;
+    let (mut spec, layers) = sandbox::plan::plan(&req.policy, &req.argv, task_dir)?;
+    if let Some(agent) = &req.policy.persistent_home {
+        spec.persistent_home = Some(agent_home(agent, &spec)?);
+    }
+    for l in &layers {
+        Snapshot::capture(&l.path)?.save(&snapshot_path(task_dir, l.index))?;
+    }
+    let manifest = TaskManifest {
+        id: id.clone(),
+        argv: req.argv.clone(),
+        policy: req.policy.clone(),
+        rw_layers: layers.clone(),
+        created_ms: shared
+            .info(id)
+            .map(|i| i.created_ms)
+            .unwrap_or_else(crate::event::now_ms),
+        requested_by: req.requested_by.clone(),
+    };
+    task_dir.write_manifest(&manifest)?;
+    shared.record(super::store::AuditMsg::Task(Box::new(manifest)));
+    Ok((spec, layers))
+}
+
+/// `$XDG_STATE_HOME/airlock/agents/NAME/home`, created on first use and
+/// owned by the uid the agent runs as.
+fn agent_home(agent: &str, spec: &SandboxSpec) -> Result<std::path::PathBuf, Error> {
+    if agent.is_empty()
+        || !agent
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || agent.starts_with('.')
+    {
+        return Err(Error::Invalid(gettext_f(
+            "{name} is not a valid agent name for a persistent home (use letters, digits, - and _)",
+            &[("name", agent)],
+        )));
+    }
+    let home = crate::dirs::state_dir()
+        .join("agents")
+        .join(agent)
+        .join("home");
+    crate::dirs::create_private_dir(&home)?;
+    if spec.outer_root {
+        std::os::unix::fs::chown(&home, Some(spec.user.uid), Some(spec.user.gid))
+            .map_err(|e| Error::io(&home, e))?;
+    }
+    Ok(home)
+}
+
+/// The helper's layers plus what the supervisor itself enforces.
+fn enforced(helper: &[Enforced], policy: &Policy) -> Vec<Enforced> {
+    let mut all = helper.to_vec();
+    all.extend(sandbox::unenforced_limits(&policy.limits));
+    all.push(Enforced {
+        what: "tmp-size".into(),
+        value: crate::policy::format_size(policy.limits.tmp_size),
+        mechanism: "tmpfs".into(),
+        note: None,
+    });
+    all.push(Enforced {
+        what: "max-upper".into(),
+        value: crate::policy::format_size(policy.limits.max_upper),
+        mechanism: "watchdog".into(),
+        note: None,
+    });
+    if policy.limits.timeout_secs > 0 {
+        all.push(Enforced {
+            what: "timeout".into(),
+            value: format!("{} s", policy.limits.timeout_secs),
+            mechanism: "watchdog".into(),
+            note: None,
+        });
+    }
+    all
+}
+
+fn fail(shared: &Shared, id: &TaskId, error: String) {
+    shared.emit(id, EventKind::Failed { error });
+    shared.transition(id, TaskState::Failed);
+}
+
+/// The reader threads of a captured task.
+struct Pumps(Vec<std::thread::JoinHandle<()>>);
+
+impl Pumps {
+    /// Waits for the output to be read to its end. The sandbox is gone, so
+    /// every writer has closed its end; the bound is only a safety net.
+    fn finish(self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for h in self.0 {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+type Stdios = (Stdio, Stdio, Stdio, Pumps);
+
+fn stdio(mode: OutputMode, task_dir: &TaskDir, ring: Arc<Mutex<Ring>>) -> Result<Stdios, Error> {
+    if mode == OutputMode::Inherit {
+        return Ok((
+            Stdio::inherit(),
+            Stdio::inherit(),
+            Stdio::inherit(),
+            Pumps(Vec::new()),
+        ));
+    }
+    let path = task_dir.output_log();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    let log = Arc::new(Mutex::new(Some(log)));
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::io("pipe", std::io::Error::from(e)))?;
+    let w2: OwnedFd = w.try_clone().map_err(|e| Error::io("pipe", e))?;
+    let reader = std::fs::File::from(r);
+    let h = std::thread::Builder::new()
+        .name("airlock-output".into())
+        .spawn(move || pump(reader, ring, log))
+        .map_err(|e| Error::io("pipe", e))?;
+    Ok((
+        Stdio::null(),
+        Stdio::from(w),
+        Stdio::from(w2),
+        Pumps(vec![h]),
+    ))
+}
+
+/// Wall-clock timeout, the size of what the task wrote into its grants,
+/// and kill requests.
+struct Watchdog {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<Option<(String, String)>>,
+}
+
+impl Watchdog {
+    fn start(
+        ctl: Arc<TaskCtl>,
+        td: TaskDir,
+        layers: usize,
+        policy: &Policy,
+        started: Instant,
+    ) -> Watchdog {
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let limits = policy.limits.clone();
+        let thread = std::thread::spawn(move || {
+            // Wakes every 100 ms to check, or at once when the task ends.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(Duration::from_millis(100))
+            {
+                let reason = if limits.timeout_secs > 0
+                    && started.elapsed() >= Duration::from_secs(limits.timeout_secs)
+                {
+                    Some((
+                        "timeout".to_string(),
+                        format!("ran longer than {} s", limits.timeout_secs),
+                    ))
+                } else if layers > 0 {
+                    let used = upper_usage(&td, layers);
+                    (used > limits.max_upper).then(|| {
+                        (
+                            "max-upper".to_string(),
+                            format!(
+                                "wrote {} into its grants, more than the {} allowed",
+                                crate::policy::format_size(used),
+                                crate::policy::format_size(limits.max_upper)
+                            ),
+                        )
+                    })
+                } else {
+                    None
+                };
+                let pid = ctl.pid.load(Ordering::SeqCst);
+                if let Some(r) = reason {
+                    if pid != 0 {
+                        // SAFETY: killing our own helper; PID 1 and the
+                        // whole namespace follow it.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    }
+                    return Some(r);
+                }
+            }
+            None
+        });
+        Watchdog { stop, thread }
+    }
+
+    fn stop(self) -> Option<(String, String)> {
+        drop(self.stop);
+        self.thread.join().ok().flatten()
+    }
+}
+
+fn write_exit(shared: &Shared, id: &TaskId, task_dir: &TaskDir, status: i32) -> ExitStatus {
+    let exit = ExitStatus {
+        code: status,
+        signal: (status > 128).then_some(status - 128),
+    };
+    // The workspace reads exit.json to know no process of the task is alive.
+    let r = serde_json::to_vec(&exit)
+        .map_err(|e| Error::Invalid(e.to_string()))
+        .and_then(|data| crate::dirs::write_atomic(&task_dir.path().join("exit.json"), &data));
+    if let Err(e) = r {
+        shared.emit(
+            id,
+            EventKind::Warning {
+                message: e.to_string(),
+            },
+        );
+    }
+    exit
+}
+
+fn finish(
+    shared: &Shared,
+    id: &TaskId,
+    task_dir: &TaskDir,
+    layers: usize,
+    status: i32,
+    state: Option<TaskState>,
+) {
+    let exit = write_exit(shared, id, task_dir, status);
+    let changed = changed_files(task_dir, layers);
+    shared.emit(
+        id,
+        EventKind::Exited {
+            status: exit,
+            changed_files: changed,
+        },
+    );
+    shared.transition(id, state.unwrap_or(TaskState::Exited));
+    if changed > 0 {
+        shared.transition(id, TaskState::Reviewing);
+    }
+    tracing::debug!(task = %id, status, changed, "task ended");
+}
+
+/// Bytes used by the task's upper layers (what it wrote into its grants).
+pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &std::path::Path, total: &mut u64) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            *total += m.blocks() * 512;
+            if m.is_dir() {
+                walk(&e.path(), total);
+            }
+        }
+    }
+    let mut total = 0;
+    for i in 0..layers {
+        walk(&task_dir.upper(i), &mut total);
+    }
+    total
+}
+
+/// Entries in the upper layers that are not folders: a quick count of the
+/// files a review will show.
+pub fn changed_files(task_dir: &TaskDir, layers: usize) -> u64 {
+    fn walk(p: &std::path::Path, n: &mut u64) {
+        let Ok(rd) = std::fs::read_dir(p) else { return };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path(), n),
+                Ok(_) => *n += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    let mut n = 0;
+    for i in 0..layers {
+        walk(&task_dir.upper(i), &mut n);
+    }
+    n
+}
