@@ -535,6 +535,11 @@ fn supervisor() -> &'static (World, SupervisorHandle) {
 /// answers its question with `answer` (`None`: never). Returns the output
 /// and the task's events.
 fn ask_and_answer(answer: Option<&str>) -> (String, Vec<EventKind>) {
+    ask_and_answer_as(answer, None)
+}
+
+/// [`ask_and_answer`] for a task started from agent profile `agent`.
+fn ask_and_answer_as(answer: Option<&str>, agent: Option<&str>) -> (String, Vec<EventKind>) {
     let (w, h) = supervisor();
     let (name, addr) = host_name_and_addr();
     let port = serve_dir(
@@ -554,6 +559,7 @@ fn ask_and_answer(answer: Option<&str>) -> (String, Vec<EventKind>) {
             allow_hosts: vec![format!("{addr}:{port}")],
             consent_timeout_secs: 3,
         },
+        agent: agent.map(str::to_string),
         ..Policy::default()
     };
     let script = format!(
@@ -719,5 +725,48 @@ fn ask_mode_prompts_on_the_terminal_and_always_lasts_for_the_task() {
     let evs = events(&ev);
     let answered = of_type(&evs, "consent_answered");
     assert_eq!(answered.len(), 1, "{evs:?}");
-    assert_eq!(answered[0]["answer"], "allow_task");
+    assert_eq!(answered[0]["answer"], "allow_always");
+    // Not started from an agent profile: the answer lasts for the task.
+    assert!(
+        of_type(&evs, "warning")
+            .iter()
+            .any(|w| w["message"].as_str().unwrap_or("").contains("for this task only")),
+        "{evs:?}"
+    );
+}
+
+#[test]
+fn ask_mode_always_is_saved_to_the_agent_profile() {
+    let (w, _) = supervisor();
+    let dir = w.path().join("config/airlock/agents");
+    std::fs::create_dir_all(&dir).unwrap();
+    let profile = dir.join("asker.toml");
+    let original = "# my agent\ncommand = [\"sh\"]\n\n[network]\nmode = \"ask\"\nallow_hosts = [\"pypi.org\"]\n";
+    std::fs::write(&profile, original).unwrap();
+    let (out, evs) = ask_and_answer_as(Some("allow_always"), Some("asker"));
+    assert!(out.contains("held-then-allowed"), "{out}");
+    let (name, _) = host_name_and_addr();
+    let saved = std::fs::read_to_string(&profile).unwrap();
+    assert!(saved.starts_with("# my agent\n"), "{saved}");
+    assert!(saved.contains("pypi.org"), "{saved}");
+    let loaded = airlock::policy::profile::load("asker").unwrap();
+    assert!(
+        loaded
+            .policy
+            .net
+            .allow_hosts
+            .iter()
+            .any(|h| h.to_lowercase().starts_with(&name.to_lowercase())),
+        "{saved}"
+    );
+    assert!(
+        evs.iter().any(|e| matches!(e, EventKind::Warning { message } if message.contains("always allowed for agent asker"))),
+        "{evs:?}"
+    );
+    // Without a profile, "always" lasts for the task and says so.
+    let (_, evs) = ask_and_answer_as(Some("allow_always"), None);
+    assert!(
+        evs.iter().any(|e| matches!(e, EventKind::Warning { message } if message.contains("for this task only"))),
+        "{evs:?}"
+    );
 }

@@ -156,11 +156,11 @@ fn ask_on_terminal(host: &str, port: u16, secs: u64) -> &'static str {
     let (answer, said) = match line.trim().chars().next().map(|c| c.to_ascii_lowercase()) {
         Some('o') => ("allow_once", gettext("allowed once")),
         Some('t') => ("allow_task", gettext("allowed for this task")),
-        // Saving to an agent profile is the window's job: from here an
-        // "always" lasts for the task, and we say so.
+        // The supervisor saves it to the task's agent profile, or says it
+        // lasts for this task when there is none.
         Some('a') => (
-            "allow_task",
-            gettext("allowed for this task only: airlock run does not save answers to an agent profile (add --allow-host to the profile to make it permanent)"),
+            "allow_always",
+            gettext("allowed always: saved to the agent profile, or for this task only when the task has none"),
         ),
         _ if !ready => ("deny", gettext("no answer in time: denied")),
         _ => ("deny", gettext("denied")),

@@ -288,7 +288,9 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             let profile = crate::policy::profile::load(name)?;
             let mut argv = profile.command.clone();
             argv.extend(args.command.iter().cloned());
-            (policy_onto(profile.policy, &args)?, argv)
+            let mut policy = policy_onto(profile.policy, &args)?;
+            policy.agent = Some(name.clone());
+            (policy, argv)
         }
         None => (policy_from_args(&args)?, args.command.clone()),
     };

@@ -175,6 +175,9 @@ pub struct Policy {
     pub persistent_home: Option<String>,
     /// Give the task its own pseudo-terminal.
     pub tty: bool,
+    /// The agent profile this policy came from (`--agent NAME`): an
+    /// "always" answer to a network question is saved there.
+    pub agent: Option<String>,
 }
 
 /// Paths relative to `$HOME` that no task ever sees, even inside a grant:

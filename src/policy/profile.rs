@@ -285,6 +285,56 @@ pub fn load_file(name: &str, path: &Path) -> Result<Profile, Error> {
     )
 }
 
+/// Adds `entry` (an `--allow-host` entry) to the network allow-list of the
+/// profile text, keeping everything else — comments included — as it was.
+fn with_allowed_host(text: &str, entry: &str) -> String {
+    let quoted = serde_json::to_string(entry).unwrap_or_else(|_| format!("{entry:?}"));
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines.iter().position(|l| l.trim() == "[network]");
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    match header {
+        Some(h) => {
+            // The end of the [network] table: the next table header.
+            let end = (h + 1..lines.len())
+                .find(|&i| lines[i].trim_start().starts_with('['))
+                .unwrap_or(lines.len());
+            match (h + 1..end).find(|&i| lines[i].trim_start().starts_with("allow_hosts")) {
+                Some(i) => match lines[i].find('[') {
+                    Some(b) => {
+                        let (a, rest) = lines[i].split_at(b + 1);
+                        let sep = if rest.trim_start().starts_with(']') { "" } else { ", " };
+                        out[i] = format!("{a}{quoted}{sep}{rest}");
+                    }
+                    None => out.insert(i + 1, format!("allow_hosts = [{quoted}]")),
+                },
+                None => out.insert(h + 1, format!("allow_hosts = [{quoted}]")),
+            }
+        }
+        None => {
+            out.push(String::new());
+            out.push("[network]".into());
+            out.push("mode = \"ask\"".into());
+            out.push(format!("allow_hosts = [{quoted}]"));
+        }
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
+/// Saves an "always" answer: `entry` joins the allow-list of agent `name`'s
+/// profile. The new text is checked before it replaces the file, so a
+/// profile is never left broken.
+pub fn remember_host(name: &str, entry: &str) -> Result<PathBuf, Error> {
+    let path = profiles_dir().join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let new = with_allowed_host(&text, entry);
+    let shown = path.display().to_string();
+    parse(name, &shown, &new, &crate::dirs::home_dir())?;
+    crate::dirs::write_atomic(&path, new.as_bytes())?;
+    Ok(path)
+}
+
 /// Loads `$XDG_CONFIG_HOME/airlock/agents/NAME.toml`.
 pub fn load(name: &str) -> Result<Profile, Error> {
     if !valid_name(name) {
@@ -388,5 +438,24 @@ EDITOR = "true"
     fn line_column_counts_characters() {
         assert_eq!(line_column("ab\ncé d", 7), (2, 4));
         assert_eq!(line_column("", 5), (1, 1));
+    }
+
+    #[test]
+    fn an_always_answer_joins_the_allow_list_and_keeps_comments() {
+        let home = Path::new("/home/u");
+        for (text, n) in [
+            ("# mine\ncommand = [\"sh\"]\n[network]\nmode = \"ask\"\nallow_hosts = [\"a.org\"]\n", 2),
+            ("command = [\"sh\"]\n[network]\nmode = \"ask\"\nallow_hosts = []\n[limits]\npids = 5\n", 1),
+            ("command = [\"sh\"]\n[network]\nmode = \"ask\"\n", 1),
+            ("command = [\"sh\"] # run it\n", 1),
+        ] {
+            let new = with_allowed_host(text, "api.example.com:8443");
+            let p = parse("t", "t.toml", &new, home).unwrap_or_else(|e| panic!("{e}\n{new}"));
+            assert!(p.policy.net.allow_hosts.contains(&"api.example.com:8443".to_string()), "{new}");
+            assert_eq!(p.policy.net.allow_hosts.len(), n, "{new}");
+            for line in text.lines().filter(|l| l.starts_with('#')) {
+                assert!(new.contains(line));
+            }
+        }
     }
 }

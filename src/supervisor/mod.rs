@@ -149,6 +149,8 @@ pub(crate) struct Shared {
     warnings: Mutex<Vec<String>>,
     /// Where the task's network proxies send ask-mode questions.
     pub(crate) consent: ConsentSender,
+    /// Which task asked each consent question (to save "always" answers).
+    consent_tasks: Mutex<std::collections::HashMap<u64, TaskId>>,
     /// Subscribers that must never lose an event (the D-Bus service: its
     /// clients cannot re-read a lost signal).
     taps: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
@@ -159,6 +161,11 @@ impl Shared {
     /// summary updated, the audit writer and then the bus. Under one lock,
     /// so every subscriber sees each task's events in `seq` order.
     pub(crate) fn emit(&self, task: &TaskId, kind: EventKind) -> Option<u64> {
+        if let EventKind::ConsentRequested { id, .. } = &kind {
+            if let Ok(mut m) = self.consent_tasks.lock() {
+                m.insert(*id, task.clone());
+            }
+        }
         let Ok(mut tasks) = self.tasks.lock() else {
             return None;
         };
@@ -296,6 +303,7 @@ impl Supervisor {
             config,
             warnings: Mutex::new(Vec::new()),
             consent: consent_tx.clone(),
+            consent_tasks: Mutex::new(Default::default()),
             taps: Mutex::new(Vec::new()),
         });
         recovery::recover(&shared)?;
@@ -644,7 +652,51 @@ impl SupervisorHandle {
     /// `allow_always` or `deny`.
     pub async fn answer_consent(&self, id: u64, answer: &str) -> Result<(), Error> {
         let a = parse_answer(answer)?;
-        self.ask(|tx| Cmd::Answer(id, a, tx)).await?
+        let question = match a {
+            ConsentAnswer::AllowAlways => self
+                .pending_consents()
+                .await?
+                .into_iter()
+                .find(|c| c.id == id),
+            _ => None,
+        };
+        self.ask(|tx| Cmd::Answer(id, a, tx)).await??;
+        if let Some(q) = question {
+            self.remember_always(&q);
+        }
+        Ok(())
+    }
+
+    /// Saves an "always" answer to the agent profile the task came from;
+    /// without one it lasted for the task, and the task's events say so.
+    fn remember_always(&self, q: &PendingConsent) {
+        let task = self
+            .shared
+            .consent_tasks
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&q.id).cloned());
+        let Some(task) = task else { return };
+        let dir = crate::task::TaskDir::new(&self.shared.config.tasks_dir, &task);
+        let agent = dir.read_manifest().ok().and_then(|m| m.policy.agent);
+        let entry = crate::netproxy::consent::allow_entry(&q.host, q.port);
+        let message = match agent {
+            Some(name) => match crate::policy::profile::remember_host(&name, &entry) {
+                Ok(path) => gettext_f(
+                    "{host} is now always allowed for agent {agent} ({path})",
+                    &[("host", &entry), ("agent", &name), ("path", &path.display().to_string())],
+                ),
+                Err(e) => gettext_f(
+                    "{host} could not be saved to agent {agent}'s profile: {error}; it is allowed for this task only",
+                    &[("host", &entry), ("agent", &name), ("error", &e.to_string())],
+                ),
+            },
+            None => gettext_f(
+                "{host} is allowed for this task only: the task was not started from an agent profile",
+                &[("host", &entry)],
+            ),
+        };
+        self.shared.emit(&task, EventKind::Warning { message });
     }
 
     /// The change set of a finished task, per read-write grant.
