@@ -1,0 +1,820 @@
+//! `airlock changes`, `diff`, `commit`, `reject`, `undo`, and the terminal
+//! review that `airlock run --review` ends with. Names and file content are
+//! always shown escaped; colour only on a terminal.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::i18n::{gettext, gettext_f};
+use crate::task::{TaskDir, TaskId, TaskManifest};
+use crate::workspace::changes::{hex, unhex, Change, ChangeKind, ChangeSet, NodeKind};
+use crate::workspace::diff::{self, FileDiff, Tag};
+use crate::workspace::names::{escape, escape_path, escape_text};
+use crate::workspace::{self as ws, CommitOptions, Selection, Snapshot};
+
+#[derive(Debug, clap::Args)]
+pub struct ChangesArgs {
+    /// The task id.
+    pub task: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    pub task: String,
+    /// Only this file (its real path, or relative to the granted folder).
+    pub path: Option<PathBuf>,
+    /// Before on the left, after on the right.
+    #[arg(long)]
+    pub side_by_side: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CommitArgs {
+    pub task: String,
+    /// Commit only these files or folders (repeatable).
+    #[arg(long, num_args = 1..)]
+    pub only: Vec<PathBuf>,
+    /// Commit only some hunks of a file: PATH:1,3 (numbers as `airlock diff` shows).
+    #[arg(long)]
+    pub hunks: Vec<PathBuf>,
+    /// For a conflict: overwrite the user's newer file with the agent's version.
+    #[arg(long, num_args = 1..)]
+    pub keep_agent: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TaskArg {
+    pub task: String,
+}
+
+/// One task opened for review.
+struct Review {
+    dir: TaskDir,
+    manifest: TaskManifest,
+}
+
+fn open(task: &str) -> Result<Review> {
+    let id = TaskId::parse(task)?;
+    let dir = TaskDir::new(&crate::dirs::tasks_dir(), &id);
+    if !dir.manifest().exists() {
+        return Err(crate::Error::NoSuchTask(task.to_string()).into());
+    }
+    let manifest = dir.read_manifest()?;
+    match ws::recover(&dir)? {
+        ws::RecoveryOutcome::Clean => {}
+        ws::RecoveryOutcome::RolledBack { seq } => eprintln!(
+            "{}",
+            gettext_f(
+                "An interrupted commit ({seq}) was rolled back.",
+                &[("seq", &seq.to_string())]
+            )
+        ),
+        ws::RecoveryOutcome::Completed { seq } => eprintln!(
+            "{}",
+            gettext_f(
+                "An interrupted commit ({seq}) was completed.",
+                &[("seq", &seq.to_string())]
+            )
+        ),
+    }
+    Ok(Review { dir, manifest })
+}
+
+impl Review {
+    /// The sandbox writes `exit.json` when the task's last process is gone.
+    fn finished(&self) -> bool {
+        self.dir.path().join("exit.json").exists()
+    }
+
+    fn require_finished(&self) -> Result<()> {
+        if !self.finished() {
+            bail!(gettext_f(
+                "task {id} is still running (it has not written {file}); review starts once it has ended",
+                &[("id", self.manifest.id.as_str()), ("file", "exit.json")]
+            ));
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, index: usize) -> Result<Option<Snapshot>> {
+        let p = ws::snapshot::snapshot_path(&self.dir, index);
+        if p.exists() {
+            Ok(Some(Snapshot::load(&p)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Change sets of every read-write grant that has an upper layer.
+    fn change_sets(&self) -> Result<Vec<(usize, ChangeSet, Option<Snapshot>)>> {
+        let mut out = Vec::new();
+        for layer in &self.manifest.rw_layers {
+            let upper = self.dir.upper(layer.index);
+            if !upper.exists() {
+                continue;
+            }
+            let snap = self.snapshot(layer.index)?;
+            let cs = ChangeSet::compute(&layer.path, &upper, snap.as_ref())?;
+            out.push((layer.index, cs, snap));
+        }
+        Ok(out)
+    }
+
+    fn reviewed_path(&self) -> PathBuf {
+        self.dir.path().join("reviewed.json")
+    }
+
+    fn load_reviewed(&self) -> Result<Reviewed> {
+        let p = self.reviewed_path();
+        match std::fs::read(&p) {
+            Ok(d) => serde_json::from_slice(&d).with_context(|| escape_path(&p)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Reviewed::default()),
+            Err(e) => Err(crate::Error::io(&p, e).into()),
+        }
+    }
+
+    /// Remembers the hashes of what was just shown, for the commit check.
+    fn record_shown<'a>(&self, shown: impl IntoIterator<Item = (usize, &'a Change)>) -> Result<()> {
+        let mut r = self.load_reviewed()?;
+        for (layer, c) in shown {
+            if let Some(h) = c.hash {
+                r.entries
+                    .retain(|e| !(e.layer == layer && e.path == c.path));
+                r.entries.push(ReviewedEntry {
+                    layer,
+                    path: c.path.clone(),
+                    sha256: hex(h),
+                });
+            }
+        }
+        let data = serde_json::to_vec(&r)?;
+        crate::dirs::write_atomic(&self.reviewed_path(), &data)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Reviewed {
+    entries: Vec<ReviewedEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ReviewedEntry {
+    layer: usize,
+    #[serde(with = "crate::workspace::changes::bytes")]
+    path: Vec<u8>,
+    sha256: String,
+}
+
+/// A path typed by the user: the real path (under a grant) or one relative
+/// to the granted folder.
+fn to_rel(grant: &Path, p: &Path) -> Option<Vec<u8>> {
+    let rel = if p.is_absolute() {
+        p.strip_prefix(grant).ok()?.to_path_buf()
+    } else {
+        p.to_path_buf()
+    };
+    let b = rel.as_os_str().as_bytes();
+    let b = b.strip_suffix(b"/").unwrap_or(b);
+    let b = b.strip_prefix(b"./").unwrap_or(b);
+    Some(b.to_vec())
+}
+
+struct Style {
+    on: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+fn kind_letter(c: &Change) -> &'static str {
+    match c.kind {
+        ChangeKind::Added => "A",
+        ChangeKind::Modified => "M",
+        ChangeKind::Deleted => "D",
+        ChangeKind::TypeChanged => "T",
+        ChangeKind::ModeChanged => "m",
+        ChangeKind::Refused => "!",
+    }
+}
+
+fn describe(c: &Change) -> String {
+    let mut parts = Vec::new();
+    if let (Some(b), Some(a)) = (&c.before, &c.after) {
+        if b.kind != a.kind {
+            parts.push(format!("{:?} → {:?}", b.kind, a.kind).to_lowercase());
+        } else if b.perm != a.perm {
+            parts.push(format!("{:o} → {:o}", b.perm, a.perm));
+        }
+    }
+    if let Some(t) = c.after.as_ref().and_then(|a| a.target.as_ref()) {
+        parts.push(format!("→ {}", escape(t)));
+    }
+    if c.deleted_entries > 0 {
+        parts.push(gettext_f(
+            "{n} entries inside",
+            &[("n", &c.deleted_entries.to_string())],
+        ));
+    }
+    parts.join(", ")
+}
+
+fn print_change(st: &Style, c: &Change) {
+    let letter = kind_letter(c);
+    let colour = match c.kind {
+        ChangeKind::Added => "32",
+        ChangeKind::Deleted => "31",
+        ChangeKind::Refused => "35",
+        _ => "33",
+    };
+    let mut line = format!("{} {}", st.paint(colour, letter), c.display());
+    let d = describe(c);
+    if !d.is_empty() {
+        line.push_str(&format!("  ({d})"));
+    }
+    if c.conflict {
+        line.push_str(&format!(
+            "  {}",
+            st.paint("1;31", &gettext("CONFLICT: changed by you meanwhile"))
+        ));
+    }
+    for r in &c.risks {
+        line.push_str(&format!(
+            "  {}",
+            st.paint("1;33", &format!("[{}]", r.describe()))
+        ));
+    }
+    println!("{line}");
+}
+
+pub fn changes(args: ChangesArgs) -> ExitCode {
+    report(changes_inner(args))
+}
+
+fn changes_inner(args: ChangesArgs) -> Result<ExitCode> {
+    let r = open(&args.task)?;
+    r.require_finished()?;
+    let sets = r.change_sets()?;
+    r.record_shown(
+        sets.iter()
+            .flat_map(|(i, cs, _)| cs.changes.iter().map(move |c| (*i, c))),
+    )?;
+    if args.json {
+        let mut out = Vec::new();
+        for (_, cs, _) in &sets {
+            let mut items = Vec::new();
+            for c in &cs.changes {
+                let mut v = serde_json::to_value(c)?;
+                v["display"] = serde_json::Value::String(c.display());
+                items.push(v);
+            }
+            out.push(serde_json::json!({ "grant": escape_path(&cs.grant), "changes": items }));
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let st = Style {
+        on: std::io::stdout().is_terminal(),
+    };
+    let mut any = false;
+    for (_, cs, _) in &sets {
+        if cs.changes.is_empty() {
+            continue;
+        }
+        any = true;
+        println!(
+            "{}",
+            gettext_f("In {path}:", &[("path", &escape_path(&cs.grant))])
+        );
+        for c in &cs.changes {
+            print_change(&st, c);
+        }
+    }
+    if !any {
+        println!("{}", gettext("No changes."));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_side(root: &Path, rel: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let fd = ws::fsx::open_dir_path(root).map_err(|e| crate::Error::io(root, e))?;
+    let (parent, name) = ws::fsx::split_last(rel);
+    let mut out = Vec::new();
+    ws::fsx::open_dir_at(&fd, parent)
+        .and_then(|d| ws::fsx::open_file_at(std::os::fd::AsRawFd::as_raw_fd(&d), name))
+        .and_then(|mut f| f.read_to_end(&mut out))
+        .map_err(|e| crate::Error::io(ws::fsx::rel_display(root, rel), e))?;
+    Ok(out)
+}
+
+/// The diff of one change, when it has file content on either side.
+pub fn file_diff(cs: &ChangeSet, c: &Change) -> Result<Option<FileDiff>> {
+    let is_file = |n: Option<&ws::Node>| n.is_some_and(|n| n.kind == NodeKind::File);
+    let before = is_file(c.before.as_ref());
+    let after = is_file(c.after.as_ref());
+    if !before && !after {
+        return Ok(None);
+    }
+    let old = if before {
+        Some(read_side(&cs.grant, &c.path)?)
+    } else {
+        None
+    };
+    let new = if after {
+        Some(read_side(&cs.upper, &c.path)?)
+    } else {
+        None
+    };
+    Ok(Some(diff::diff_files(old.as_deref(), new.as_deref())))
+}
+
+fn line_text(st: &Style, l: &diff::Line) -> String {
+    let mut s = String::new();
+    for seg in &l.segments {
+        let t = escape_text(&seg.text);
+        s.push_str(&if seg.emphasized { st.paint("7", &t) } else { t });
+    }
+    match l.ending.as_str() {
+        "\r\n" => s.push_str(&st.paint("2", "␍")),
+        "" => s.push_str(&st.paint("2", &format!(" {}", gettext("(no newline at end)")))),
+        _ => {}
+    }
+    s
+}
+
+fn print_diff(st: &Style, d: &FileDiff, side: bool) {
+    match d {
+        FileDiff::Text {
+            old,
+            new,
+            hunks,
+            approximate,
+        } => {
+            if let (Some(o), Some(n)) = (old, new) {
+                if o.endings != n.endings {
+                    println!(
+                        "  {}",
+                        gettext_f(
+                            "line endings: {a} → {b}",
+                            &[
+                                ("a", &format!("{:?}", o.endings)),
+                                ("b", &format!("{:?}", n.endings))
+                            ]
+                        )
+                    );
+                }
+                if o.final_newline != n.final_newline {
+                    println!("  {}", gettext("final newline changed"));
+                }
+            }
+            for (label, s) in [("before", old), ("after", new)] {
+                if s.as_ref().is_some_and(|s| !s.utf8) {
+                    println!(
+                        "  {}",
+                        gettext_f(
+                            "{side}: not UTF-8 text (shown with replacement characters)",
+                            &[("side", label)]
+                        )
+                    );
+                }
+            }
+            if *approximate {
+                println!(
+                    "  {}",
+                    gettext("(large diff shown coarsely; hunks cannot be picked one by one)")
+                );
+            }
+            for h in hunks {
+                println!(
+                    "{}",
+                    st.paint(
+                        "36",
+                        &format!(
+                            "@@ {} {} -{},{} +{},{} @@",
+                            gettext("hunk"),
+                            h.number,
+                            h.old_start,
+                            h.old_len,
+                            h.new_start,
+                            h.new_len
+                        )
+                    )
+                );
+                if side {
+                    for row in h.side_by_side() {
+                        let cell = |l: &Option<diff::Line>| -> String {
+                            match l {
+                                Some(l) => {
+                                    let no = l
+                                        .old_no
+                                        .or(l.new_no)
+                                        .map(|n| n.to_string())
+                                        .unwrap_or_default();
+                                    let t: String = line_text(&Style { on: false }, l)
+                                        .chars()
+                                        .take(60)
+                                        .collect();
+                                    format!("{no:>5} {t:<60}")
+                                }
+                                None => format!("{:66}", ""),
+                            }
+                        };
+                        let changed = row.left.as_ref().map(|l| l.tag) != Some(Tag::Context);
+                        let mark = if changed {
+                            st.paint("33", "|")
+                        } else {
+                            " ".into()
+                        };
+                        println!("{} {mark} {}", cell(&row.left), cell(&row.right));
+                    }
+                } else {
+                    for l in &h.lines {
+                        let (p, colour) = match l.tag {
+                            Tag::Context => (" ", ""),
+                            Tag::Delete => ("-", "31"),
+                            Tag::Insert => ("+", "32"),
+                        };
+                        let text = format!("{p}{}", line_text(st, l));
+                        println!(
+                            "{}",
+                            if colour.is_empty() {
+                                text
+                            } else {
+                                st.paint(colour, &text)
+                            }
+                        );
+                    }
+                }
+            }
+        }
+        FileDiff::Binary { old, new } | FileDiff::TooLarge { old, new } => {
+            let what = if matches!(d, FileDiff::Binary { .. }) {
+                gettext("binary file")
+            } else {
+                gettext("large file, not diffed")
+            };
+            println!("  {what}");
+            for (label, s) in [("before", old), ("after", new)] {
+                if let Some(s) = s {
+                    println!(
+                        "  {label}: {} bytes, {}, sha256 {}",
+                        s.size,
+                        s.type_guess,
+                        s.sha256.map(hex).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub fn diff(args: DiffArgs) -> ExitCode {
+    report(diff_inner(args))
+}
+
+fn diff_inner(args: DiffArgs) -> Result<ExitCode> {
+    let r = open(&args.task)?;
+    r.require_finished()?;
+    let st = Style {
+        on: std::io::stdout().is_terminal(),
+    };
+    let mut shown = Vec::new();
+    let sets = r.change_sets()?;
+    let mut found = args.path.is_none();
+    for (i, cs, _) in &sets {
+        let want = args.path.as_ref().and_then(|p| to_rel(&cs.grant, p));
+        for c in &cs.changes {
+            if let Some(w) = &want {
+                if &c.path != w {
+                    continue;
+                }
+                found = true;
+            } else if args.path.is_some() {
+                continue;
+            }
+            print_change(&st, c);
+            if let Some(d) = file_diff(cs, c)? {
+                print_diff(&st, &d, args.side_by_side);
+            }
+            shown.push((*i, c));
+        }
+    }
+    if !found {
+        bail!(gettext_f(
+            "{path} is not among the task's changes",
+            &[(
+                "path",
+                &args.path.as_deref().map(escape_path).unwrap_or_default()
+            )]
+        ));
+    }
+    r.record_shown(shown)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_hunks(spec: &Path) -> Result<(PathBuf, BTreeSet<usize>)> {
+    let b = spec.as_os_str().as_bytes();
+    let i = b
+        .iter()
+        .rposition(|&c| c == b':')
+        .ok_or_else(|| anyhow!(gettext("--hunks takes PATH:1,3")))?;
+    let nums =
+        std::str::from_utf8(&b[i + 1..]).map_err(|_| anyhow!(gettext("--hunks takes PATH:1,3")))?;
+    let set = nums
+        .split(',')
+        .map(|n| n.trim().parse::<usize>())
+        .collect::<Result<BTreeSet<_>, _>>()
+        .map_err(|_| anyhow!(gettext_f("not a list of hunk numbers: {n}", &[("n", nums)])))?;
+    Ok((PathBuf::from(std::ffi::OsStr::from_bytes(&b[..i])), set))
+}
+
+pub fn commit(args: CommitArgs) -> ExitCode {
+    report(commit_inner(args))
+}
+
+fn commit_inner(args: CommitArgs) -> Result<ExitCode> {
+    let r = open(&args.task)?;
+    r.require_finished()?;
+    let hunks = args
+        .hunks
+        .iter()
+        .map(|h| parse_hunks(h))
+        .collect::<Result<Vec<_>>>()?;
+    let reviewed = r.load_reviewed()?;
+    let sets = r.change_sets()?;
+    // Each named path must be a change of some grant; a typo must never
+    // quietly commit less (or, with several grants, fail half-way).
+    let named = args.only.iter().chain(hunks.iter().map(|(p, _)| p));
+    for p in named {
+        let found = sets.iter().any(|(_, cs, _)| {
+            to_rel(&cs.grant, p).is_some_and(|rel| {
+                let prefix = [rel.as_slice(), b"/"].concat();
+                cs.changes
+                    .iter()
+                    .any(|c| c.path == rel || c.path.starts_with(&prefix))
+            })
+        });
+        if !found {
+            bail!(gettext_f(
+                "{path} is not among the task's changes",
+                &[("path", &escape_path(p))]
+            ));
+        }
+    }
+    let mut conflicts = 0;
+    for (index, cs, snap) in sets {
+        let known = |p: &Vec<u8>| {
+            let prefix = [p.as_slice(), b"/"].concat();
+            cs.changes
+                .iter()
+                .any(|c| &c.path == p || c.path.starts_with(&prefix))
+        };
+        let rel = |p: &PathBuf| to_rel(&cs.grant, p).filter(|r| known(r));
+        let mut sel = if args.only.is_empty() && hunks.is_empty() {
+            Selection::all()
+        } else {
+            Selection::only(args.only.iter().filter_map(rel))
+        };
+        for (p, h) in &hunks {
+            if let Some(p) = rel(p) {
+                sel = sel.with_hunks(p, h.clone());
+            }
+        }
+        sel.keep_agent = args.keep_agent.iter().filter_map(rel).collect();
+        let mut opts = CommitOptions::from_env();
+        opts.reviewed = reviewed
+            .entries
+            .iter()
+            .filter(|e| e.layer == index)
+            .filter_map(|e| Some((e.path.clone(), unhex(&e.sha256)?)))
+            .collect::<BTreeMap<_, _>>();
+        let finished = || r.finished();
+        let rep = ws::commit(&r.dir, index, &cs, &sel, snap.as_ref(), &finished, &opts)?;
+        println!(
+            "{}",
+            gettext_f(
+                "{path}: {n} changes committed.",
+                &[
+                    ("path", &escape_path(&cs.grant)),
+                    ("n", &rep.committed.len().to_string())
+                ]
+            )
+        );
+        for p in &rep.conflicts {
+            println!(
+                "  {}",
+                gettext_f(
+                    "conflict, left as it is: {path} (commit it with --keep-agent to overwrite your version)",
+                    &[("path", &escape(p))]
+                )
+            );
+        }
+        for p in &rep.refused {
+            println!(
+                "  {}",
+                gettext_f(
+                    "refused (device, pipe or socket): {path}",
+                    &[("path", &escape(p))]
+                )
+            );
+        }
+        conflicts += rep.conflicts.len();
+    }
+    Ok(if conflicts > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Makes a tree removable (overlay leaves `work/work` with mode 000).
+fn remove_all(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fn open_up(p: &Path) -> std::io::Result<()> {
+        let md = std::fs::symlink_metadata(p)?;
+        if md.is_dir() {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+            for e in std::fs::read_dir(p)? {
+                open_up(&e?.path())?;
+            }
+        }
+        Ok(())
+    }
+    match open_up(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        r => r?,
+    }
+    std::fs::remove_dir_all(p)
+}
+
+pub fn reject(args: TaskArg) -> ExitCode {
+    report(reject_inner(args))
+}
+
+fn reject_inner(args: TaskArg) -> Result<ExitCode> {
+    let r = open(&args.task)?;
+    r.require_finished()?;
+    for layer in &r.manifest.rw_layers {
+        for p in [r.dir.upper(layer.index), r.dir.work(layer.index)] {
+            remove_all(&p).map_err(|e| crate::Error::io(&p, e))?;
+        }
+    }
+    let _ = std::fs::remove_file(r.reviewed_path());
+    println!(
+        "{}",
+        gettext_f(
+            "The changes of task {id} were discarded.",
+            &[("id", r.manifest.id.as_str())]
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn undo(args: TaskArg) -> ExitCode {
+    report(undo_inner(args))
+}
+
+fn undo_inner(args: TaskArg) -> Result<ExitCode> {
+    let r = open(&args.task)?;
+    let finished = || r.finished();
+    let stop = CommitOptions::from_env().stop_after;
+    let rep = ws::undo::undo(&r.dir, &finished, stop)?;
+    println!(
+        "{}",
+        gettext_f(
+            "Commit {seq} undone: {n} paths restored.",
+            &[
+                ("seq", &rep.undone.to_string()),
+                ("n", &rep.restored.len().to_string())
+            ]
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(r: Result<ExitCode>) -> ExitCode {
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("airlock: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The terminal review `airlock run --review` ends with: each change is
+/// shown and the user approves, skips, looks at the diff, or quits (which
+/// commits nothing). Approved changes are committed at the end.
+pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
+    let manifest = task_dir.read_manifest()?;
+    ws::recover(task_dir)?;
+    let r = Review {
+        dir: task_dir.clone(),
+        manifest,
+    };
+    r.require_finished()?;
+    let st = Style {
+        on: std::io::stdout().is_terminal(),
+    };
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    for (index, cs, snap) in r.change_sets()? {
+        if cs.changes.is_empty() {
+            continue;
+        }
+        println!(
+            "{}",
+            gettext_f("In {path}:", &[("path", &escape_path(&cs.grant))])
+        );
+        let mut approved = Vec::new();
+        let mut keep = BTreeSet::new();
+        let mut shown = Vec::new();
+        for c in cs.changes.iter().filter(|c| c.kind != ChangeKind::Refused) {
+            loop {
+                print_change(&st, c);
+                let prompt = if c.conflict {
+                    gettext(
+                        "[a]pprove anyway (keep the agent's version) / [s]kip / [d]iff / [q]uit? ",
+                    )
+                } else {
+                    gettext("[a]pprove / [s]kip / [d]iff / [q]uit? ")
+                };
+                print!("{prompt}");
+                std::io::stdout().flush()?;
+                let Some(answer) = lines.next().transpose()? else {
+                    println!();
+                    println!("{}", gettext("Nothing was committed."));
+                    return Ok(());
+                };
+                match answer.trim() {
+                    "a" | "A" => {
+                        approved.push(c.path.clone());
+                        if c.conflict {
+                            keep.insert(c.path.clone());
+                        }
+                        shown.push((index, c));
+                        break;
+                    }
+                    "s" | "S" => break,
+                    "d" | "D" => {
+                        if let Some(d) = file_diff(&cs, c)? {
+                            print_diff(&st, &d, false);
+                        }
+                    }
+                    "q" | "Q" => {
+                        println!("{}", gettext("Nothing was committed."));
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        r.record_shown(shown)?;
+        if approved.is_empty() {
+            continue;
+        }
+        let mut sel = Selection::exactly(approved);
+        sel.keep_agent = keep;
+        let finished = || r.finished();
+        let rep = ws::commit(
+            &r.dir,
+            index,
+            &cs,
+            &sel,
+            snap.as_ref(),
+            &finished,
+            &CommitOptions::default(),
+        )?;
+        println!(
+            "{}",
+            gettext_f(
+                "{n} changes committed.",
+                &[("n", &rep.committed.len().to_string())]
+            )
+        );
+        for p in &rep.conflicts {
+            println!(
+                "  {}",
+                gettext_f("conflict, left as it is: {path}", &[("path", &escape(p))])
+            );
+        }
+    }
+    Ok(())
+}

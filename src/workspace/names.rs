@@ -1,0 +1,110 @@
+//! Showing file names an agent chose, safely. A name can hold newlines,
+//! terminal escape sequences, bidirectional overrides that reorder what the
+//! user reads, or bytes that are not UTF-8; [`escape`] turns any of them
+//! into visible `\` escapes so what is shown is what is on disk.
+
+/// Escapes a name (or a relative path) for display. Printable text passes
+/// through; `\` becomes `\\`; control characters, bidi and invisible
+/// formatting characters become `\n`, `\t`, `\x1b`, `\u{202e}`; bytes that
+/// are not UTF-8 become `\xNN`.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    // std's utf8_chunks is newer than our MSRV: walk the errors by hand.
+    while !rest.is_empty() {
+        let (valid, bad) = match std::str::from_utf8(rest) {
+            Ok(s) => (s, 0),
+            Err(e) => {
+                let (v, _) = rest.split_at(e.valid_up_to());
+                let v = std::str::from_utf8(v).unwrap_or_default();
+                (v, e.error_len().unwrap_or(rest.len() - e.valid_up_to()))
+            }
+        };
+        for c in valid.chars() {
+            push_char(&mut out, c);
+        }
+        let start = valid.len();
+        for b in &rest[start..start + bad] {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+        rest = &rest[start + bad..];
+    }
+    out
+}
+
+/// [`escape`] for a path on disk.
+pub fn escape_path(p: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    escape(p.as_os_str().as_bytes())
+}
+
+/// Escapes file *content* for a terminal: like [`escape`] but tabs and
+/// backslashes stay as they are (code is full of them); escape sequences,
+/// other control and bidi characters are still made visible.
+pub fn escape_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '\t' => out.push(c),
+            c => push_char(&mut out, c),
+        }
+    }
+    out
+}
+
+fn push_char(out: &mut String, c: char) {
+    match c {
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+        c if is_hidden_format(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        c => out.push(c),
+    }
+}
+
+/// C1 controls, bidi embeddings/overrides/isolates, marks, zero-width and
+/// other invisible characters that can make a name look like another.
+fn is_hidden_format(c: char) -> bool {
+    matches!(c as u32,
+        0x80..=0x9f
+        | 0xad
+        | 0x061c
+        | 0x180e
+        | 0x200b..=0x200f
+        | 0x2028..=0x202e
+        | 0x2060..=0x206f
+        | 0xfeff
+        | 0xfff9..=0xfffb
+        | 0xe0000..=0xe007f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_are_visible() {
+        assert_eq!(escape(b"plain name.txt"), "plain name.txt");
+        assert_eq!(escape(b"a\nb"), "a\\nb");
+        assert_eq!(escape(b"\x1b[31mred"), "\\x1b[31mred");
+        assert_eq!(
+            escape("evil\u{202e}txt.exe".as_bytes()),
+            "evil\\u{202e}txt.exe"
+        );
+        assert_eq!(escape(b"caf\xe9"), "caf\\xe9");
+        assert_eq!(escape(b"back\\slash"), "back\\\\slash");
+        assert_eq!(escape("\u{9b}31m".as_bytes()), "\\u{9b}31m");
+        assert_eq!(escape("Größe €".as_bytes()), "Größe €");
+        assert_eq!(escape_text("\tif a\\b \x1b[2J"), "\tif a\\b \\x1b[2J");
+    }
+
+    #[test]
+    fn escaping_is_injective_on_samples() {
+        // Two different names never display the same.
+        let names: [&[u8]; 6] = [b"a\\x41", b"aA", b"a\x41", b"a\\\\x41", b"a\\nb", b"a\nb"];
+        let shown: std::collections::HashSet<String> = names.iter().map(|n| escape(n)).collect();
+        assert_eq!(shown.len(), 5, "b\"aA\" and b\"a\\x41\" are the same bytes");
+    }
+}

@@ -1,0 +1,220 @@
+//! Risk flags: changes that run code later, or that destroy a lot, are
+//! flagged loudly whatever their size, so a harmful edit cannot hide among
+//! thousands of harmless ones.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::changes::{Change, ChangeKind, NodeKind};
+
+/// Why a change deserves a second look.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "risk", content = "detail")]
+pub enum Risk {
+    /// A file that tools run or obey later (git hooks, .envrc, Makefile…).
+    RunsCode(String),
+    /// A file that now has an executable bit it did not have.
+    GainsExecutable,
+    /// Set-uid, set-gid or sticky bits: stripped at commit.
+    SpecialBits,
+    /// A symlink pointing outside the grant folder.
+    SymlinkOutside,
+    /// A large file or a folder with many entries is deleted.
+    LargeDeletion,
+    /// A large file loses most of its content.
+    Truncation,
+    /// A device node, fifo or socket: never committed.
+    SpecialFile,
+}
+
+impl Risk {
+    /// A translated one-line explanation.
+    pub fn describe(&self) -> String {
+        use crate::i18n::{gettext, gettext_f};
+        match self {
+            Risk::RunsCode(why) => gettext_f("runs code later: {why}", &[("why", why)]),
+            Risk::GainsExecutable => gettext("becomes executable"),
+            Risk::SpecialBits => gettext("asks for set-uid/set-gid/sticky bits (they are removed)"),
+            Risk::SymlinkOutside => gettext("symbolic link pointing outside the folder"),
+            Risk::LargeDeletion => gettext("deletes a lot of data"),
+            Risk::Truncation => gettext("removes most of a large file"),
+            Risk::SpecialFile => gettext("device, pipe or socket: never copied"),
+        }
+    }
+}
+
+const LARGE_FILE: u64 = 1 << 20;
+const LARGE_FOLDER: u64 = 100;
+const TRUNCATION_MIN: u64 = 64 << 10;
+
+/// Files that tools execute or obey, by path (relative to the grant).
+fn runs_code(path: &[u8]) -> Option<&'static str> {
+    let s = String::from_utf8_lossy(path);
+    let name = s.rsplit('/').next().unwrap_or(&s);
+    let in_git = s.starts_with(".git/") || s.contains("/.git/");
+    if in_git && s.contains(".git/hooks/") {
+        return Some("git hook");
+    }
+    if in_git && (s.ends_with(".git/config") || s.ends_with(".git/info/attributes")) {
+        return Some("git configuration (core.fsmonitor, core.sshCommand, filters)");
+    }
+    if s.ends_with(".vscode/tasks.json")
+        || s.ends_with(".vscode/settings.json")
+        || s.ends_with(".vscode/launch.json")
+    {
+        return Some("editor tasks and settings");
+    }
+    if s.contains(".github/workflows/") || s.ends_with(".gitlab-ci.yml") {
+        return Some("CI pipeline");
+    }
+    if s.ends_with(".cargo/config.toml") || s.ends_with(".cargo/config") {
+        return Some("cargo configuration");
+    }
+    if s.contains("autostart/") && name.ends_with(".desktop") {
+        return Some("autostart entry");
+    }
+    if s.contains("systemd/user/") {
+        return Some("systemd user unit");
+    }
+    match name {
+        ".envrc" => Some("direnv"),
+        ".gitattributes" | ".gitmodules" => Some("git filters or submodules"),
+        "Makefile" | "makefile" | "GNUmakefile" => Some("Makefile"),
+        "build.rs" => Some("cargo build script"),
+        "setup.py" | "conftest.py" => Some("Python build or test hook"),
+        ".bashrc" | ".bash_profile" | ".bash_login" | ".profile" | ".zshrc" | ".zshenv"
+        | ".zprofile" | ".zlogin" | ".cshrc" | ".tcshrc" | "config.fish" | ".inputrc"
+        | ".xprofile" | ".xsession" | ".xinitrc" | ".pam_environment" => {
+            Some("shell start-up file")
+        }
+        n if n.ends_with(".desktop") => Some("desktop launcher"),
+        _ => None,
+    }
+}
+
+/// Whether an edit of `package.json` changes its `scripts` (which `npm
+/// install`/`npm test` run). Unparsable JSON counts as changed.
+pub fn package_scripts_changed(old: Option<&[u8]>, new: &[u8]) -> bool {
+    let scripts = |b: &[u8]| -> Option<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+        Some(v.get("scripts").cloned().unwrap_or(serde_json::Value::Null))
+    };
+    let Some(n) = scripts(new) else { return true };
+    match old {
+        None => n != serde_json::Value::Null,
+        Some(o) => scripts(o).as_ref() != Some(&n),
+    }
+}
+
+/// Whether a symlink at `path` with `target` points outside the grant.
+pub fn symlink_outside(grant: &Path, path: &[u8], target: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    if target.first() == Some(&b'/') {
+        // Absolute: inside only when it names the grant itself (the sandbox
+        // mounts the grant at its real path).
+        let t = lexical(target.split(|&b| b == b'/').collect());
+        let g = grant.as_os_str().as_bytes();
+        let g = lexical(g.split(|&b| b == b'/').collect());
+        return match (t, g) {
+            (Some(t), Some(g)) => !t.starts_with(&g),
+            _ => true,
+        };
+    }
+    let mut parts: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+    parts.pop();
+    parts.extend(target.split(|&b| b == b'/'));
+    lexical(parts).is_none()
+}
+
+/// Normalises `.`/`..` lexically; `None` when `..` climbs above the start.
+fn lexical(parts: Vec<&[u8]>) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    for p in parts {
+        match p {
+            b"" | b"." => {}
+            b".." => {
+                out.pop()?;
+            }
+            p => out.push(p),
+        }
+    }
+    Some(out)
+}
+
+/// The risk flags of one change.
+pub fn assess(grant: &Path, c: &Change) -> Vec<Risk> {
+    let mut r = Vec::new();
+    if c.kind == ChangeKind::Refused {
+        r.push(Risk::SpecialFile);
+        return r;
+    }
+    if let Some(why) = runs_code(&c.path) {
+        r.push(Risk::RunsCode(why.to_string()));
+    }
+    if let Some(a) = &c.after {
+        if a.kind == NodeKind::File && a.perm & 0o111 != 0 {
+            let was_exec = c
+                .before
+                .as_ref()
+                .is_some_and(|b| b.kind == NodeKind::File && b.perm & 0o111 != 0);
+            if !was_exec {
+                r.push(Risk::GainsExecutable);
+            }
+        }
+        if a.perm & 0o7000 != 0 && a.kind != NodeKind::Symlink {
+            r.push(Risk::SpecialBits);
+        }
+        if let (NodeKind::Symlink, Some(t)) = (a.kind, &a.target) {
+            if symlink_outside(grant, &c.path, t) {
+                r.push(Risk::SymlinkOutside);
+            }
+        }
+        if let Some(b) = &c.before {
+            if b.kind == NodeKind::File
+                && a.kind == NodeKind::File
+                && b.size >= TRUNCATION_MIN
+                && a.size <= b.size / 2
+            {
+                r.push(Risk::Truncation);
+            }
+        }
+    }
+    if let Some(b) = &c.before {
+        let gone = !matches!(&c.after, Some(a) if a.kind == b.kind);
+        if gone
+            && ((b.kind == NodeKind::File && b.size >= LARGE_FILE)
+                || c.deleted_entries >= LARGE_FOLDER)
+        {
+            r.push(Risk::LargeDeletion);
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_running_paths() {
+        assert!(runs_code(b".git/hooks/pre-commit").is_some());
+        assert!(runs_code(b"sub/.git/config").is_some());
+        assert!(runs_code(b".envrc").is_some());
+        assert!(runs_code(b"proj/Makefile").is_some());
+        assert!(runs_code(b".vscode/tasks.json").is_some());
+        assert!(runs_code(b"x.desktop").is_some());
+        assert!(runs_code(b"notes.txt").is_none());
+        assert!(runs_code(b"gitconfig").is_none());
+    }
+
+    #[test]
+    fn symlink_escape() {
+        let g = Path::new("/home/u/proj");
+        assert!(!symlink_outside(g, b"a/link", b"../b"));
+        assert!(symlink_outside(g, b"a/link", b"../../x"));
+        assert!(symlink_outside(g, b"link", b"/etc/passwd"));
+        assert!(!symlink_outside(g, b"link", b"/home/u/proj/sub"));
+        assert!(symlink_outside(g, b"link", b"/home/u/proj/../other"));
+    }
+}

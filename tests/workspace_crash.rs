@@ -1,0 +1,318 @@
+//! Crash safety of the commit transaction: stopped after every durable
+//! step (the injection hook), and SIGKILLed at random times (≥100 real
+//! kills of `airlock commit`), recovery always leaves every file entirely
+//! old or entirely new (here: the whole commit applied or none of it) and
+//! no temporary behind. Also: a full disk rolls back with a clear error.
+
+mod workspace_support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use airlock::workspace::{self as ws, CommitOptions, RecoveryOutcome, Selection};
+use workspace_support::*;
+
+const SETUP: &str = "echo keep > keep && echo old > mod && echo gone > del && mkdir -p deep/er && echo x > deep/er/x && \
+    echo file > f2d && mkdir d2f && echo y > d2f/y && mkdir ch && echo c > ch/c && ln -s keep oldlink";
+const AGENT: &str = "echo new >> mod && rm del && rm -r deep && rm f2d && mkdir f2d && echo in > f2d/in && \
+    rm -r d2f && echo now-file > d2f && chmod 700 ch && ln -s mod newlink && rm oldlink && mkdir -p nd/sub && \
+    echo n > nd/sub/n && ln -s ../../keep nd/sub/l";
+
+fn scenario() -> Fixture {
+    let f = Fixture::new();
+    f.setup(SETUP);
+    f.snapshot();
+    f.agent(AGENT);
+    f
+}
+
+fn commit_stopping(f: &Fixture, stop: Option<u64>) -> Result<ws::CommitReport, airlock::Error> {
+    let cs = f.changes();
+    let opts = CommitOptions {
+        stop_after: stop,
+        ..Default::default()
+    };
+    ws::commit(
+        &f.task,
+        0,
+        &cs,
+        &Selection::all(),
+        f.load_snapshot().as_ref(),
+        &|| true,
+        &opts,
+    )
+}
+
+/// The trees before and after a complete commit of the scenario.
+fn reference_states() -> (BTreeMap<Vec<u8>, Desc>, BTreeMap<Vec<u8>, Desc>) {
+    let f = scenario();
+    let before = tree(&f.grant);
+    commit_stopping(&f, None).unwrap();
+    (before, tree(&f.grant))
+}
+
+fn assert_whole(
+    f: &Fixture,
+    old: &BTreeMap<Vec<u8>, Desc>,
+    new: &BTreeMap<Vec<u8>, Desc>,
+    what: &str,
+) -> bool {
+    let now = tree(&f.grant);
+    assert_no_temporaries(&now);
+    assert!(
+        !f.task.path().join("commit.journal").exists(),
+        "{what}: journal left"
+    );
+    assert!(
+        now == *old || now == *new,
+        "{what}: neither old nor new:\n{now:?}"
+    );
+    now == *new
+}
+
+#[test]
+fn stopped_after_every_step_recovers_to_old_or_new() {
+    let (old, new) = reference_states();
+    let mut k = 1;
+    let mut saw_old = false;
+    let mut saw_new = false;
+    loop {
+        let f = scenario();
+        match commit_stopping(&f, Some(k)) {
+            Err(airlock::Error::CommitStopped(s)) => assert_eq!(s, k),
+            Ok(_) => {
+                assert!(assert_whole(&f, &old, &new, "unstopped"));
+                break;
+            }
+            Err(e) => panic!("step {k}: {e}"),
+        }
+        let out = ws::recover(&f.task).unwrap();
+        let is_new = assert_whole(&f, &old, &new, &format!("step {k}"));
+        // Clean only when stopped after the journal was already removed.
+        assert_eq!(
+            is_new,
+            !matches!(out, RecoveryOutcome::RolledBack { .. }),
+            "step {k}: {out:?}"
+        );
+        saw_old |= !is_new;
+        saw_new |= is_new;
+        // The recovered task commits (again) cleanly.
+        commit_stopping(&f, None).unwrap();
+        assert!(assert_whole(
+            &f,
+            &old,
+            &new,
+            &format!("recommit after step {k}")
+        ));
+        k += 1;
+        assert!(k < 500, "the commit never finished");
+    }
+    assert!(
+        saw_old && saw_new,
+        "crashes before and after the commit point were both tested"
+    );
+}
+
+#[test]
+fn a_crash_during_recovery_is_recovered_too() {
+    let (old, new) = reference_states();
+    // Stop late in the apply phase, then stop the roll-back at each step.
+    let f0 = scenario();
+    let total = (1..500)
+        .find(|&k| commit_stopping(&scenario(), Some(k)).is_ok())
+        .unwrap();
+    drop(f0);
+    for stop_commit in [total / 2, total - 3] {
+        let mut j = 1;
+        loop {
+            let f = scenario();
+            assert!(matches!(
+                commit_stopping(&f, Some(stop_commit)),
+                Err(airlock::Error::CommitStopped(_))
+            ));
+            match ws::commit::recover_stopping_after(&f.task, j) {
+                Err(airlock::Error::CommitStopped(_)) => {
+                    ws::recover(&f.task).unwrap();
+                    assert_whole(
+                        &f,
+                        &old,
+                        &new,
+                        &format!("commit stop {stop_commit}, recovery stop {j}"),
+                    );
+                }
+                Ok(_) => {
+                    assert_whole(&f, &old, &new, "recovery finished");
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            j += 1;
+            assert!(j < 500);
+        }
+    }
+}
+
+#[test]
+fn undo_stopped_after_every_step_recovers_to_committed_or_original() {
+    let (old, new) = reference_states();
+    let mut k = 1;
+    loop {
+        let f = scenario();
+        commit_stopping(&f, None).unwrap();
+        match ws::undo::undo(&f.task, &|| true, Some(k)) {
+            Err(airlock::Error::CommitStopped(_)) => {}
+            Ok(_) => {
+                assert!(
+                    !assert_whole(&f, &old, &new, "undo"),
+                    "undo restores the original"
+                );
+                break;
+            }
+            Err(e) => panic!("undo step {k}: {e}"),
+        }
+        ws::recover(&f.task).unwrap();
+        assert_whole(&f, &old, &new, &format!("undo step {k}"));
+        k += 1;
+        assert!(k < 500);
+    }
+}
+
+/// A small xorshift generator: the seed is printed so a failure repeats.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn big_scenario() -> Fixture {
+    let f = Fixture::new();
+    f.setup(
+        "i=0; while [ $i -lt 40 ]; do echo old-$i > f$i; i=$((i+1)); done; mkdir d && echo x > d/x",
+    );
+    f.snapshot();
+    f.agent(
+        "i=0; while [ $i -lt 40 ]; do head -c 4096 /dev/zero | tr '\\0' n >> f$i; i=$((i+1)); done; \
+         i=0; while [ $i -lt 20 ]; do echo new-$i > n$i; i=$((i+1)); done; rm -r d",
+    );
+    f
+}
+
+fn airlock(f: &Fixture) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    c.env("XDG_STATE_HOME", &f.state).env("HOME", f.base.path());
+    c
+}
+
+#[test]
+fn sigkill_at_random_times_never_leaves_a_half_commit() {
+    let reference = big_scenario();
+    let old = tree(&reference.grant);
+    let t0 = Instant::now();
+    let st = airlock(&reference)
+        .args(["commit", reference.id.as_str()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let full = t0.elapsed();
+    let new = tree(&reference.grant);
+    assert_ne!(old, new);
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}, uninterrupted commit took {full:?}");
+    let mut rng = Rng(seed);
+    let (mut rolled_back, mut completed, mut clean) = (0, 0, 0);
+    // One task, killed again and again: a rolled-back commit is retried,
+    // a completed one is undone first (which must restore the original).
+    let f = big_scenario();
+    assert_eq!(tree(&f.grant), old);
+    for trial in 0..110 {
+        let mut child = airlock(&f)
+            .args(["commit", f.id.as_str()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64 + 1));
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        match ws::recover(&f.task).unwrap() {
+            RecoveryOutcome::Clean => clean += 1,
+            RecoveryOutcome::RolledBack { .. } => rolled_back += 1,
+            RecoveryOutcome::Completed { .. } => completed += 1,
+        }
+        if assert_whole(
+            &f,
+            &old,
+            &new,
+            &format!("trial {trial} (seed {seed}, delay {delay:?})"),
+        ) {
+            let st = airlock(&f)
+                .args(["undo", f.id.as_str()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "undo after trial {trial}");
+            assert_eq!(tree(&f.grant), old, "undo after trial {trial}");
+        }
+    }
+    eprintln!("110 kills: {rolled_back} rolled back, {completed} completed by recovery, {clean} before/after any journal");
+    assert!(
+        rolled_back + completed > 0,
+        "no kill landed inside a commit"
+    );
+}
+
+#[test]
+fn a_full_disk_rolls_back_with_a_clear_error() {
+    let f = Fixture::new();
+    let g = f.grant.display().to_string();
+    let script = format!(
+        "set -e; mount -t tmpfs -o size=256k tmpfs '{g}'; printf original > '{g}/keep'; \
+         head -c 100000 /dev/zero | tr '\\0' a > '{g}/big'; \
+         mount -t overlay overlay -o lowerdir='{g}',upperdir='{u}',workdir='{w}',userxattr '{m}'; \
+         head -c 300000 /dev/zero | tr '\\0' b > '{m}/huge'; printf changed > '{m}/keep'; umount '{m}'; \
+         set +e; '{bin}' commit {id}; echo \"rc=$?\"; printf 'keep='; cat '{g}/keep'; echo; printf 'ls='; ls -A '{g}' | tr '\\n' ' '; echo",
+        u = f.task.upper(0).display(),
+        w = f.task.work(0).display(),
+        m = f.mnt.display(),
+        bin = env!("CARGO_BIN_EXE_airlock"),
+        id = f.id,
+    );
+    f.finish_task();
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .env("XDG_STATE_HOME", &f.state)
+        .env("HOME", f.base.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("rc=1"),
+        "commit must fail: {stdout} {stderr}"
+    );
+    assert!(stderr.contains("no space left"), "clear error: {stderr}");
+    assert!(
+        stderr.contains("rolled back"),
+        "says nothing changed: {stderr}"
+    );
+    assert!(
+        stdout.contains("keep=original"),
+        "original intact: {stdout}"
+    );
+    assert!(
+        stdout.contains("ls=big keep \n") || stdout.contains("ls=big keep"),
+        "no temporaries: {stdout}"
+    );
+    assert!(!stdout.contains(".airlock-"), "{stdout}");
+    assert!(!f.task.path().join("commit.journal").exists());
+}
