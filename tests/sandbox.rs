@@ -39,7 +39,10 @@ fn shell_python_and_children_work() {
     );
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("hi") && t.contains("42") && t.contains("child") && t.contains("20000"), "{t}");
+    assert!(
+        t.contains("hi") && t.contains("42") && t.contains("child") && t.contains("20000"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -65,7 +68,10 @@ fn git_commit_in_rw_grant_tmp_and_ro_grant() {
         ),
     );
     let t = text(&o);
-    assert!(t.contains("tmp") && t.contains("read me") && t.contains("refused"), "{t}");
+    assert!(
+        t.contains("tmp") && t.contains("read me") && t.contains("refused"),
+        "{t}"
+    );
     assert!(!docs.join("new").exists());
     // The real project folder saw nothing: the repository is in the upper layer.
     assert!(!w.project.join(".git").exists());
@@ -75,7 +81,11 @@ fn git_commit_in_rw_grant_tmp_and_ro_grant() {
 #[test]
 fn real_folder_is_byte_for_byte_unchanged() {
     let w = World::new();
-    for (name, body) in [("a.txt", "alpha\n"), ("b.txt", "beta\n"), ("sub/c.txt", "gamma\n")] {
+    for (name, body) in [
+        ("a.txt", "alpha\n"),
+        ("b.txt", "beta\n"),
+        ("sub/c.txt", "gamma\n"),
+    ] {
         let p = w.project.join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         chmod(p.parent().unwrap(), 0o777);
@@ -121,7 +131,10 @@ fn exit_status_and_signals_are_passed_on() {
     let w = World::new();
     assert_eq!(w.run(&[], "exit 7").status.code(), Some(7));
     assert_eq!(w.run(&[], "kill -TERM $$").status.code(), Some(128 + 15));
-    let o = w.cmd(&["run", "--", "definitely-not-a-command"]).output().unwrap();
+    let o = w
+        .cmd(&["run", "--", "definitely-not-a-command"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(127), "{}", text(&o));
 }
 
@@ -131,7 +144,10 @@ fn json_events_name_the_task() {
     let o = w.run(&["--json-events", "-"], "true");
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
-    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     for t in ["started", "enforcement", "exited"] {
         assert!(types.contains(&t), "{types:?}");
@@ -141,22 +157,37 @@ fn json_events_name_the_task() {
     let enf = events.iter().find(|e| e["type"] == "enforcement").unwrap();
     let layers = enf["layers"].as_array().unwrap();
     for what in ["landlock", "seccomp", "capabilities", "pids", "memory"] {
-        assert!(layers.iter().any(|l| l["what"] == what), "{what} missing in {layers:?}");
+        assert!(
+            layers.iter().any(|l| l["what"] == what),
+            "{what} missing in {layers:?}"
+        );
     }
 }
 
 #[test]
 fn runs_as_unprivileged_uid_with_nothing_enforced_missing() {
     let w = World::new();
-    let o = w.run(&[], "id -u; grep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status");
+    let o = w.run(
+        &[],
+        "id -u; grep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status",
+    );
     let t = text(&o);
     let uid: u32 = t.lines().next().unwrap().trim().parse().unwrap();
     if is_root() {
-        assert_eq!(uid, 65534, "as root the task must run as an unprivileged uid");
+        assert_eq!(
+            uid, 65534,
+            "as root the task must run as an unprivileged uid"
+        );
     } else {
         assert_eq!(uid, nix::unistd::getuid().as_raw());
     }
-    for l in ["CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2"] {
+    for l in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "CapAmb:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ] {
         assert!(t.contains(l), "{l} missing:\n{t}");
     }
 }
@@ -174,7 +205,13 @@ fn environment_is_scrubbed() {
     let o = output_within(c, Duration::from_secs(60));
     let t = text(&o);
     assert!(t.contains("MINE=yes"), "{t}");
-    for v in ["DISPLAY", "WAYLAND_DISPLAY", "DBUS_SESSION_BUS_ADDRESS", "SSH_AUTH_SOCK", "XDG_RUNTIME_DIR"] {
+    for v in [
+        "DISPLAY",
+        "WAYLAND_DISPLAY",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "SSH_AUTH_SOCK",
+        "XDG_RUNTIME_DIR",
+    ] {
         assert!(!t.contains(&format!("{v}=")), "{v} leaked:\n{t}");
     }
     assert_no_secret(&o);
@@ -189,7 +226,11 @@ fn escape_read_secret_outside_grants() {
     plant(&secret);
     let o = w.run(
         &["--grant", &format!("{}:rw", w.project.display())],
-        &format!("cat {p}; cat {p}; ls -la {d}; cd /; find / -name secret.txt 2>/dev/null", p = secret.display(), d = w.outside.display()),
+        &format!(
+            "cat {p}; cat {p}; ls -la {d}; cd /; find / -name secret.txt 2>/dev/null",
+            p = secret.display(),
+            d = w.outside.display()
+        ),
     );
     assert_no_secret(&o);
 }
@@ -225,8 +266,16 @@ fn escape_symlink_to_denied_folder() {
     // ~/.ssh is a symlink to a folder that *is* inside another grant.
     std::os::unix::fs::symlink(w.outside.join("keys"), w.home.join(".ssh")).unwrap();
     let o = w.run(
-        &["--grant", &w.home.display().to_string(), "--grant", &w.outside.display().to_string()],
-        &format!("cat ~/.ssh/id_ed25519; cat {}/keys/id_ed25519", w.outside.display()),
+        &[
+            "--grant",
+            &w.home.display().to_string(),
+            "--grant",
+            &w.outside.display().to_string(),
+        ],
+        &format!(
+            "cat ~/.ssh/id_ed25519; cat {}/keys/id_ed25519",
+            w.outside.display()
+        ),
     );
     assert_no_secret(&o);
 }
@@ -249,7 +298,10 @@ fn escape_write_outside_grants_and_into_ro_grant() {
     );
     assert!(text(&o).contains("done"));
     assert!(!target.exists() && !w.outside.join("x").exists());
-    assert!(std::fs::read_dir(&docs).unwrap().next().is_none(), "the read-only grant was written");
+    assert!(
+        std::fs::read_dir(&docs).unwrap().next().is_none(),
+        "the read-only grant was written"
+    );
 }
 
 #[test]
@@ -263,7 +315,10 @@ fn escape_persistence_bashrc_autostart_crontab() {
     assert!(text(&o).contains("done"));
     assert!(!w.home.join(".bashrc").exists());
     assert!(!w.home.join(".config/autostart/evil.desktop").exists());
-    let user = nix::unistd::User::from_uid(nix::unistd::getuid()).unwrap().unwrap().name;
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
     assert!(!Path::new("/var/spool/cron/crontabs").join(&user).exists() || is_root());
     assert!(!Path::new("/var/spool/cron/crontabs/airlock").exists());
 }
@@ -294,7 +349,10 @@ fn escape_ptrace_and_kill_host_processes() {
         &[],
         &format!(
             "{}; {}; kill -9 -1; kill -9 {pid}; echo done",
-            py_syscall(libc::SYS_ptrace, &[16 /* PTRACE_ATTACH */, pid as u64, 0, 0]),
+            py_syscall(
+                libc::SYS_ptrace,
+                &[16 /* PTRACE_ATTACH */, pid as u64, 0, 0]
+            ),
             py_syscall(libc::SYS_ptrace, &[16, 1, 0, 0]),
         ),
     );
@@ -302,7 +360,10 @@ fn escape_ptrace_and_kill_host_processes() {
     assert!(t.contains("rc=-1 errno=1"), "{t}");
     assert_eq!(tracer_pid(pid), "TracerPid:\t0");
     std::thread::sleep(Duration::from_millis(100));
-    assert!(host.try_wait().unwrap().is_none(), "the host process was killed");
+    assert!(
+        host.try_wait().unwrap().is_none(),
+        "the host process was killed"
+    );
     host.kill().unwrap();
     let _ = host.wait();
 }
@@ -317,7 +378,14 @@ fn escape_reading_host_processes_via_proc() {
         .unwrap();
     let o = w.run(&[], "cat /proc/*/cmdline /proc/*/environ 2>/dev/null | tr '\\0' ' '; echo; ls /proc | grep -E '^[0-9]+$' | wc -l");
     assert_no_secret(&o);
-    let count: u32 = String::from_utf8_lossy(&o.stdout).trim().lines().last().unwrap().trim().parse().unwrap();
+    let count: u32 = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(count < 10, "the sandbox sees {count} processes");
     host.kill().unwrap();
     let _ = host.wait();
@@ -336,7 +404,11 @@ fn escape_mount_and_unmount_to_reveal_hidden_paths() {
         ),
     );
     assert_no_secret(&o);
-    assert!(text(&o).matches("rc=-1 errno=1").count() >= 2, "{}", text(&o));
+    assert!(
+        text(&o).matches("rc=-1 errno=1").count() >= 2,
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -347,17 +419,26 @@ fn escape_new_namespaces_and_setns() {
         &format!(
             "unshare -Ur id 2>&1; unshare -m true 2>&1; {}; {}; {}; {}; {}",
             py_syscall(libc::SYS_unshare, &[libc::CLONE_NEWUSER as u64]),
-            py_syscall(libc::SYS_unshare, &[libc::CLONE_NEWNET as u64 | 0xffff_ffff_0000_0000]),
+            py_syscall(
+                libc::SYS_unshare,
+                &[libc::CLONE_NEWNET as u64 | 0xffff_ffff_0000_0000]
+            ),
             py_syscall(libc::SYS_setns, &[0, 0]),
             // clone with CLONE_NEWUSER|SIGCHLD; clone3 must answer ENOSYS.
-            py_syscall(libc::SYS_clone, &[libc::CLONE_NEWUSER as u64 | 17, 0, 0, 0, 0]),
+            py_syscall(
+                libc::SYS_clone,
+                &[libc::CLONE_NEWUSER as u64 | 17, 0, 0, 0, 0]
+            ),
             py_syscall(435, &[0, 0]),
         ),
     );
     let t = text(&o);
     assert!(!t.contains("uid=0"), "{t}");
     assert!(t.matches("rc=-1 errno=1\n").count() >= 4, "{t}");
-    assert!(t.contains("rc=-1 errno=38"), "clone3 must answer ENOSYS: {t}");
+    assert!(
+        t.contains("rc=-1 errno=38"),
+        "clone3 must answer ENOSYS: {t}"
+    );
 }
 
 #[test]
@@ -366,12 +447,24 @@ fn escape_kernel_attack_surface_syscalls() {
     let calls: Vec<(&str, i64, Vec<u64>)> = vec![
         ("io_uring_setup", 425, vec![8, 0]),
         ("bpf", libc::SYS_bpf, vec![0, 0, 0]),
-        ("perf_event_open", libc::SYS_perf_event_open, vec![0, 0, u64::MAX, u64::MAX, 0]),
+        (
+            "perf_event_open",
+            libc::SYS_perf_event_open,
+            vec![0, 0, u64::MAX, u64::MAX, 0],
+        ),
         ("keyctl", libc::SYS_keyctl, vec![0, 0]),
         ("add_key", libc::SYS_add_key, vec![0, 0, 0, 0, 0]),
         ("userfaultfd", libc::SYS_userfaultfd, vec![0]),
-        ("open_by_handle_at", libc::SYS_open_by_handle_at, vec![0, 0, 0]),
-        ("name_to_handle_at", libc::SYS_name_to_handle_at, vec![0, 0, 0, 0, 0]),
+        (
+            "open_by_handle_at",
+            libc::SYS_open_by_handle_at,
+            vec![0, 0, 0],
+        ),
+        (
+            "name_to_handle_at",
+            libc::SYS_name_to_handle_at,
+            vec![0, 0, 0, 0, 0],
+        ),
         ("kexec_load", libc::SYS_kexec_load, vec![0, 0, 0, 0]),
         ("init_module", libc::SYS_init_module, vec![0, 0, 0]),
         ("personality", libc::SYS_personality, vec![0x0040000]),
@@ -389,8 +482,14 @@ fn escape_kernel_attack_surface_syscalls() {
     let o = w.run(&[], &script.join("; "));
     let t = text(&o);
     for (name, _, _) in &calls {
-        let line = t.lines().find(|l| l.starts_with(&format!("{name}: "))).unwrap_or_else(|| panic!("{name}: no output\n{t}"));
-        assert!(line.ends_with("rc=-1 errno=1"), "{name} was not refused: {line}");
+        let line = t
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name}: no output\n{t}"));
+        assert!(
+            line.ends_with("rc=-1 errno=1"),
+            "{name} was not refused: {line}"
+        );
     }
     // Ordinary sockets still work.
     let o = w.run(&[], &py_syscall(libc::SYS_socket, &[2, 1, 0]));
@@ -427,7 +526,8 @@ print(\"tried\", file=sys.stderr)'";
     let mut c = w.cmd(&["run", "--", "sh", "-c", script]);
     // SAFETY: duplicating a descriptor we own for the child's stdio.
     let (i, o2) = unsafe { (libc::dup(slave), libc::dup(slave)) };
-    c.stdin(unsafe { Stdio::from_raw_fd(i) }).stdout(unsafe { Stdio::from_raw_fd(o2) });
+    c.stdin(unsafe { Stdio::from_raw_fd(i) })
+        .stdout(unsafe { Stdio::from_raw_fd(o2) });
     let out = output_within(c, Duration::from_secs(60));
     let t = text(&out);
     assert!(t.contains("tried") && !t.contains("INJECTED"), "{t}");
@@ -437,7 +537,10 @@ print(\"tried\", file=sys.stderr)'";
     unsafe { libc::ioctl(slave, libc::FIONREAD, &mut pending) };
     assert_eq!(pending, 0, "keystrokes were pushed into the terminal");
     let mut buf = [0u8; 64];
-    let _ = nix::fcntl::fcntl(pty.master.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
+    let _ = nix::fcntl::fcntl(
+        pty.master.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
     let mut master = std::fs::File::from(pty.master);
     let n = master.read(&mut buf).unwrap_or(0);
     assert!(!String::from_utf8_lossy(&buf[..n]).contains('X'));
@@ -482,10 +585,23 @@ for fam, addr in ((socket.AF_UNIX, \"{p}\"), (socket.AF_UNIX, \"\\0{a}\"), (sock
     );
     let t = text(&o);
     assert!(!t.contains("CONNECTED"), "{t}");
-    assert_eq!(t.lines().filter(|l| l.starts_with("refused")).count(), 4, "{t}");
-    assert!(fs_listener.accept().is_err(), "the host socket accepted a connection");
-    assert!(abs.accept().is_err(), "the abstract socket accepted a connection");
-    assert!(tcp.accept().is_err(), "the host TCP listener accepted a connection");
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("refused")).count(),
+        4,
+        "{t}"
+    );
+    assert!(
+        fs_listener.accept().is_err(),
+        "the host socket accepted a connection"
+    );
+    assert!(
+        abs.accept().is_err(),
+        "the abstract socket accepted a connection"
+    );
+    assert!(
+        tcp.accept().is_err(),
+        "the host TCP listener accepted a connection"
+    );
 }
 
 #[test]
@@ -497,8 +613,15 @@ fn escape_setuid_binary_gives_nothing() {
          su -c 'id -u' root </dev/null 2>&1; mount -t tmpfs x /tmp 2>&1; echo end",
     );
     let t = text(&o);
-    let me = if is_root() { 65534 } else { nix::unistd::getuid().as_raw() };
-    for line in t.lines().filter(|l| l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty()) {
+    let me = if is_root() {
+        65534
+    } else {
+        nix::unistd::getuid().as_raw()
+    };
+    for line in t
+        .lines()
+        .filter(|l| l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty())
+    {
         assert_eq!(line.parse::<u32>().unwrap(), me, "{t}");
     }
     assert!(!t.lines().any(|l| l.trim() == "0"), "became root:\n{t}");
@@ -554,7 +677,10 @@ fn escape_proc_and_sys_writes() {
 #[test]
 fn escape_task_state_is_invisible_inside() {
     let w = World::new();
-    plant(&w.state().join("airlock/tasks/other-task/upper/0/pending.txt"));
+    plant(
+        &w.state()
+            .join("airlock/tasks/other-task/upper/0/pending.txt"),
+    );
     let o = w.run(
         &["--grant", &w.path().display().to_string()],
         &format!("ls -la {s}/airlock 2>&1; cat {s}/airlock/tasks/*/upper/0/pending.txt 2>&1; find {s} 2>&1 | head", s = w.state().display()),
@@ -572,8 +698,15 @@ fn escape_daemon_does_not_outlive_the_task() {
     );
     assert!(text(&o).contains("started"));
     std::thread::sleep(Duration::from_millis(300));
-    let left = Command::new("pgrep").args(["-f", &marker]).output().unwrap();
-    assert!(left.stdout.is_empty(), "a daemon outlived the task: {}", String::from_utf8_lossy(&left.stdout));
+    let left = Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "a daemon outlived the task: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 #[test]
@@ -606,14 +739,28 @@ fn escape_memory_balloon_is_stopped() {
 fn escape_disk_filling_is_stopped() {
     let w = World::new();
     let o = w.run(
-        &["--grant", &format!("{}:rw", w.project.display()), "--max-upper", "8M"],
+        &[
+            "--grant",
+            &format!("{}:rw", w.project.display()),
+            "--max-upper",
+            "8M",
+        ],
         "dd if=/dev/zero of=big bs=1M count=100 2>&1; echo dd-exit=$?",
     );
     let task = w.tasks().pop().unwrap();
-    let size = std::fs::metadata(task.join("upper/0/big")).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(task.join("upper/0/big"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     assert!(size <= 8 << 20, "the task wrote {size} bytes");
-    assert!(!o.status.success() || text(&o).contains("dd-exit=1") || text(&o).contains("dd-exit=153"), "{}", text(&o));
-    let o = w.run(&["--tmp-size", "4M"], "dd if=/dev/zero of=/tmp/big bs=1M count=50 2>&1; echo dd-exit=$?");
+    assert!(
+        !o.status.success() || text(&o).contains("dd-exit=1") || text(&o).contains("dd-exit=153"),
+        "{}",
+        text(&o)
+    );
+    let o = w.run(
+        &["--tmp-size", "4M"],
+        "dd if=/dev/zero of=/tmp/big bs=1M count=50 2>&1; echo dd-exit=$?",
+    );
     assert!(text(&o).contains("No space left"), "{}", text(&o));
 }
 
@@ -622,23 +769,44 @@ fn timeout_stops_the_task_with_an_event() {
     let w = World::new();
     let o = w.run(&["--timeout", "1", "--json-events", "-"], "sleep 30");
     let t = text(&o);
-    assert!(t.contains("\"type\":\"limit_hit\"") && t.contains("timeout"), "{t}");
+    assert!(
+        t.contains("\"type\":\"limit_hit\"") && t.contains("timeout"),
+        "{t}"
+    );
     assert_eq!(o.status.code(), Some(137));
 }
 
 #[test]
 fn bad_input_gets_a_clear_error() {
     let w = World::new();
-    let o = w.cmd(&["run", "--grant", "/nonexistent/folder:rw", "--", "true"]).output().unwrap();
+    let o = w
+        .cmd(&["run", "--grant", "/nonexistent/folder:rw", "--", "true"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(125));
     assert!(text(&o).contains("/nonexistent/folder"), "{}", text(&o));
-    let o = w.cmd(&["run", "--grant", "/usr:rw", "--", "true"]).output().unwrap();
+    let o = w
+        .cmd(&["run", "--grant", "/usr:rw", "--", "true"])
+        .output()
+        .unwrap();
     assert!(text(&o).contains("/usr"), "{}", text(&o));
-    let o = w.cmd(&["run", "--memory", "lots", "--", "true"]).output().unwrap();
+    let o = w
+        .cmd(&["run", "--memory", "lots", "--", "true"])
+        .output()
+        .unwrap();
     assert!(text(&o).contains("lots"), "{}", text(&o));
     let prof = w.path().join("p.json");
     std::fs::write(&prof, "{\n \"defaultAction\": \"SCMP_ACT_ALLOW\",\n \"syscalls\": [\n  {\"names\": [\"ptrace\"], \"action\": \"SCMP_ACT_NOTIFY\"}\n ]\n}").unwrap();
-    let o = w.cmd(&["run", "--seccomp-profile", prof.to_str().unwrap(), "--", "true"]).output().unwrap();
+    let o = w
+        .cmd(&[
+            "run",
+            "--seccomp-profile",
+            prof.to_str().unwrap(),
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
     assert!(text(&o).contains("p.json:4"), "{}", text(&o));
 }
 
@@ -649,7 +817,10 @@ fn oci_profile_is_enforced() {
     let mut f = std::fs::File::create(&prof).unwrap();
     write!(f, r#"{{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}}]}}"#).unwrap();
     chmod(&prof, 0o644);
-    let o = w.run(&["--seccomp-profile", prof.to_str().unwrap()], "mkdir /tmp/x 2>&1; echo end");
+    let o = w.run(
+        &["--seccomp-profile", prof.to_str().unwrap()],
+        "mkdir /tmp/x 2>&1; echo end",
+    );
     assert!(text(&o).contains("Permission denied"), "{}", text(&o));
 }
 
@@ -694,4 +865,60 @@ fn tty_gives_the_task_its_own_terminal() {
     let t = String::from_utf8_lossy(&out);
     assert!(status.success(), "{t}");
     assert!(t.contains("TASK-HAS-TTY") && t.contains("got:hello"), "{t}");
+}
+
+#[test]
+fn run_review_commits_what_was_approved_on_the_terminal() {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let w = World::new();
+    let keep = w.project.join("keep.txt");
+    std::fs::write(&keep, "old\n").unwrap();
+    chmod(&keep, 0o666);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave.as_raw_fd();
+    let mut c = w.cmd(&[
+        "run",
+        "--local",
+        "--review",
+        "--grant",
+        &format!("{}:rw", w.project.display()),
+        "--",
+        "sh",
+        "-c",
+        "echo new > keep.txt; echo x > skipped.txt",
+    ]);
+    // SAFETY: duplicates of a descriptor we own, for the child's stdio.
+    unsafe {
+        c.stdin(Stdio::from_raw_fd(libc::dup(slave)))
+            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
+            .stderr(Stdio::from_raw_fd(libc::dup(slave)));
+    }
+    let mut child = c.spawn().unwrap();
+    drop(pty.slave);
+    let mut master = std::fs::File::from(pty.master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = std::time::Instant::now();
+    let mut answered = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        let t = String::from_utf8_lossy(&out).into_owned();
+        let prompts = t.matches("[q]uit?").count();
+        if prompts > answered {
+            // Files come in order: approve keep.txt, skip skipped.txt.
+            let line = if t.contains("skipped.txt") && answered == prompts - 1 && t.rfind("skipped.txt") > t.rfind("keep.txt") { "s\n" } else { "a\n" };
+            master.write_all(line.as_bytes()).unwrap();
+            answered = prompts;
+        }
+        if t.contains("committed") {
+            break;
+        }
+    }
+    let _ = child.wait();
+    let t = String::from_utf8_lossy(&out);
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "new\n", "{t}");
+    assert!(!w.project.join("skipped.txt").exists(), "{t}");
 }

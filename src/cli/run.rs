@@ -57,6 +57,10 @@ pub struct RunArgs {
     /// Write lifecycle events as JSON lines to FILE (`-` for stdout).
     #[arg(long, value_name = "FILE")]
     pub json_events: Option<String>,
+    /// When the task has ended, review its changes here on the terminal
+    /// (approve, skip or look at each file) before anything is committed.
+    #[arg(long)]
+    pub review: bool,
     /// Give the task a pseudo-terminal of its own (for interactive agents);
     /// your terminal is relayed to it, never handed over.
     #[arg(long)]
@@ -304,10 +308,33 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         if let Some(code) =
             crate::api::client::run_remote(&policy, &argv, &mut |ev| follow.event(ev))?
         {
+            if args.review {
+                eprintln!(
+                    "airlock: {}",
+                    gettext("the task ran in the Airlock window: review its changes there")
+                );
+            }
             return Ok(code);
         }
     }
-    run_local(policy, argv, follow, verbose)
+    let (code, id) = run_local(policy, argv, follow, verbose)?;
+    // SAFETY: isatty on our own standard descriptors.
+    let terminal = unsafe { libc::isatty(0) == 1 && libc::isatty(2) == 1 };
+    if args.review {
+        if terminal {
+            let dir = crate::task::TaskDir::new(&crate::dirs::tasks_dir(), &id);
+            super::review::interactive_review(&dir)?;
+        } else {
+            eprintln!(
+                "airlock: {}",
+                gettext_f(
+                    "--review needs a terminal; review later with `airlock changes {id}`",
+                    &[("id", id.as_str())]
+                )
+            );
+        }
+    }
+    Ok(code)
 }
 
 fn run_local(
@@ -315,7 +342,7 @@ fn run_local(
     argv: Vec<String>,
     mut follow: Follow,
     verbose: bool,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<(i32, TaskId)> {
     let sup = Supervisor::start(Config::new()?)?;
     if verbose {
         for w in sup.warnings() {
@@ -358,5 +385,5 @@ fn run_local(
         }
     };
     sup.flush_audit_blocking();
-    Ok(code)
+    Ok((code, id))
 }
