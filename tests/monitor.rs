@@ -46,25 +46,68 @@ fn plant(path: &Path) {
 fn every_blocked_group_is_reported_once_with_its_arguments() {
     let w = World::new();
     let calls: Vec<(&str, i64, Vec<u64>, &str)> = vec![
-        ("ptrace", libc::SYS_ptrace, vec![16, 1, 0, 0], "target pid 1"),
+        (
+            "ptrace",
+            libc::SYS_ptrace,
+            vec![16, 1, 0, 0],
+            "target pid 1",
+        ),
         ("mount", libc::SYS_mount, vec![0, 0, 0, 0, 0], "target"),
-        ("setns", libc::SYS_setns, vec![0, libc::CLONE_NEWNET as u64], "CLONE_NEWNET"),
-        ("unshare", libc::SYS_unshare, vec![libc::CLONE_NEWUSER as u64], "CLONE_NEWUSER"),
-        ("clone", libc::SYS_clone, vec![libc::CLONE_NEWNS as u64 | 17, 0, 0, 0, 0], "CLONE_NEWNS"),
+        (
+            "setns",
+            libc::SYS_setns,
+            vec![0, libc::CLONE_NEWNET as u64],
+            "CLONE_NEWNET",
+        ),
+        (
+            "unshare",
+            libc::SYS_unshare,
+            vec![libc::CLONE_NEWUSER as u64],
+            "CLONE_NEWUSER",
+        ),
+        (
+            "clone",
+            libc::SYS_clone,
+            vec![libc::CLONE_NEWNS as u64 | 17, 0, 0, 0, 0],
+            "CLONE_NEWNS",
+        ),
         ("bpf", libc::SYS_bpf, vec![5, 0, 0], "command 5"),
-        ("perf_event_open", libc::SYS_perf_event_open, vec![0, 0, 0, 0, 0], ""),
+        (
+            "perf_event_open",
+            libc::SYS_perf_event_open,
+            vec![0, 0, 0, 0, 0],
+            "",
+        ),
         ("keyctl", libc::SYS_keyctl, vec![2, 0], "operation 2"),
         ("userfaultfd", libc::SYS_userfaultfd, vec![0], ""),
         ("io_uring_setup", 425, vec![8, 0], ""),
         ("kexec_load", libc::SYS_kexec_load, vec![0, 0, 0, 0], ""),
         ("init_module", libc::SYS_init_module, vec![0, 0, 0], ""),
-        ("open_by_handle_at", libc::SYS_open_by_handle_at, vec![0, 0, 0], ""),
-        ("ioctl", libc::SYS_ioctl, vec![0, 0xffff_ffff_0000_5412, 0], "TIOCSTI"),
+        (
+            "open_by_handle_at",
+            libc::SYS_open_by_handle_at,
+            vec![0, 0, 0],
+            "",
+        ),
+        (
+            "ioctl",
+            libc::SYS_ioctl,
+            vec![0, 0xffff_ffff_0000_5412, 0],
+            "TIOCSTI",
+        ),
         ("socket", libc::SYS_socket, vec![17, 3, 0], "family 17"),
-        ("personality", libc::SYS_personality, vec![0x0040000], "0x40000"),
+        (
+            "personality",
+            libc::SYS_personality,
+            vec![0x0040000],
+            "0x40000",
+        ),
         ("syslog", libc::SYS_syslog, vec![3, 0, 0], ""),
     ];
-    let script: Vec<String> = calls.iter().map(|(_, nr, a, _)| py_syscall(*nr, a)).collect();
+    let script: Vec<String> = calls
+        .iter()
+        .map(|(_, nr, a, _)| py_syscall(*nr, a))
+        .collect();
     let (evs, t) = events(&w, &[], &script.join("; "));
     let denied = of_type(&evs, "syscall_denied");
     for (name, _, _, detail) in &calls {
@@ -102,7 +145,12 @@ fn file_outside_grants_and_denied_folder_inside_a_grant_are_reported() {
     assert!(paths.contains(&key.to_str().unwrap()), "{paths:?}");
     assert!(files.iter().all(|e| e["denied"] == true));
     // Work inside the view is not noise: /tmp, and a missing file in a grant.
-    assert!(!paths.iter().any(|p| p.starts_with("/tmp/fine") || p.ends_with("nothing-here")), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("/tmp/fine") || p.ends_with("nothing-here")),
+        "{paths:?}"
+    );
     // Paths and metadata only: never what the file holds.
     let all = serde_json::to_string(&evs).unwrap();
     assert!(!all.contains(SECRET));
@@ -131,9 +179,20 @@ except OSError: pass
     assert!(!t.contains("ran"), "{t}");
     let files = of_type(&evs, "file_attempt");
     let execs: Vec<&&Value> = files.iter().filter(|e| e["op"] == "exec").collect();
-    assert!(execs.iter().any(|e| e["path"] == tool.to_str().unwrap()), "{evs:?}");
+    assert!(
+        execs.iter().any(|e| e["path"] == tool.to_str().unwrap()),
+        "{evs:?}"
+    );
     let net = of_type(&evs, "net_attempt");
-    let addrs: Vec<(&str, &str)> = net.iter().map(|e| (e["syscall"].as_str().unwrap(), e["address"].as_str().unwrap())).collect();
+    let addrs: Vec<(&str, &str)> = net
+        .iter()
+        .map(|e| {
+            (
+                e["syscall"].as_str().unwrap(),
+                e["address"].as_str().unwrap(),
+            )
+        })
+        .collect();
     assert!(addrs.contains(&("connect", "192.0.2.7:443")), "{addrs:?}");
     assert!(addrs.contains(&("connect", "127.0.0.1:8080")), "{addrs:?}");
     assert!(addrs.contains(&("sendto", "198.51.100.9:53")), "{addrs:?}");
@@ -154,7 +213,10 @@ fn a_flood_of_denials_is_counted_exactly_in_bounded_memory() {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let ptrace: Vec<&Value> = evs.iter().filter(|e| e["type"] == "syscall_denied" && e["syscall"] == "ptrace").collect();
+    let ptrace: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "syscall_denied" && e["syscall"] == "ptrace")
+        .collect();
     assert_eq!(total(&ptrace), n);
     // Coalesced: a handful of events, not a million.
     assert!(ptrace.len() < 200, "{} events", ptrace.len());
@@ -175,10 +237,22 @@ fn coalesced_counts_are_exact() {
     );
     let (evs, _) = events(&w, &[], &script);
     let d = of_type(&evs, "syscall_denied");
-    let ptrace: Vec<&Value> = d.iter().copied().filter(|e| e["syscall"] == "ptrace").collect();
-    let unshare: Vec<&Value> = d.iter().copied().filter(|e| e["syscall"] == "unshare").collect();
+    let ptrace: Vec<&Value> = d
+        .iter()
+        .copied()
+        .filter(|e| e["syscall"] == "ptrace")
+        .collect();
+    let unshare: Vec<&Value> = d
+        .iter()
+        .copied()
+        .filter(|e| e["syscall"] == "unshare")
+        .collect();
     assert_eq!(total(&ptrace), 1234);
-    assert_eq!(total(&unshare), 0, "unshare without namespace flags is allowed");
+    assert_eq!(
+        total(&unshare),
+        0,
+        "unshare without namespace flags is allowed"
+    );
     // seq is gap-free and increasing.
     for (i, e) in evs.iter().enumerate() {
         assert_eq!(e["seq"].as_u64().unwrap(), i as u64, "{evs:?}");
@@ -230,14 +304,37 @@ fn watch_all_reports_every_access_and_off_reports_none() {
     std::fs::write(&f, "x").unwrap();
     chmod(&f, 0o666);
     let script = format!("cat {}", f.display());
-    let (evs, _) = events(&w, &["--grant", &w.project.display().to_string(), "--watch", "all"], &script);
+    let (evs, _) = events(
+        &w,
+        &[
+            "--grant",
+            &w.project.display().to_string(),
+            "--watch",
+            "all",
+        ],
+        &script,
+    );
     let files = of_type(&evs, "file_attempt");
-    assert!(files.iter().any(|e| e["path"] == f.to_str().unwrap() && e["denied"] == false), "{files:?}");
-    let (evs, _) = events(&w, &["--watch", "off"], &py_syscall(libc::SYS_ptrace, &[16, 1, 0, 0]));
+    assert!(
+        files
+            .iter()
+            .any(|e| e["path"] == f.to_str().unwrap() && e["denied"] == false),
+        "{files:?}"
+    );
+    let (evs, _) = events(
+        &w,
+        &["--watch", "off"],
+        &py_syscall(libc::SYS_ptrace, &[16, 1, 0, 0]),
+    );
     assert!(of_type(&evs, "syscall_denied").is_empty());
     let enf = of_type(&evs, "enforcement");
     let layers = enf[0]["layers"].as_array().unwrap();
-    assert!(layers.iter().any(|l| l["what"] == "monitor" && l["mechanism"] == "not-enforced"), "{layers:?}");
+    assert!(
+        layers
+            .iter()
+            .any(|l| l["what"] == "monitor" && l["mechanism"] == "not-enforced"),
+        "{layers:?}"
+    );
 }
 
 #[test]
@@ -248,17 +345,26 @@ fn killing_the_supervisor_leaves_nothing_hanging() {
         "exec -a {marker} python3 -c 'import ctypes; l = ctypes.CDLL(None)\nwhile True: l.syscall({}, 16, 1, 0, 0)'",
         libc::SYS_ptrace
     );
-    let mut child = w.cmd(&["run", "--", "bash", "-c", &script]).spawn().unwrap();
+    let mut child = w
+        .cmd(&["run", "--", "bash", "-c", &script])
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     child.kill().unwrap();
     let _ = child.wait();
     let start = std::time::Instant::now();
     loop {
-        let o = std::process::Command::new("pgrep").args(["-f", &marker]).output().unwrap();
+        let o = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
         if o.stdout.is_empty() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "the sandbox outlived its supervisor");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the sandbox outlived its supervisor"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -728,9 +728,10 @@ fn ask_mode_prompts_on_the_terminal_and_always_lasts_for_the_task() {
     assert_eq!(answered[0]["answer"], "allow_always");
     // Not started from an agent profile: the answer lasts for the task.
     assert!(
-        of_type(&evs, "warning")
-            .iter()
-            .any(|w| w["message"].as_str().unwrap_or("").contains("for this task only")),
+        of_type(&evs, "warning").iter().any(|w| w["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("for this task only")),
         "{evs:?}"
     );
 }

@@ -909,7 +909,14 @@ fn run_review_commits_what_was_approved_on_the_terminal() {
         let prompts = t.matches("[q]uit?").count();
         if prompts > answered {
             // Files come in order: approve keep.txt, skip skipped.txt.
-            let line = if t.contains("skipped.txt") && answered == prompts - 1 && t.rfind("skipped.txt") > t.rfind("keep.txt") { "s\n" } else { "a\n" };
+            let line = if t.contains("skipped.txt")
+                && answered == prompts - 1
+                && t.rfind("skipped.txt") > t.rfind("keep.txt")
+            {
+                "s\n"
+            } else {
+                "a\n"
+            };
             master.write_all(line.as_bytes()).unwrap();
             answered = prompts;
         }

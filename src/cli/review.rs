@@ -123,7 +123,8 @@ impl Review {
                 continue;
             }
             let snap = self.snapshot(layer.index)?;
-            let cs = ChangeSet::compute(&layer.path, &upper, snap.as_ref())?;
+            let mut cs = ChangeSet::compute(&layer.path, &upper, snap.as_ref())?;
+            cs.refuse_hidden(&self.manifest.policy.hidden_paths());
             out.push((layer.index, cs, snap));
         }
         Ok(out)

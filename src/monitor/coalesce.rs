@@ -15,9 +15,19 @@ pub const MAX_KEYS: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {
-    Syscall { name: String, detail: Option<String> },
-    File { op: String, path: String, denied: bool },
-    Net { syscall: String, address: String },
+    Syscall {
+        name: String,
+        detail: Option<String>,
+    },
+    File {
+        op: String,
+        path: String,
+        denied: bool,
+    },
+    Net {
+        syscall: String,
+        address: String,
+    },
 }
 
 #[derive(Debug)]
@@ -69,13 +79,7 @@ impl Coalescer {
             total: 1,
         };
         let ev = to_event(&key, &first);
-        self.entries.insert(
-            key,
-            Entry {
-                count: 0,
-                ..first
-            },
-        );
+        self.entries.insert(key, Entry { count: 0, ..first });
         Some(ev)
     }
 
@@ -149,7 +153,12 @@ mod tests {
         let ups = c.flush();
         assert_eq!(ups.len(), 1);
         match &ups[0] {
-            EventKind::SyscallDenied { count, first_ms, last_ms, .. } => {
+            EventKind::SyscallDenied {
+                count,
+                first_ms,
+                last_ms,
+                ..
+            } => {
                 // 1 reported at once + these = the exact total.
                 assert_eq!(*count, 999_999);
                 assert_eq!(*first_ms, 11);

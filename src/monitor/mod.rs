@@ -136,49 +136,65 @@ pub fn run(listener: OwnedFd, ctx: Context, mut sink: impl FnMut(EventKind)) -> 
     stats
 }
 
-/// Reads up to `buf.len()` bytes of the agent's memory at `addr`, then
-/// checks that the notification is still live — the pid cannot have been
-/// reused for another process while we read.
+/// Copies `len` bytes of the agent's memory at `addr` into `buf`, one page
+/// at a time (one read may not cross into an unmapped page: a path at the
+/// very top of the stack must still be readable); returns how many bytes
+/// were read.
+fn copy_from(pid: u32, addr: u64, len: usize, buf: &mut [u8], stop_at_nul: bool) -> usize {
+    let len = len.min(buf.len());
+    let mut done = 0;
+    while done < len {
+        let at = addr + done as u64;
+        let chunk = (4096 - (at as usize % 4096)).min(len - done);
+        let local = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: chunk,
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: chunk,
+        };
+        // SAFETY: the local iovec lies inside our buffer; the remote one is
+        // only read by the kernel, which checks it.
+        let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
+        if n <= 0 {
+            break;
+        }
+        let n = n as usize;
+        let found = stop_at_nul && buf[done..done + n].contains(&0);
+        done += n;
+        if found || n < chunk {
+            break;
+        }
+    }
+    done
+}
+
+/// Whether notification `id` is still live: checked after every read of
+/// the agent's memory, so the pid cannot have been reused meanwhile.
+fn still_valid(fd: i32, id: u64) -> bool {
+    let mut nid = id;
+    // SAFETY: ID_VALID reads a u64.
+    unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _, &mut nid) == 0 }
+}
+
+/// Reads `len` bytes of the agent's memory at `addr`.
 fn read_mem(pid: u32, addr: u64, len: usize, fd: i32, id: u64, buf: &mut [u8]) -> Option<usize> {
     if addr == 0 || len == 0 {
         return None;
     }
-    let len = len.min(buf.len());
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: len,
-    };
-    // SAFETY: the local iovec covers our buffer; the remote one is only
-    // read by the kernel, which checks it.
-    let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
-    // A path near the end of a mapping: read what is there, byte by page.
-    let n = if n < 0 && len > 256 {
-        let first = 4096 - (addr as usize % 4096);
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: first.min(len),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: first.min(len),
-        };
-        // SAFETY: as above.
-        unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) }
-    } else {
-        n
-    };
-    let mut nid = id;
-    // SAFETY: ID_VALID reads a u64.
-    let valid = unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_ID_VALID as _, &mut nid) } == 0;
-    (n > 0 && valid).then_some(n as usize)
+    let n = copy_from(pid, addr, len, buf, false);
+    (n > 0 && still_valid(fd, id)).then_some(n)
 }
 
 fn read_path(pid: u32, addr: u64, fd: i32, id: u64, buf: &mut [u8]) -> Option<String> {
-    let n = read_mem(pid, addr, buf.len(), fd, id, buf)?;
+    if addr == 0 {
+        return None;
+    }
+    let n = copy_from(pid, addr, buf.len(), buf, true);
+    if n == 0 || !still_valid(fd, id) {
+        return None;
+    }
     let end = buf[..n].iter().position(|&b| b == 0)?;
     Some(crate::workspace::names::escape(&buf[..end]))
 }
@@ -211,7 +227,10 @@ fn detail(nr: i64, a: &[u64; 6], pid: u32, fd: i32, id: u64, buf: &mut [u8]) -> 
         ),
         "umount2" | "pivot_root" | "chroot" | "open_by_handle_at" | "acct" | "swapon" => {
             let idx = usize::from(name == "open_by_handle_at");
-            format!("path {}", read_path(pid, a[idx], fd, id, buf).unwrap_or_else(|| "?".into()))
+            format!(
+                "path {}",
+                read_path(pid, a[idx], fd, id, buf).unwrap_or_else(|| "?".into())
+            )
         }
         "bpf" => format!("command {}", a[0]),
         "keyctl" => format!("operation {}", a[0]),
@@ -230,7 +249,11 @@ fn clone_flags(f: u64) -> String {
         (libc::CLONE_NEWCGROUP as u64, "CLONE_NEWCGROUP"),
         (0x80, "CLONE_NEWTIME"),
     ];
-    let set: Vec<&str> = names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect();
+    let set: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     if set.is_empty() {
         format!("{f:#x}")
     } else {
@@ -240,7 +263,15 @@ fn clone_flags(f: u64) -> String {
 
 /// What an observed call touched, as report keys (none when it stayed in
 /// the sandbox's view at watch level `denials`).
-fn observe(ctx: &Context, nr: i64, a: &[u64; 6], pid: u32, fd: i32, id: u64, buf: &mut [u8]) -> Vec<Key> {
+fn observe(
+    ctx: &Context,
+    nr: i64,
+    a: &[u64; 6],
+    pid: u32,
+    fd: i32,
+    id: u64,
+    buf: &mut [u8],
+) -> Vec<Key> {
     let Some(name) = syscall_name(nr) else {
         return vec![];
     };
@@ -275,10 +306,15 @@ fn observe(ctx: &Context, nr: i64, a: &[u64; 6], pid: u32, fd: i32, id: u64, buf
                 }
             };
             if report {
+                let denied = match place {
+                    Place::Visible => false,
+                    Place::Denied => true,
+                    Place::Private | Place::Outside => hidden_from_sandbox(pid, &path),
+                };
                 keys.push(Key::File {
                     op: op.to_string(),
                     path,
-                    denied: place != Place::Visible,
+                    denied,
                 });
             }
         }

@@ -174,7 +174,10 @@ mod tests {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
-            private: ["/tmp", "/etc", "/home/u"].iter().map(PathBuf::from).collect(),
+            private: ["/tmp", "/etc", "/home/u"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
             denied: vec![PathBuf::from("/home/u/project/.ssh")],
         }
     }
@@ -186,8 +189,14 @@ mod tests {
         assert_eq!(v.place(Path::new("/home")), Place::Visible);
         assert_eq!(v.place(Path::new("/home/u/.ssh/id_rsa")), Place::Private);
         assert_eq!(v.place(Path::new("/home/u/project/x")), Place::Visible);
-        assert_eq!(v.place(Path::new("/home/u/project/.ssh/id_rsa")), Place::Denied);
-        assert_eq!(v.place(Path::new("/home/u/project/../project/.ssh/x")), Place::Denied);
+        assert_eq!(
+            v.place(Path::new("/home/u/project/.ssh/id_rsa")),
+            Place::Denied
+        );
+        assert_eq!(
+            v.place(Path::new("/home/u/project/../project/.ssh/x")),
+            Place::Denied
+        );
         assert_eq!(v.place(Path::new("/tmp/../etc/shadow")), Place::Private);
         assert_eq!(v.place(Path::new("/opt/tool")), Place::Outside);
     }

@@ -239,6 +239,24 @@ impl Policy {
         v.extend(self.deny.iter().cloned());
         v
     }
+
+    /// Everything a task must never see *or write*: the denied paths of the
+    /// user running Airlock, Airlock's own folders, and their real targets
+    /// when they are symlinks. A review refuses changes there, so an agent
+    /// cannot plant `~/.ssh/config` where none existed yet.
+    pub fn hidden_paths(&self) -> Vec<PathBuf> {
+        let mut v = self.denied_paths(&crate::dirs::home_dir());
+        v.extend([
+            crate::dirs::state_dir(),
+            crate::dirs::data_dir(),
+            crate::dirs::config_dir(),
+        ]);
+        let real: Vec<PathBuf> = v.iter().filter_map(|p| p.canonicalize().ok()).collect();
+        v.extend(real);
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 #[cfg(test)]

@@ -302,7 +302,11 @@ fn with_allowed_host(text: &str, entry: &str) -> String {
                 Some(i) => match lines[i].find('[') {
                     Some(b) => {
                         let (a, rest) = lines[i].split_at(b + 1);
-                        let sep = if rest.trim_start().starts_with(']') { "" } else { ", " };
+                        let sep = if rest.trim_start().starts_with(']') {
+                            ""
+                        } else {
+                            ", "
+                        };
                         out[i] = format!("{a}{quoted}{sep}{rest}");
                     }
                     None => out.insert(i + 1, format!("allow_hosts = [{quoted}]")),

@@ -174,15 +174,27 @@ fn relay(master: std::os::fd::OwnedFd, pid1: libc::pid_t) -> i32 {
     if let Some(t) = &saved {
         let mut raw = t.clone();
         nix::sys::termios::cfmakeraw(&mut raw);
-        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &raw);
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &raw,
+        );
     }
     let mut buf = [0u8; 8192];
     let mut stdin_open = true;
     let mut last_size = terminal_size(0).map(|w| (w.ws_row, w.ws_col));
     let status = loop {
         let mut fds = [
-            libc::pollfd { fd: m, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: if stdin_open { 0 } else { -1 }, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: m,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if stdin_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: two pollfds we own.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
@@ -233,7 +245,8 @@ fn relay(master: std::os::fd::OwnedFd, pid1: libc::pid_t) -> i32 {
         }
     };
     if let Some(t) = &saved {
-        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, t);
+        let _ =
+            nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, t);
     }
     status
 }

@@ -98,6 +98,13 @@ pub fn under(root: &Path, path: &Path) -> PathBuf {
     out
 }
 
+/// How many files a writable tmpfs of `size` bytes may hold: one per page.
+/// Empty files take no page, so without this bound a "4 MB" /tmp holds
+/// millions of inodes, each costing unaccounted kernel memory on the host.
+fn tmpfs_inodes(size: u64) -> u64 {
+    (size / 4096).max(4096)
+}
+
 fn mkdir_p(p: &Path, mode: u32) -> io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(mode).create(p)
 }
@@ -213,7 +220,11 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
                 tmpfs(
                     &dst,
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    &format!("mode=1777,size={}", spec.limits.tmp_size.max(4096)),
+                    &format!(
+                        "mode=1777,size={},nr_inodes={}",
+                        spec.limits.tmp_size.max(4096),
+                        tmpfs_inodes(spec.limits.tmp_size)
+                    ),
                 )?;
             }
             Item::Home => {
@@ -230,7 +241,11 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
                     tmpfs(
                         &dst,
                         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                        &format!("mode=0700,size={}{owner}", spec.limits.tmp_size.max(4096)),
+                        &format!(
+                            "mode=0700,size={},nr_inodes={}{owner}",
+                            spec.limits.tmp_size.max(4096),
+                            tmpfs_inodes(spec.limits.tmp_size)
+                        ),
                     )?;
                 }
             }
@@ -414,7 +429,8 @@ fn build_dev(dev: &Path) -> Result<(), StepError> {
     tmpfs(
         dev,
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        "mode=0755,size=64k",
+        // A few nodes and links; writable by the agent when unprivileged.
+        "mode=0755,size=64k,nr_inodes=256",
     )?;
     for name in DEVICES {
         let host = Path::new("/dev").join(name);
@@ -449,7 +465,7 @@ fn build_dev(dev: &Path) -> Result<(), StepError> {
     tmpfs(
         &shm,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        "mode=1777,size=64m",
+        "mode=1777,size=64m,nr_inodes=16384",
     )?;
     let _ = fs::set_permissions(dev, fs::Permissions::from_mode(0o755));
     Ok(())

@@ -220,6 +220,15 @@ pub fn default_profile() -> Profile {
             "pushing keystrokes into a terminal (TIOCSTI/TIOCLINUX) runs commands as the user",
         ));
     }
+    // TIOCSETD (same number on x86_64 and aarch64): without --tty the agent
+    // holds the user's own terminal, whose line discipline would stay changed
+    // after the task (N_NULL leaves it dead), and a new discipline number
+    // autoloads a kernel module (n_gsm, n_hdlc, slip: a record of exploits).
+    rules.push(deny_if(
+        &["ioctl"],
+        vec![arg(1, Op::Eq, 0x5423)],
+        "changing a terminal's line discipline breaks the user's terminal and loads kernel modules",
+    ));
     // socket(): only unix, IPv4, IPv6 and route netlink.
     let (unix, inet, inet6, netlink) = (
         libc::AF_UNIX as u64,
@@ -476,12 +485,21 @@ pub struct Monitored {
 /// default (an imported allow-list) keeps its denials as plain errno
 /// filters — the kernel gives the listener nothing to see for them.
 pub fn compile_monitored(profile: &Profile, watch: &[Rule]) -> Result<Monitored, CompileError> {
-    let is_denial = |r: &Rule| {
-        profile.default_action == Action::Allow && r.action == Action::Errno(EPERM)
-    };
-    let deny_rules: Vec<Rule> = profile.rules.iter().filter(|r| is_denial(r)).cloned().collect();
+    let is_denial =
+        |r: &Rule| profile.default_action == Action::Allow && r.action == Action::Errno(EPERM);
+    let deny_rules: Vec<Rule> = profile
+        .rules
+        .iter()
+        .filter(|r| is_denial(r))
+        .cloned()
+        .collect();
     let plain_profile = Profile {
-        rules: profile.rules.iter().filter(|r| !is_denial(r)).cloned().collect(),
+        rules: profile
+            .rules
+            .iter()
+            .filter(|r| !is_denial(r))
+            .cloned()
+            .collect(),
         ..profile.clone()
     };
     let plain = compile(&plain_profile)?;
@@ -656,7 +674,10 @@ mod tests {
         a[1] = 0x5412;
         assert!(rules_match(&m.deny_rules, nr("ioctl"), &a));
         a[1] = 0xffff_ffff_0000_5412;
-        assert!(rules_match(&m.deny_rules, nr("ioctl"), &a), "low 32 bits only");
+        assert!(
+            rules_match(&m.deny_rules, nr("ioctl"), &a),
+            "low 32 bits only"
+        );
         a[1] = 0x5413;
         assert!(!rules_match(&m.deny_rules, nr("ioctl"), &a));
         a = [libc::CLONE_NEWUSER as u64 | 17, 0, 0, 0, 0, 0];

@@ -80,7 +80,8 @@ impl Open {
             } else {
                 None
             };
-            let cs = ChangeSet::compute(&layer.path, &upper, snap.as_ref())?;
+            let mut cs = ChangeSet::compute(&layer.path, &upper, snap.as_ref())?;
+            cs.refuse_hidden(&self.manifest.policy.hidden_paths());
             out.push((layer.index, cs, snap));
         }
         Ok(out)

@@ -354,16 +354,25 @@ impl Watchdog {
                     ))
                 } else if layers > 0 {
                     let used = upper_usage(&td, layers);
-                    (used > limits.max_upper).then(|| {
-                        (
+                    if used.too_deep {
+                        Some((
                             "max-upper".to_string(),
                             format!(
-                                "wrote {} into its grants, more than the {} allowed",
-                                crate::policy::format_size(used),
-                                crate::policy::format_size(limits.max_upper)
+                                "built a folder tree deeper than {MAX_DEPTH} levels in its grants, whose size cannot be checked"
                             ),
-                        )
-                    })
+                        ))
+                    } else {
+                        (used.bytes > limits.max_upper).then(|| {
+                            (
+                                "max-upper".to_string(),
+                                format!(
+                                    "wrote {} into its grants, more than the {} allowed",
+                                    crate::policy::format_size(used.bytes),
+                                    crate::policy::format_size(limits.max_upper)
+                                ),
+                            )
+                        })
+                    }
                 } else {
                     None
                 };
@@ -432,42 +441,73 @@ fn finish(
     tracing::debug!(task = %id, status, changed, "task ended");
 }
 
-/// Bytes used by the task's upper layers (what it wrote into its grants).
-pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fn walk(p: &std::path::Path, total: &mut u64) {
-        let Ok(rd) = std::fs::read_dir(p) else { return };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            *total += m.blocks() * 512;
-            if m.is_dir() {
-                walk(&e.path(), total);
+/// What a task wrote into its upper layers, measured by walking them with
+/// directory descriptors (no path is ever rebuilt, so a tree deeper than
+/// PATH_MAX is measured like any other).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UpperUsage {
+    /// Bytes, counting every entry at least [`INODE_COST`]: empty files
+    /// still cost the host an inode.
+    pub bytes: u64,
+    /// Entries that are not folders: what a review will show.
+    pub files: u64,
+    /// Deeper than [`MAX_DEPTH`] folders: not measured below that.
+    pub too_deep: bool,
+}
+
+/// What one entry costs at least (an ext4 inode).
+pub const INODE_COST: u64 = 256;
+/// How deep the measurement goes; a task that builds deeper trees is
+/// stopped, since what it wrote there could not be counted.
+pub const MAX_DEPTH: usize = 512;
+
+pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> UpperUsage {
+    use nix::dir::Dir;
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{fstatat, Mode};
+    use std::os::fd::AsRawFd;
+    fn walk(dir: &mut Dir, depth: usize, u: &mut UpperUsage) {
+        let fd = dir.as_raw_fd();
+        let names: Vec<std::ffi::CString> = dir
+            .iter()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_bytes();
+                n != b"." && n != b".."
+            })
+            .map(|e| e.file_name().to_owned())
+            .collect();
+        for name in names {
+            let Ok(st) = fstatat(Some(fd), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            u.bytes += (st.st_blocks as u64 * 512).max(INODE_COST);
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                u.files += 1;
+                continue;
+            }
+            if depth >= MAX_DEPTH {
+                u.too_deep = true;
+                continue;
+            }
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            if let Ok(mut sub) = Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
+                walk(&mut sub, depth + 1, u);
             }
         }
     }
-    let mut total = 0;
+    let mut u = UpperUsage::default();
     for i in 0..layers {
-        walk(&task_dir.upper(i), &mut total);
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        if let Ok(mut d) = Dir::open(&task_dir.upper(i), flags, Mode::empty()) {
+            walk(&mut d, 1, &mut u);
+        }
     }
-    total
+    u
 }
 
 /// Entries in the upper layers that are not folders: a quick count of the
 /// files a review will show.
 pub fn changed_files(task_dir: &TaskDir, layers: usize) -> u64 {
-    fn walk(p: &std::path::Path, n: &mut u64) {
-        let Ok(rd) = std::fs::read_dir(p) else { return };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => walk(&e.path(), n),
-                Ok(_) => *n += 1,
-                Err(_) => {}
-            }
-        }
-    }
-    let mut n = 0;
-    for i in 0..layers {
-        walk(&task_dir.upper(i), &mut n);
-    }
-    n
+    upper_usage(task_dir, layers).files
 }

@@ -135,6 +135,21 @@ pub struct ChangeSet {
     pub changes: Vec<Change>,
 }
 
+impl ChangeSet {
+    /// Refuses every change under `hidden` (paths a task may never see, such
+    /// as `~/.ssh`): they are listed as refused and never committed, whether
+    /// or not the folder existed when the task ran.
+    pub fn refuse_hidden(&mut self, hidden: &[PathBuf]) {
+        use std::os::unix::ffi::OsStrExt;
+        for c in &mut self.changes {
+            let real = self.grant.join(std::ffi::OsStr::from_bytes(&c.path));
+            if hidden.iter().any(|h| real.starts_with(h)) {
+                c.kind = ChangeKind::Refused;
+            }
+        }
+    }
+}
+
 struct Walker<'a> {
     grant: &'a Path,
     out: Vec<Change>,

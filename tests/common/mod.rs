@@ -33,7 +33,10 @@ pub fn chmod(p: &Path, mode: u32) {
 
 impl World {
     pub fn new() -> World {
-        let dir = tempfile::Builder::new().prefix("airlock-test").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-test")
+            .tempdir()
+            .unwrap();
         // When the tests run as root the agent runs as uid 65534, which must
         // be able to reach the test's folders at all.
         chmod(dir.path(), 0o755);
@@ -113,7 +116,10 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
     });
     let out = child.wait_with_output().expect("wait for airlock");
     let _ = guard.join();
-    assert!(start.elapsed() < limit, "airlock took longer than {limit:?}");
+    assert!(
+        start.elapsed() < limit,
+        "airlock took longer than {limit:?}"
+    );
     out
 }
 
@@ -128,7 +134,10 @@ pub fn text(o: &Output) -> String {
 /// A python3 snippet that makes raw syscall `nr` with integer args and
 /// prints `rc errno`.
 pub fn py_syscall(nr: i64, args: &[u64]) -> String {
-    let a: Vec<String> = args.iter().map(|x| format!("ctypes.c_ulong({x})")).collect();
+    let a: Vec<String> = args
+        .iter()
+        .map(|x| format!("ctypes.c_ulong({x})"))
+        .collect();
     format!(
         "python3 -c 'import ctypes; l=ctypes.CDLL(None, use_errno=True); l.syscall.restype=ctypes.c_long; r=l.syscall({nr}{}{}); print(\"rc=%d errno=%d\" % (r, ctypes.get_errno()))'",
         if a.is_empty() { "" } else { ", " },

@@ -1,0 +1,792 @@
+//! More escape attempts against the real `airlock run`, written as an
+//! outside reviewer would try them (terminal line disciplines, foreign
+//! ABIs, overlay internals, the commit, PID 1 and the network forwarder
+//! through /proc, the proxy's control channel, kernel knobs). Each test
+//! decides on the host side where it can: the secret was not read, the file
+//! outside was not written, the user's terminal and the host's settings are
+//! unchanged. Runs as root and as an unprivileged user.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+const SECRET: &str = "AIRLOCK-MORE-SECRET-51c2e";
+
+fn plant(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, SECRET).unwrap();
+    chmod(path, 0o644);
+    chmod(path.parent().unwrap(), 0o755);
+}
+
+fn assert_no_secret(o: &std::process::Output) {
+    assert!(!text(o).contains(SECRET), "the secret leaked:\n{}", text(o));
+}
+
+/// The task's single upper layer (one rw grant).
+fn upper(w: &World) -> std::path::PathBuf {
+    w.tasks().pop().expect("a task folder").join("upper/0")
+}
+
+// ------------------------------------------------------------ terminal
+
+/// Without `--tty` the agent's stdin is the user's own terminal. TIOCSETD
+/// would switch its line discipline (N_NULL leaves it dead after the task)
+/// and autoload ldisc kernel modules; TIOCCONS would steal console output.
+#[test]
+fn escape_line_discipline_of_the_users_terminal() {
+    use std::os::fd::FromRawFd;
+    let w = World::new();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave.as_raw_fd();
+    let script = "python3 -c 'import fcntl, struct, sys
+for fd in (0, 1):
+    for ld in (27, 13, 3):
+        try:
+            fcntl.ioctl(fd, 0x5423, struct.pack(\"i\", ld)); print(\"LDISC-SET\", fd, ld, file=sys.stderr)
+        except OSError:
+            pass
+    for req in (0x541D, 0xffffffff00005423):
+        try:
+            fcntl.ioctl(fd, req, struct.pack(\"i\", 27)); print(\"IOCTL-OK\", hex(req), file=sys.stderr)
+        except OSError:
+            pass
+print(\"tried\", file=sys.stderr)'";
+    let mut c = w.cmd(&["run", "--", "sh", "-c", script]);
+    // SAFETY: duplicating a descriptor we own for the child's stdio.
+    let (i, o) = unsafe { (libc::dup(slave), libc::dup(slave)) };
+    c.stdin(unsafe { Stdio::from_raw_fd(i) })
+        .stdout(unsafe { Stdio::from_raw_fd(o) });
+    let out = output_within(c, Duration::from_secs(60));
+    let t = text(&out);
+    assert!(t.contains("tried"), "{t}");
+    assert!(!t.contains("LDISC-SET") && !t.contains("IOCTL-OK"), "{t}");
+    // On the host: the terminal still has the ordinary line discipline.
+    let mut ldisc: libc::c_int = -1;
+    // SAFETY: TIOCGETD into an int.
+    let rc = unsafe { libc::ioctl(slave, libc::TIOCGETD, &mut ldisc) };
+    assert_eq!(rc, 0);
+    assert_eq!(ldisc, 0, "the user's terminal got line discipline {ldisc}");
+}
+
+#[test]
+fn escape_controlling_terminal_and_devices() {
+    let w = World::new();
+    let o = w.run(
+        &[],
+        "python3 -c 'import os
+for p in (\"/dev/tty\", \"/dev/console\", \"/dev/tty0\", \"/dev/userfaultfd\", \"/dev/kvm\", \"/dev/mem\", \"/dev/vda\", \"/dev/fuse\", \"/dev/net/tun\"):
+    try:
+        os.open(p, os.O_RDWR); print(\"OPENED\", p)
+    except OSError as e:
+        print(\"refused\", p, e.errno)
+# A pty from the sandbox devpts instance: only its own terminals.
+fd = os.open(\"/dev/ptmx\", os.O_RDWR)
+print(\"PTS\", sorted(os.listdir(\"/dev/pts\")))'",
+    );
+    let t = text(&o);
+    assert!(!t.contains("OPENED"), "{t}");
+    assert!(t.contains("PTS ['0', 'ptmx']"), "{t}");
+}
+
+// ------------------------------------------------------------ syscalls
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn escape_i386_int80_from_a_64_bit_process() {
+    let w = World::new();
+    // mov eax, 310 (i386 unshare); mov ebx, CLONE_NEWUSER; int 0x80;
+    // movsxd rax, eax; ret — run from an executable anonymous mapping.
+    let o = w.run(
+        &[],
+        "python3 -c 'import ctypes, mmap, struct
+code = b\"\\xb8\" + struct.pack(\"<I\", 310) + b\"\\xbb\" + struct.pack(\"<I\", 0x10000000) + b\"\\xcd\\x80\\x48\\x63\\xc0\\xc3\"
+m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+m.write(code)
+f = ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(m)))
+print(\"INT80-RC\", f())
+'; echo status=$?; id -u; cat /proc/self/uid_map",
+    );
+    let t = text(&o);
+    // The foreign-ABI call kills the process (SIGSYS) before it runs.
+    assert!(!t.contains("INT80-RC"), "{t}");
+    assert!(t.contains("status=159"), "{t}");
+}
+
+#[test]
+fn escape_namespace_flags_in_high_bits_and_x32() {
+    let w = World::new();
+    let mut script = vec![
+        // clone(CLONE_NEWUSER|SIGCHLD) with garbage in the high 32 bits.
+        py_syscall(
+            libc::SYS_clone,
+            &[
+                0xffff_ffff_0000_0000 | libc::CLONE_NEWUSER as u64 | 17,
+                0,
+                0,
+                0,
+                0,
+            ],
+        ),
+        py_syscall(
+            libc::SYS_unshare,
+            &[0xffff_ffff_0000_0000 | libc::CLONE_NEWNS as u64],
+        ),
+        // unshare(CLONE_NEWUSER) with every namespace flag at once.
+        py_syscall(libc::SYS_unshare, &[0x7e02_0080]),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    script.push(py_syscall(0x4000_0000 + 272, &[libc::CLONE_NEWUSER as u64]));
+    let o = w.run(
+        &[],
+        &format!("{}; readlink /proc/self/ns/user", script.join("; ")),
+    );
+    let t = text(&o);
+    assert_eq!(
+        t.matches("rc=-1 errno=1").count(),
+        script.len(),
+        "a namespace was created: {t}"
+    );
+}
+
+#[test]
+fn escape_netlink_families_other_than_route() {
+    let w = World::new();
+    // sock_diag, audit, uevent, generic (nl80211, taskstats), netfilter.
+    let protos = [4u64, 9, 15, 16, 12];
+    let script: Vec<String> = protos
+        .iter()
+        .map(|p| py_syscall(libc::SYS_socket, &[16, 3, *p]))
+        .collect();
+    let o = w.run(&[], &script.join("; "));
+    let t = text(&o);
+    assert_eq!(t.matches("rc=-1 errno=1").count(), protos.len(), "{t}");
+    // Route netlink stays usable (ip addr, getaddrinfo).
+    let o = w.run(&[], &py_syscall(libc::SYS_socket, &[16, 3, 0]));
+    assert!(!text(&o).contains("rc=-1"), "{}", text(&o));
+}
+
+#[test]
+fn escape_prctl_and_proc_knobs() {
+    let w = World::new();
+    let knobs = [
+        "/proc/sys/kernel/core_pattern",
+        "/proc/sys/kernel/modprobe",
+        "/proc/sys/kernel/domainname",
+    ];
+    let before: Vec<String> = knobs
+        .iter()
+        .map(|k| std::fs::read_to_string(k).unwrap_or_default())
+        .collect();
+    let o = w.run(
+        &[],
+        &format!(
+            "echo '|/tmp/pwn %p' > /proc/sys/kernel/core_pattern; echo /tmp/pwn > /proc/sys/kernel/modprobe; \
+             echo evil > /proc/sys/kernel/domainname; echo -1000 > /proc/self/oom_score_adj && echo OOM-LOWERED; \
+             echo '0 0 1' > /proc/self/uid_map && echo MAPPED; echo 1 > /proc/1/timerslack_ns && echo SLACK; \
+             echo evil > /proc/1/comm && echo COMM; {}; echo end",
+            // prctl(PR_SET_MM, PR_SET_MM_START_CODE, 0)
+            py_syscall(libc::SYS_prctl, &[35, 1, 0, 0, 0])
+        ),
+    );
+    let t = text(&o);
+    assert!(t.contains("end"), "{t}");
+    for bad in ["OOM-LOWERED", "MAPPED", "SLACK", "COMM"] {
+        assert!(!t.contains(bad), "{bad}: {t}");
+    }
+    assert!(t.contains("rc=-1 errno=1"), "PR_SET_MM: {t}");
+    let after: Vec<String> = knobs
+        .iter()
+        .map(|k| std::fs::read_to_string(k).unwrap_or_default())
+        .collect();
+    assert_eq!(before, after, "a host kernel setting changed");
+}
+
+// ------------------------------------------------------------ PID 1, forwarder
+
+/// PID 1 is the helper (it was started with the user's environment); with
+/// `--net` the forwarder runs beside it. Neither may be read or signalled.
+#[test]
+fn escape_helper_and_forwarder_through_proc() {
+    let w = World::new();
+    let script = "for p in /proc/[0-9]*; do
+  [ \"$p\" = /proc/self ] && continue
+  for f in environ cmdline maps mem auxv stack syscall mountinfo; do head -c 65536 $p/$f 2>/dev/null | tr '\\0' ' '; done
+  ls -l $p/fd/ $p/root/ $p/cwd/ 2>/dev/null; for f in $p/fd/*; do timeout 1 head -c 4096 $f 2>/dev/null; done
+done
+python3 -c 'import os
+for pid in (1, 2):
+    try:
+        fd = os.open(\"/proc/%d/mem\" % pid, os.O_RDONLY)
+        for line in open(\"/proc/%d/maps\" % pid):
+            a, b = (int(x, 16) for x in line.split()[0].split(\"-\"))
+            try:
+                os.lseek(fd, a, 0); d = os.read(fd, min(b - a, 1 << 20)); print(d.decode(\"latin1\"))
+            except (OSError, OverflowError):
+                pass
+    except OSError as e:
+        print(\"mem refused\", pid, e.errno)
+'
+helpers=1
+for p in /proc/[0-9]*; do case \"$(cat $p/comm 2>/dev/null)\" in airlock*) helpers=\"$helpers ${p#/proc/}\";; esac; done
+echo targets: $helpers
+for s in SEGV STOP TERM HUP INT USR1 KILL; do for p in $helpers; do kill -$s $p 2>/dev/null && echo SIG\"\"NALLED-$p-$s; done; done
+sleep 0.3; echo still\"\"-running";
+    for net in [
+        &[][..],
+        &["--net", "allow", "--allow-host", "example.com"][..],
+    ] {
+        let mut args: Vec<&str> = vec!["run"];
+        args.extend_from_slice(net);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        let mut c = w.cmd(&args);
+        c.env("GITHUB_TOKEN", SECRET)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET);
+        let o = output_within(c, Duration::from_secs(120));
+        let t = text(&o);
+        assert_no_secret(&o);
+        assert!(!t.contains("SIGNALLED"), "{t}");
+        // PID 1 kept working: the task ran to its end and reported it.
+        assert!(t.contains("still-running"), "{t}");
+        assert!(o.status.success(), "{t}");
+    }
+}
+
+/// The agent can reach the proxy's socket (unprivileged) but not speak its
+/// control protocol without the per-task secret: no forged DNS event.
+#[test]
+fn escape_forged_proxy_control_channel() {
+    let w = World::new();
+    let events = w.path().join("events.jsonl");
+    let o = w.run(
+        &[
+            "--net",
+            "allow",
+            "--allow-host",
+            "example.com",
+            "--json-events",
+            &events.display().to_string(),
+        ],
+        "python3 -c 'import socket
+for tok in (b\"\", b\"0\" * 64, b\"x\" * 5000):
+    try:
+        s = socket.socket(socket.AF_UNIX); s.connect(\"/run/airlock/proxy.sock\")
+        s.sendall(b\"\\0AIRLOCK-CONTROL/1 \" + tok + b\"\\n\" + b\"{\\\"type\\\":\\\"dns\\\",\\\"name\\\":\\\"forged-by-agent.example\\\",\\\"answer\\\":\\\"6.6.6.6\\\"}\\n\")
+        s.recv(100); print(\"sent\")
+    except OSError as e:
+        print(\"refused\", e.errno)
+'; echo done",
+    );
+    let t = text(&o);
+    assert!(t.contains("done"), "{t}");
+    let ev = std::fs::read_to_string(&events).unwrap_or_default();
+    // The agent's own command line is in the `started` event; no other
+    // event may name the forged answer.
+    assert!(
+        !ev.lines()
+            .any(|l| !l.contains("\"type\":\"started\"") && l.contains("6.6.6.6")),
+        "a forged DNS event was accepted: {ev}"
+    );
+}
+
+// ------------------------------------------------------------ overlay, commit
+
+/// Overlay's own xattrs and whiteouts, set by the agent through the
+/// overlay, must not reach the upper layer in a form the commit (or a later
+/// mount of the layer) would obey: no hidden deletions of the real folder.
+#[test]
+fn escape_overlay_xattrs_and_whiteouts_aimed_at_the_commit() {
+    let w = World::new();
+    std::fs::create_dir(w.project.join("keep")).unwrap();
+    chmod(&w.project.join("keep"), 0o777);
+    std::fs::write(w.project.join("keep/a.txt"), "user data").unwrap();
+    chmod(&w.project.join("keep/a.txt"), 0o666);
+    std::fs::write(w.project.join("b.txt"), "user data").unwrap();
+    chmod(&w.project.join("b.txt"), 0o666);
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "python3 -c 'import os
+for p in (\"keep\", \"b.txt\", \".\"):
+    for n in (b\"user.overlay.opaque\", b\"user.overlay.redirect\", b\"user.overlay.origin\", b\"user.overlay.whiteout\", b\"trusted.overlay.opaque\"):
+        try:
+            os.setxattr(p, n, b\"y\")
+        except OSError:
+            pass
+for p in (\"keep/a.txt\", \"keep/new\", \"c.txt\"):
+    try:
+        os.mknod(p, 0o600 | 0o020000, os.makedev(0, 0)); print(\"WHITEOUT\", p)
+    except OSError as e:
+        print(\"refused\", p, e.errno)
+open(\"keep/new.txt\", \"w\").write(\"new\")
+'",
+    );
+    let t = text(&o);
+    assert!(!t.contains("WHITEOUT"), "{t}");
+    let up = upper(&w);
+    // The overlay sets some of its own (uuid, origin) with binary values;
+    // the agent's "y" must only ever land escaped (user.overlay.overlay.*).
+    for p in ["", "keep", "b.txt"] {
+        let path = up.join(p);
+        let Ok(names) = xattr_names(&path) else {
+            continue;
+        };
+        for n in names {
+            let Some(short) = n
+                .strip_prefix("user.overlay.")
+                .or_else(|| n.strip_prefix("trusted.overlay."))
+            else {
+                continue;
+            };
+            // None of these folders was replaced, so the kernel made none
+            // opaque; redirect/origin hold paths or handles, never "y".
+            let forged = match short {
+                "opaque" => true,
+                "redirect" | "origin" | "whiteout" => xattr_value(&path, &n) == b"y",
+                _ => false,
+            };
+            assert!(
+                !forged,
+                "{}: the agent set the overlay's own attribute {n}",
+                path.display()
+            );
+        }
+    }
+    // Committing everything keeps the user's files.
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_string_lossy().to_string();
+    let c = output_within(w.cmd(&["commit", &id]), Duration::from_secs(60));
+    assert_eq!(
+        std::fs::read_to_string(w.project.join("keep/a.txt")).unwrap(),
+        "user data",
+        "{}",
+        text(&c)
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.project.join("b.txt")).unwrap(),
+        "user data"
+    );
+}
+
+/// Attribute names of `p` itself (not following a symlink).
+fn xattr_names(p: &Path) -> std::io::Result<Vec<String>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: llistxattr into a buffer of the given size.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
+}
+
+fn xattr_value(p: &Path, name: &str) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: lgetxattr into a buffer of the given size.
+    let len =
+        unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(len.max(0) as usize);
+    buf
+}
+
+/// Symlinks planted in a rw grant, aimed at secrets and folders outside:
+/// inside they lead nowhere, and the commit copies the link itself, never
+/// the file it names, and never writes through it.
+#[test]
+fn escape_symlinks_in_the_upper_layer_aimed_at_the_commit() {
+    let w = World::new();
+    let key = w.home.join(".ssh/id_rsa");
+    plant(&key);
+    plant(&w.outside.join("notes.txt"));
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        &format!(
+            "cd {p}; ln -s {key} key; ln -s {out} out; ln -s /proc/1/root root1; ln -s ../../outside up; \
+             cat key out/notes.txt root1{key} up/notes.txt /proc/self/root{key} 2>&1; \
+             echo pwned > out/new.txt; echo pwned > up/new2.txt; echo pwned >> key; \
+             mkdir -p sub; ln {p}/sub/../key hard 2>&1; ls -la",
+            p = w.project.display(),
+            key = key.display(),
+            out = w.outside.display(),
+        ),
+    );
+    assert_no_secret(&o);
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_string_lossy().to_string();
+    let c = output_within(w.cmd(&["commit", &id]), Duration::from_secs(60));
+    let ct = text(&c);
+    // Nothing was written outside or into the key, before or after commit.
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), SECRET, "{ct}");
+    assert!(!w.outside.join("new.txt").exists(), "{ct}");
+    assert!(!w.outside.join("new2.txt").exists(), "{ct}");
+    // Whatever reached the project is a link, never the secret's bytes.
+    for e in walk(&w.project) {
+        let m = std::fs::symlink_metadata(&e).unwrap();
+        if m.is_file() {
+            let data = std::fs::read(&e).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&data).contains(SECRET),
+                "{} holds the secret after commit",
+                e.display()
+            );
+        }
+    }
+}
+
+/// Every path under `root`, as far as path-based calls reach (a tree
+/// deeper than PATH_MAX ends where the names get too long).
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.is_dir() {
+            v.extend(walk(&p));
+        }
+        v.push(p);
+    }
+    v
+}
+
+/// A grant whose path is a symlink to an always-denied folder: the deny
+/// still applies to where it leads, read-only or read-write.
+#[test]
+fn escape_grant_path_that_is_a_symlink_to_a_denied_folder() {
+    let w = World::new();
+    let key = w.home.join(".ssh/id_rsa");
+    plant(&key);
+    let link = w.outside.join("keys");
+    std::os::unix::fs::symlink(w.home.join(".ssh"), &link).unwrap();
+    let file_link = w.outside.join("keyfile");
+    std::os::unix::fs::symlink(&key, &file_link).unwrap();
+    for mode in ["", ":rw"] {
+        let o = w.run(
+            &[
+                "--grant",
+                &format!("{}{mode}", link.display()),
+                "--grant",
+                &format!("{}{mode}", file_link.display()),
+            ],
+            &format!(
+                "cat {l}/id_rsa {f} {k}; echo pwned > {l}/planted; echo pwned >> {f}; ls -la {l}",
+                l = link.display(),
+                f = file_link.display(),
+                k = key.display()
+            ),
+        );
+        assert_no_secret(&o);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), SECRET);
+        assert!(!w.home.join(".ssh/planted").exists());
+        // Nothing the task wrote names the key's content for a commit either.
+        for t in w.tasks() {
+            for e in walk(&t) {
+                if std::fs::symlink_metadata(&e).unwrap().is_file() {
+                    let d = std::fs::read(&e).unwrap_or_default();
+                    assert!(
+                        !String::from_utf8_lossy(&d).contains(SECRET),
+                        "{}",
+                        e.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A grant folder whose name holds a newline, a comma and overlay option
+/// syntax: it is mounted as itself and changes stay in the upper layer.
+#[test]
+fn escape_grant_name_with_mount_option_syntax() {
+    let w = World::new();
+    let odd = w.path().join("a\nb,lowerdir=..,upperdir=x\\z");
+    std::fs::create_dir(&odd).unwrap();
+    chmod(&odd, 0o777);
+    std::fs::write(odd.join("f.txt"), "original").unwrap();
+    chmod(&odd.join("f.txt"), 0o666);
+    let mut c = w.cmd(&[
+        "run",
+        "--grant",
+        &format!("{}:rw", odd.display()),
+        "--",
+        "sh",
+        "-c",
+        "echo changed > f.txt; cat /proc/self/mountinfo | grep -c overlay; ls / | tr '\\n' ' '",
+    ]);
+    c.current_dir(&odd);
+    let o = output_within(c, Duration::from_secs(60));
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert_eq!(
+        std::fs::read_to_string(odd.join("f.txt")).unwrap(),
+        "original"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper(&w).join("f.txt")).unwrap(),
+        "changed\n"
+    );
+}
+
+// ------------------------------------------------------------ leaks, limits
+
+/// Nothing inside names the task's state folder, the user's real home or
+/// another user's paths: not the mount table, not PID 1's, not the env.
+#[test]
+fn escape_host_paths_in_mountinfo_and_environment() {
+    let w = World::new();
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "cat /proc/self/mountinfo /proc/1/mountinfo /proc/self/mounts 2>/dev/null; env; cat /etc/passwd /etc/hostname; hostname; cat /proc/self/cgroup",
+    );
+    let t = text(&o);
+    let state = w.state().display().to_string();
+    assert!(
+        !t.contains(&state),
+        "the state folder is named inside:\n{t}"
+    );
+    assert!(!t.contains("/tasks/"), "{t}");
+    let host = nix::unistd::gethostname().unwrap();
+    let host = host.to_string_lossy();
+    if host != "airlock" && host.len() > 3 {
+        assert!(
+            !t.lines().any(|l| l.trim() == host),
+            "the host name leaked: {t}"
+        );
+    }
+}
+
+#[test]
+fn escape_dev_shm_root_and_tmp_filling_are_bounded() {
+    let w = World::new();
+    let o = w.run(
+        &["--tmp-size", "8M"],
+        "dd if=/dev/zero of=/dev/shm/big bs=1M count=200 2>&1 | tail -1; \
+         du -sk /dev/shm | cut -f1 | sed s/^/shm-kb=/; \
+         echo x > /evil 2>&1 || echo root-refused; \
+         dd if=/dev/zero of=/tmp/big bs=1M count=50 2>&1 | tail -1; \
+         du -sk /tmp | cut -f1 | sed s/^/tmp-kb=/",
+    );
+    let t = text(&o);
+    let kb = |k: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{k}: {t}"))
+    };
+    assert!(kb("shm-kb=") <= 64 * 1024, "{t}");
+    assert!(kb("tmp-kb=") <= 8 * 1024, "{t}");
+    assert!(t.contains("root-refused"), "{t}");
+}
+
+#[test]
+fn escape_pids_limit_counts_threads() {
+    let w = World::new();
+    let o = w.run(
+        &["--pids", "32"],
+        "python3 -c 'import threading
+ev = threading.Event(); n = 0
+try:
+    for i in range(500):
+        threading.Thread(target=ev.wait).start(); n += 1
+except RuntimeError:
+    pass
+print(\"threads=%d\" % n); ev.set()'",
+    );
+    let t = text(&o);
+    let n: u32 = t
+        .lines()
+        .find_map(|l| l.strip_prefix("threads="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(n < 32, "{n} threads with --pids 32");
+}
+
+/// Empty files take no tmpfs page, so a size limit alone does not bound
+/// them: each is unaccounted kernel memory on the host. The writable
+/// tmpfs mounts (/tmp, the home, /dev/shm, /dev) cap their inodes too.
+#[test]
+fn escape_inode_exhaustion_of_the_tmpfs_mounts() {
+    let w = World::new();
+    let o = w.run(
+        &["--tmp-size", "4M"],
+        "python3 -c 'import os
+for k, d in ((\"tmp\", \"/tmp/i\"), (\"home\", os.path.expanduser(\"~/i\")), (\"shm\", \"/dev/shm/i\"), (\"dev\", \"/dev/i\")):
+    n = 0
+    try:
+        os.mkdir(d)
+        while n < 40000:
+            os.mknod(\"%s/%d\" % (d, n)); n += 1
+    except OSError:
+        pass
+    print(\"files %s=%d\" % (k, n))
+'",
+    );
+    let t = text(&o);
+    let count = |k: &str| -> u64 {
+        t.lines()
+            .find_map(|l| l.strip_prefix(&format!("files {k}=")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{k}: {t}"))
+    };
+    assert!(count("tmp") <= 4096, "{t}");
+    assert!(count("home") <= 4096, "{t}");
+    assert!(count("shm") <= 16384, "{t}");
+    assert!(count("dev") <= 256, "{t}");
+}
+
+/// What the agent leaves in a rw grant for the commit: set-uid/set-gid
+/// bits, a fifo, a path deeper than PATH_MAX, names with newlines and
+/// escapes. The commit never lands a set-id file, never writes outside the
+/// grant, and never blocks on the fifo.
+#[test]
+fn escape_commit_of_setid_fifo_and_deep_paths() {
+    let w = World::new();
+    plant(&w.outside.join("notes.txt"));
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        &format!(
+            "cd {p}; cp /bin/sh evilsh; chmod 6755 evilsh; mkdir sg; chmod 2777 sg; mkfifo fifo; \
+             touch \"$(printf 'new\\nline\\033[2J')\"; \
+             d=$(printf 'x%.0s' $(seq 1 200)); for i in $(seq 1 25); do mkdir $d && cd $d || break; done; \
+             echo deep > f; cd {p}; echo done",
+            p = w.project.display()
+        ),
+    );
+    assert!(text(&o).contains("done"), "{}", text(&o));
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_string_lossy().to_string();
+    let c = output_within(w.cmd(&["commit", &id]), Duration::from_secs(60));
+    let ct = text(&c);
+    use std::os::unix::fs::MetadataExt;
+    for e in walk(&w.project) {
+        let Ok(m) = std::fs::symlink_metadata(&e) else {
+            continue;
+        };
+        assert_eq!(
+            m.mode() & 0o6000,
+            0,
+            "{} kept a set-id bit after commit: {ct}",
+            e.display()
+        );
+        assert!(
+            m.is_file() || m.is_dir() || m.file_type().is_symlink(),
+            "{} is a device, fifo or socket: {ct}",
+            e.display()
+        );
+    }
+    let outside: Vec<_> = std::fs::read_dir(&w.outside).unwrap().flatten().collect();
+    assert_eq!(outside.len(), 1, "{ct}");
+    assert_eq!(
+        std::fs::read_to_string(w.outside.join("notes.txt")).unwrap(),
+        SECRET
+    );
+}
+
+/// The newer mount calls: open_tree_attr (6.15) is not in the syscall
+/// tables seccomp knows, so only the missing capability refuses it; the
+/// others are refused by the filter.
+#[test]
+fn escape_new_mount_api_calls() {
+    let w = World::new();
+    let at_fdcwd = (-100i64) as u64;
+    let calls = [
+        // open_tree_attr(AT_FDCWD, NULL, OPEN_TREE_CLONE, NULL, 0)
+        py_syscall(467, &[at_fdcwd, 0, 1, 0, 0]),
+        // open_tree(AT_FDCWD, NULL, OPEN_TREE_CLONE)
+        py_syscall(428, &[at_fdcwd, 0, 1]),
+        // fsopen(NULL, 0), fsmount(0, 0, 0), mount_setattr(...)
+        py_syscall(430, &[0, 0]),
+        py_syscall(432, &[0, 0, 0]),
+        py_syscall(442, &[at_fdcwd, 0, 0, 0, 0]),
+    ];
+    let o = w.run(&[], &calls.join("; "));
+    let t = text(&o);
+    assert_eq!(t.matches("rc=-1 errno=1").count(), calls.len(), "{t}");
+}
+
+/// An always-denied folder that does not exist yet is not covered: with
+/// the home granted read-write the agent creates ~/.ssh/authorized_keys,
+/// ~/.ssh/config (ProxyCommand), ~/.aws/config (credential_process),
+/// ~/.docker/config.json (credential helpers), ~/.npmrc (script-shell);
+/// a commit of everything must not plant them: the review refuses every
+/// change under a hidden path, as an existing ~/.ssh is already hidden.
+#[test]
+fn escape_creating_always_denied_credentials_that_do_not_exist_yet() {
+    let w = World::new();
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.home.display())],
+        &format!(
+            "cd {h}; mkdir -p .ssh .aws .docker; echo 'ssh-ed25519 AAAA attacker' > .ssh/authorized_keys; \
+             printf 'Host *\\n ProxyCommand sh -c pwn\\n' > .ssh/config; \
+             printf '[default]\\ncredential_process=sh -c pwn\\n' > .aws/config; \
+             echo '{{\"credsStore\":\"pwn\"}}' > .docker/config.json; echo 'script-shell=/tmp/pwn' > .npmrc; echo done",
+            h = w.home.display()
+        ),
+    );
+    assert!(text(&o).contains("done"), "{}", text(&o));
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_string_lossy().to_string();
+    let c = output_within(w.cmd(&["commit", &id]), Duration::from_secs(60));
+    for p in [
+        ".ssh/authorized_keys",
+        ".ssh/config",
+        ".aws/config",
+        ".docker/config.json",
+        ".npmrc",
+    ] {
+        assert!(
+            !w.home.join(p).exists(),
+            "the agent planted ~/{p}: {}",
+            text(&c)
+        );
+    }
+}
+
+/// `--max-upper` is checked on the host by walking the upper layer; a tree deeper than PATH_MAX (made inside with relative chdir)
+/// must still be measured (the watchdog walks with directory descriptors),
+/// so the task is stopped.
+#[test]
+fn escape_max_upper_with_a_tree_deeper_than_path_max() {
+    let w = World::new();
+    let o = w.run(
+        &[
+            "--grant",
+            &format!("{}:rw", w.project.display()),
+            "--max-upper",
+            "8M",
+        ],
+        "python3 -c 'import os, time
+d = \"x\" * 200
+for i in range(30):
+    os.mkdir(d); os.chdir(d)
+for i in range(12):
+    with open(\"big%d\" % i, \"wb\") as f:
+        f.write(b\"\\0\" * (7 << 20))
+print(\"wrote\", flush=True)
+time.sleep(5)
+print(\"not stopped\")'",
+    );
+    let t = text(&o);
+    assert!(t.contains("wrote"), "{t}");
+    assert!(
+        !o.status.success() && !t.contains("not stopped"),
+        "84 MiB went past --max-upper 8M: {t}"
+    );
+}
