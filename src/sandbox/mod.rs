@@ -39,6 +39,19 @@ pub fn helper_main() -> ! {
     helper::main()
 }
 
+/// The binary to start as the helper: `airlock-sandbox-helper` next to
+/// ours when it is installed (it links no GTK, so it starts faster),
+/// otherwise our own binary in its hidden helper mode.
+pub fn helper_exe() -> Result<std::path::PathBuf, crate::Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().map_err(|e| crate::Error::io("/proc/self/exe", e))?;
+    let small = exe.with_file_name("airlock-sandbox-helper");
+    match std::fs::metadata(&small) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(small),
+        _ => Ok(exe),
+    }
+}
+
 /// A started sandbox.
 pub struct Running {
     child: Child,
@@ -165,7 +178,10 @@ pub fn spawn(
 }
 
 /// What the monitor needs to know about `spec`'s sandbox.
-fn monitor_context(spec: &SandboxSpec, level: crate::policy::WatchLevel) -> crate::monitor::Context {
+fn monitor_context(
+    spec: &SandboxSpec,
+    level: crate::policy::WatchLevel,
+) -> crate::monitor::Context {
     let deny_rules = seccomp::compile_monitored(&spec.seccomp, &[])
         .map(|m| m.deny_rules)
         .unwrap_or_default();
@@ -215,12 +231,15 @@ impl Running {
                 Ok(HelperMsg::Enforced { layers }) => report.layers = layers,
                 Ok(HelperMsg::Error { stage, message }) => report.error = Some((stage, message)),
                 Ok(HelperMsg::Listener) => {
-                    let (Some(fd), Some(ctx)) = (self.ctl.fds.pop_front(), self.monitor_ctx.clone())
+                    let (Some(fd), Some(ctx)) =
+                        (self.ctl.fds.pop_front(), self.monitor_ctx.clone())
                     else {
                         tracing::warn!("the helper sent a listener message without a listener");
                         continue;
                     };
-                    let Some(tx) = self.events_tx.clone() else { continue };
+                    let Some(tx) = self.events_tx.clone() else {
+                        continue;
+                    };
                     self.monitor = Some(std::thread::spawn(move || {
                         crate::monitor::run(fd, ctx, move |ev| {
                             let _ = tx.send(ev);
