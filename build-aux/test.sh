@@ -46,6 +46,7 @@ for l in sys.stdin:
   # The checkout may sit below a folder the test user cannot enter: run
   # copies of the binaries from a folder it can.
   cp "$AIRLOCK_BIN" "$USER_DIR/airlock"
+  cp "$ROOT/target/debug/airlock-sandbox-helper" "$USER_DIR/"
   for e in "${EXES[@]}"; do cp "$e" "$USER_DIR/"; done
   chmod -R a+rX "$USER_DIR"
   run_as_user() {
