@@ -45,9 +45,13 @@ for l in sys.stdin:
         print(m["executable"])')
   # The checkout may sit below a folder the test user cannot enter: run
   # copies of the binaries from a folder it can.
+  # Laid out like target/debug: tests that look for an example beside
+  # their own folder find it.
+  mkdir -p "$USER_DIR/deps" "$USER_DIR/examples"
   cp "$AIRLOCK_BIN" "$USER_DIR/airlock"
   cp "$ROOT/target/debug/airlock-sandbox-helper" "$USER_DIR/"
-  for e in "${EXES[@]}"; do cp "$e" "$USER_DIR/"; done
+  cp "$ROOT"/target/debug/examples/forwarder_probe "$USER_DIR/examples/"
+  for e in "${EXES[@]}"; do cp "$e" "$USER_DIR/deps/"; done
   chmod -R a+rX "$USER_DIR"
   run_as_user() {
     local rc=0
@@ -58,7 +62,7 @@ for l in sys.stdin:
       echo "--- $b (as $TEST_USER)"
       (cd "$USER_DIR" && runuser -u "$TEST_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin \
         HOME="$home" USER="$TEST_USER" LANG=C.UTF-8 AIRLOCK_BIN="$USER_DIR/airlock" \
-        AIRLOCK_SRC="$ROOT" RUST_BACKTRACE=1 "$USER_DIR/$b" --test-threads=2) || rc=1
+        AIRLOCK_SRC="$ROOT" RUST_BACKTRACE=1 "$USER_DIR/deps/$b" --test-threads=2) || rc=1
       rm -rf "$home"
     done
     return $rc
