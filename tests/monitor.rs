@@ -301,7 +301,8 @@ print(\"READ\", sorted(got))
 fn watch_all_reports_every_access_and_off_reports_none() {
     let w = World::new();
     let f = w.project.join("data.txt");
-    std::fs::write(&f, "x").unwrap();
+    // With a newline: the agent shares stdout with the JSON event lines.
+    std::fs::write(&f, "x\n").unwrap();
     chmod(&f, 0o666);
     let script = format!("cat {}", f.display());
     let (evs, _) = events(
