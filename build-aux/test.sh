@@ -34,6 +34,18 @@ if [ "$(id -u)" -eq 0 ]; then
   # Our users are not root: every test runs again as an unprivileged user.
   TEST_USER=airlock-test
   id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+  # Tests read files of the checkout (shipped profiles, D-Bus XML) by
+  # their compiled-in path: let the test user through the folders above it
+  # (an ACL entry for that user alone, removed again at the end).
+  OPENED=()
+  d=$ROOT
+  while [ "$d" != / ]; do
+    if ! runuser -u "$TEST_USER" -- test -x "$d"; then
+      setfacl -m "u:$TEST_USER:x" "$d" && OPENED+=("$d")
+    fi
+    d=$(dirname "$d")
+  done
+  trap 'for d in "${OPENED[@]+"${OPENED[@]}"}"; do setfacl -x "u:$TEST_USER" "$d"; done' EXIT
   USER_DIR=$(mktemp -d /tmp/airlock-usertest.XXXXXX)
   chmod 755 "$USER_DIR"
   mapfile -t EXES < <(cargo test --no-run --message-format=json 2>/dev/null |
