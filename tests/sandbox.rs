@@ -824,13 +824,27 @@ fn oci_profile_is_enforced() {
     assert!(text(&o).contains("Permission denied"), "{}", text(&o));
 }
 
-#[test]
-fn tty_gives_the_task_its_own_terminal() {
+/// Starts `c` with a new pseudo-terminal as its stdio; returns the child
+/// and the terminal's main side.
+fn spawn_on_pty(mut c: Command) -> (std::process::Child, std::fs::File) {
     use std::os::fd::{AsRawFd, FromRawFd};
-    let w = World::new();
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave = pty.slave.as_raw_fd();
-    let mut c = w.cmd(&[
+    // SAFETY: duplicates of a descriptor we own, for the child's stdio.
+    unsafe {
+        c.stdin(Stdio::from_raw_fd(libc::dup(slave)))
+            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
+            .stderr(Stdio::from_raw_fd(libc::dup(slave)));
+    }
+    let child = c.spawn().unwrap();
+    drop(pty.slave);
+    (child, std::fs::File::from(pty.master))
+}
+
+#[test]
+fn tty_gives_the_task_its_own_terminal() {
+    let w = World::new();
+    let c = w.cmd(&[
         "run",
         "--tty",
         "--",
@@ -838,15 +852,7 @@ fn tty_gives_the_task_its_own_terminal() {
         "-c",
         "test -t 0 && test -t 1 && echo TASK-HAS-TTY; read -r l; echo got:$l; ls -l /proc/self/fd/0",
     ]);
-    // SAFETY: duplicates of a descriptor we own, for the child's stdio.
-    unsafe {
-        c.stdin(Stdio::from_raw_fd(libc::dup(slave)))
-            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
-            .stderr(Stdio::from_raw_fd(libc::dup(slave)));
-    }
-    let mut child = c.spawn().unwrap();
-    drop(pty.slave);
-    let mut master = std::fs::File::from(pty.master);
+    let (mut child, mut master) = spawn_on_pty(c);
     std::thread::sleep(Duration::from_millis(500));
     master.write_all(b"hello\r").unwrap();
     let mut out = Vec::new();
@@ -869,14 +875,11 @@ fn tty_gives_the_task_its_own_terminal() {
 
 #[test]
 fn run_review_commits_what_was_approved_on_the_terminal() {
-    use std::os::fd::{AsRawFd, FromRawFd};
     let w = World::new();
     let keep = w.project.join("keep.txt");
     std::fs::write(&keep, "old\n").unwrap();
     chmod(&keep, 0o666);
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = pty.slave.as_raw_fd();
-    let mut c = w.cmd(&[
+    let c = w.cmd(&[
         "run",
         "--local",
         "--review",
@@ -887,15 +890,7 @@ fn run_review_commits_what_was_approved_on_the_terminal() {
         "-c",
         "echo new > keep.txt; echo x > skipped.txt",
     ]);
-    // SAFETY: duplicates of a descriptor we own, for the child's stdio.
-    unsafe {
-        c.stdin(Stdio::from_raw_fd(libc::dup(slave)))
-            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
-            .stderr(Stdio::from_raw_fd(libc::dup(slave)));
-    }
-    let mut child = c.spawn().unwrap();
-    drop(pty.slave);
-    let mut master = std::fs::File::from(pty.master);
+    let (mut child, mut master) = spawn_on_pty(c);
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let start = std::time::Instant::now();
