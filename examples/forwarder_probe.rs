@@ -43,8 +43,17 @@ fn main() {
     };
     if transparent.is_some() {
         configure_pool_address().expect("configure the pool address");
-        let conf =
-            std::env::temp_dir().join(format!("forwarder-probe-resolv-{}", std::process::id()));
+        // Unique per run and user: a file left in /tmp by another user's run
+        // with a reused pid must not be in the way.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let conf = std::env::temp_dir().join(format!(
+            "forwarder-probe-resolv-{}-{}-{nanos}",
+            nix::unistd::getuid(),
+            std::process::id()
+        ));
         std::fs::write(&conf, "nameserver 127.0.0.1\n").expect("write resolv.conf");
         nix::mount::mount(
             Some(&conf),
