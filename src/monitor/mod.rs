@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::event::{now_ms, EventKind};
 use crate::policy::WatchLevel;
-use crate::sandbox::seccomp::{rules_match, syscall_name, Rule};
+use crate::sandbox::seccomp::{syscall_name, Rule, RuleIndex};
 use coalesce::{Coalescer, Key};
 use watch::{Place, View, FILE_SYSCALLS};
 
@@ -57,6 +57,7 @@ pub fn run(listener: OwnedFd, ctx: Context, mut sink: impl FnMut(EventKind)) -> 
     let mut stats = Stats::default();
     let mut last_flush = Instant::now();
     let mut buf = vec![0u8; 4096];
+    let deny_index = RuleIndex::new(&ctx.deny_rules);
     // Wake the agent on the CPU we answer from (Linux ≥ 6.6); an older
     // kernel just answers a little slower.
     // SAFETY: ioctl with a u64 flag value.
@@ -99,7 +100,7 @@ pub fn run(listener: OwnedFd, ctx: Context, mut sink: impl FnMut(EventKind)) -> 
         stats.notifications += 1;
         let nr = req.data.nr as i64;
         let args = req.data.args;
-        let deny = rules_match(&ctx.deny_rules, nr, &args);
+        let deny = deny_index.matches(nr, &args);
         let mut resp = libc::seccomp_notif_resp {
             id: req.id,
             val: 0,

@@ -139,16 +139,29 @@ pub fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// `p` is `d` or lies below it (both normalised, absolute).
+fn under(p: &[u8], d: &[u8]) -> bool {
+    d == b"/" || (p.starts_with(d) && (p.len() == d.len() || p[d.len()] == b'/'))
+}
+
 impl View {
+    /// Where `path` falls. Called for every watched call, so it compares
+    /// bytes rather than path components.
     pub fn place(&self, path: &Path) -> Place {
-        let p = normalize(path);
-        if self.denied.iter().any(|d| p.starts_with(d)) {
+        use std::os::unix::ffi::OsStrExt;
+        let norm = normalize(path);
+        let p = norm.as_os_str().as_bytes();
+        fn b(d: &Path) -> &[u8] {
+            d.as_os_str().as_bytes()
+        }
+        let is_under = |list: &[PathBuf]| list.iter().any(|d| under(p, b(d)));
+        if is_under(&self.denied) {
             return Place::Denied;
         }
-        if self.visible.iter().any(|v| p.starts_with(v)) {
+        if is_under(&self.visible) {
             return Place::Visible;
         }
-        if self.private.iter().any(|v| p.starts_with(v)) {
+        if is_under(&self.private) {
             return Place::Private;
         }
         // The skeleton's own folders (ancestors of what is shown).
@@ -156,7 +169,7 @@ impl View {
             .visible
             .iter()
             .chain(self.private.iter())
-            .any(|v| v.starts_with(&p))
+            .any(|v| under(b(v), p))
         {
             return Place::Visible;
         }

@@ -591,8 +591,12 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
     if let Err(e) = sys::cloexec_from(3) {
         ctl.fail("close descriptors", e);
     }
-    if let Err(e) = seccomp::install(&compiled) {
-        ctl.fail("seccomp", e);
+    // A monitored profile comes as one program with the listener, unless it
+    // could not be folded (then the plain filters go first).
+    if !monitored.as_ref().is_some_and(|m| m.includes_plain) {
+        if let Err(e) = seccomp::install(&compiled) {
+            ctl.fail("seccomp", e);
+        }
     }
     let mut listener = None;
     if let Some(m) = &monitored {
@@ -609,6 +613,11 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
             Err(e) => {
                 // No user notification here: the denials still hold, as
                 // plain errno filters, but nobody will see them.
+                if m.includes_plain {
+                    if let Err(e) = seccomp::install(&compiled) {
+                        ctl.fail("seccomp", e);
+                    }
+                }
                 let fallback = seccomp::Profile {
                     name: "denials".into(),
                     default_action: seccomp::Action::Allow,
