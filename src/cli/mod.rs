@@ -11,6 +11,7 @@ pub mod tasks;
 
 use std::process::ExitCode;
 
+use crate::i18n::gettext_f;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -57,7 +58,8 @@ pub enum Command {
     Probe(doctor::ProbeArgs),
 }
 
-fn init_tracing(verbose: bool) {
+/// Logging to standard error; `AIRLOCK_LOG` overrides the level.
+pub fn init_tracing(verbose: bool) {
     let default = if verbose {
         "airlock=debug"
     } else {
@@ -69,6 +71,41 @@ fn init_tracing(verbose: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The window's program, installed next to `airlock`.
+pub const WINDOW_BIN: &str = "airlock-window";
+
+/// `airlock` with no command opens the window: it runs `airlock-window`,
+/// which holds the GTK stack. Keeping GTK out of `airlock` itself spares
+/// every `airlock run` the loading of some seventy libraries.
+fn open_window(verbose: bool) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("airlock: {}", crate::Error::io("/proc/self/exe", e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let window = exe.with_file_name(WINDOW_BIN);
+    let mut cmd = std::process::Command::new(&window);
+    if verbose {
+        cmd.arg("--verbose");
+    }
+    let err = cmd.exec();
+    eprintln!(
+        "airlock: {}",
+        gettext_f(
+            "cannot open the window: {path}: {error}. Reinstall Airlock so that {name} is next to airlock; “airlock --help” lists what works without it.",
+            &[
+                ("path", &window.display().to_string()),
+                ("error", &err.to_string()),
+                ("name", WINDOW_BIN),
+            ],
+        )
+    );
+    ExitCode::FAILURE
 }
 
 /// Entry point of the `airlock` binary after the helper dispatch.
@@ -90,6 +127,6 @@ pub fn main() -> ExitCode {
         Some(Command::Serve(args)) => tasks::serve(args),
         // Single-threaded here: nothing above starts a thread.
         Some(Command::Probe(args)) => doctor::probe_main(args),
-        None => crate::ui::run(),
+        None => open_window(cli.verbose),
     }
 }

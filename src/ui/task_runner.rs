@@ -85,8 +85,9 @@ fn without_deleted_suffix(exe: PathBuf) -> PathBuf {
 /// [`launcher`] for the process we are running in.
 pub fn this_launcher() -> Vec<OsString> {
     let in_flatpak = Path::new("/.flatpak-info").exists();
+    // The window runs as `airlock-window`; tasks go to `airlock` beside it.
     let exe = match std::env::current_exe() {
-        Ok(exe) => Some(without_deleted_suffix(exe)),
+        Ok(exe) => Some(without_deleted_suffix(exe).with_file_name("airlock")),
         Err(err) => {
             tracing::warn!("cannot find our own executable, using `airlock` from PATH: {err}");
             None
