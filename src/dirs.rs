@@ -66,6 +66,19 @@ pub fn create_private_dir(path: &Path) -> Result<(), Error> {
 /// Writes `data` to `path` so that a reader sees the old or the new content,
 /// never a mix: a temporary beside it, fsync, rename, fsync of the folder.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
+    write_via_temp(path, data, true)
+}
+
+/// Like [`write_atomic`] without the two fsyncs: readers and a crash of
+/// any process still see the old or the new content whole, but after a
+/// power loss the file may be missing or empty. For files whose writer
+/// makes them durable later in one `syncfs` (a task's files before it
+/// ends) or that only matter while the machine is up (the owner record).
+pub fn write_replace(path: &Path, data: &[u8]) -> Result<(), Error> {
+    write_via_temp(path, data, false)
+}
+
+fn write_via_temp(path: &Path, data: &[u8], durable: bool) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -75,9 +88,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        if durable {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -343,12 +343,9 @@ fn run_local(
     mut follow: Follow,
     verbose: bool,
 ) -> anyhow::Result<(i32, TaskId)> {
-    let sup = Supervisor::start(Config::new()?)?;
-    if verbose {
-        for w in sup.warnings() {
-            eprintln!("airlock: {w}");
-        }
-    }
+    // Recovery of old task folders runs beside this task; its warnings are
+    // printed at the end.
+    let sup = Supervisor::start_quick(Config::new()?)?;
     // Ctrl+C reaches the helper through the terminal's process group and is
     // forwarded to the agent; we stay to report how it ended.
     // SAFETY: ignoring SIGINT/SIGQUIT in our own process.
@@ -385,5 +382,10 @@ fn run_local(
         }
     };
     sup.flush_audit_blocking();
+    if verbose {
+        for w in sup.warnings() {
+            eprintln!("airlock: {w}");
+        }
+    }
     Ok((code, id))
 }

@@ -84,6 +84,13 @@ pub fn main() -> ! {
     // The helper dies with the supervisor thread that started it.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // If the supervisor died before that, the signal will never come: the
+    // parent it named is no longer ours.
+    let parent = std::env::args().nth(2).and_then(|p| p.parse::<i32>().ok());
+    if parent.is_some_and(|p| p != nix::unistd::getppid().as_raw()) {
+        // SAFETY: exiting our own process.
+        unsafe { libc::_exit(SETUP_FAILED) }
+    }
 
     let (go_r, go_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,

@@ -7,6 +7,7 @@
 
 mod helper;
 mod landlock;
+mod launch;
 mod limits;
 mod mounts;
 pub mod net;
@@ -19,9 +20,7 @@ pub mod syscalls;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 pub use helper::SETUP_FAILED;
 pub use landlock::kernel_abi as landlock_abi;
@@ -54,7 +53,7 @@ pub fn helper_exe() -> Result<std::path::PathBuf, crate::Error> {
 
 /// A started sandbox.
 pub struct Running {
-    child: Child,
+    child: launch::Helper,
     ctl: CtlReader,
     monitor_ctx: Option<crate::monitor::Context>,
     events_tx: Option<std::sync::mpsc::Sender<EventKind>>,
@@ -126,34 +125,23 @@ pub struct SetupReport {
 pub fn spawn(
     spec: &SandboxSpec,
     helper_exe: &Path,
-    stdin: Stdio,
-    stdout: Stdio,
-    stderr: Stdio,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
 ) -> Result<Running, crate::Error> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| crate::Error::io("socketpair", e))?;
-    let fd = theirs.as_raw_fd();
-    let mut cmd = Command::new(helper_exe);
-    cmd.arg(HELPER_ARG)
-        .env_clear()
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(stderr);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == helper::CONTROL_FD {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-            } else if libc::dup2(fd, helper::CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|e| crate::Error::io(helper_exe, e))?;
+    let raw = |s: &Option<OwnedFd>| s.as_ref().map(|f| f.as_raw_fd());
+    // The helper checks that this is still its parent after arming its
+    // parent-death signal (it may have died in between).
+    let parent = std::process::id().to_string();
+    let child = launch::spawn(
+        helper_exe,
+        &[HELPER_ARG, &parent],
+        [raw(&stdin), raw(&stdout), raw(&stderr)],
+        theirs.as_raw_fd(),
+    )
+    .map_err(|e| crate::Error::io(helper_exe, e))?;
+    drop((stdin, stdout, stderr));
     drop(theirs);
     let mut line = serde_json::to_vec(spec)
         .map_err(|e| crate::Error::Sandbox(format!("cannot encode the plan: {e}")))?;
@@ -257,24 +245,22 @@ impl Running {
 
     /// Waits for the sandbox to end; returns the shell-style status.
     pub fn wait(&mut self) -> std::io::Result<i32> {
-        use std::os::unix::process::ExitStatusExt;
         let st = self.child.wait()?;
         // Every process of the task is gone: the monitor sees its listener
         // hang up, reports what it still holds, and ends.
         if let Some(m) = self.monitor.take() {
             let _ = m.join();
         }
-        Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
+        Ok(st)
     }
 
     /// Ends the whole sandbox at once (PID 1 follows the helper).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
+        self.child.signal(libc::SIGKILL);
     }
 
     /// Sends `sig` to the helper, which forwards it to the agent.
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill on our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
+        self.child.signal(sig);
     }
 }

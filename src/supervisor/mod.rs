@@ -291,6 +291,20 @@ impl Supervisor {
     /// (see [`SupervisorHandle::warnings`]), prunes old tasks, and starts
     /// the supervisor thread.
     pub fn start(config: Config) -> Result<SupervisorHandle, Error> {
+        Self::start_inner(config, false)
+    }
+
+    /// [`Supervisor::start`] for a short-lived `airlock run`, whose start
+    /// must not grow with the number of tasks ever run: recovery looks only
+    /// at tasks recorded as live (marking those whose supervisor died as
+    /// interrupted). Retention, interrupted commits and unknown folders are
+    /// left to the long-lived supervisor (the app, `airlock serve`) and to
+    /// the review commands, which recover a task's commit before touching it.
+    pub fn start_quick(config: Config) -> Result<SupervisorHandle, Error> {
+        Self::start_inner(config, true)
+    }
+
+    fn start_inner(config: Config, quick: bool) -> Result<SupervisorHandle, Error> {
         let audit = store::start(&config.audit_path)?;
         let reader = AuditStore::open(&config.audit_path)?;
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
@@ -306,7 +320,11 @@ impl Supervisor {
             consent_tasks: Mutex::new(Default::default()),
             taps: Mutex::new(Vec::new()),
         });
-        recovery::recover(&shared)?;
+        if quick {
+            recovery::recover_live(&shared)?;
+        } else {
+            recovery::recover(&shared)?;
+        }
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (rt_tx, rt_rx) = std::sync::mpsc::channel();
         let core_shared = shared.clone();

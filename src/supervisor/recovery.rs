@@ -63,7 +63,8 @@ pub(crate) fn write_owner(dir: &TaskDir, helper_pid: u32) -> Result<(), Error> {
         helper_start,
     };
     let data = serde_json::to_vec(&o).map_err(|e| Error::Invalid(e.to_string()))?;
-    crate::dirs::write_atomic(&owner_path(dir), &data)
+    // Liveness only: after a power loss no owner is alive anyway.
+    crate::dirs::write_replace(&owner_path(dir), &data)
 }
 
 /// Whether the process that ran the task (or its sandbox) still exists.
@@ -150,27 +151,55 @@ fn recover_commit(shared: &Shared, dir: &TaskDir) {
     drop(f);
 }
 
+/// What [`recover_index`] leaves for [`recover_folders`]: the task folders
+/// to look at, as the audit log knew them when the supervisor started.
+struct Pending {
+    pruned: Vec<crate::task::TaskId>,
+    tasks: Vec<(crate::task::TaskId, TaskState)>,
+    known: HashSet<String>,
+}
+
+/// All of recovery, in order: [`recover_index`] then [`recover_folders`].
 pub(crate) fn recover(shared: &Shared) -> Result<(), Error> {
+    let pending = recover_index(shared)?;
+    recover_folders(shared, pending)
+}
+
+/// Recovery of the tasks recorded as live only: those whose supervisor
+/// died become interrupted. Its cost follows the number of live tasks, not
+/// of all tasks ever run (see `Supervisor::start_quick`).
+pub(crate) fn recover_live(shared: &Shared) -> Result<(), Error> {
     let tasks_dir = shared.config.tasks_dir.clone();
+    let reader = shared.reader.lock().map_err(|_| super::poisoned())?;
+    let mut records = Vec::new();
+    for id in reader.live_task_ids()? {
+        records.extend(reader.tasks(&Filter {
+            task: Some(id),
+            since_ms: None,
+        })?);
+    }
+    drop(reader);
+    for r in &records {
+        shared.insert(info_from_record(r), None);
+        let dir = TaskDir::new(&tasks_dir, &r.id);
+        if !owner_alive(&dir) {
+            interrupt(shared, &dir, r.state);
+        }
+    }
+    Ok(())
+}
+
+/// The database part: retention, then every recorded task into the
+/// supervisor's table; the folders are [`recover_folders`]' part.
+fn recover_index(shared: &Shared) -> Result<Pending, Error> {
+    let mut pruned = Vec::new();
     if shared.config.retention_days > 0 {
         let age = Duration::from_secs(shared.config.retention_days * 86_400);
-        let pruned = shared
+        pruned = shared
             .reader
             .lock()
             .map_err(|_| super::poisoned())?
             .prune(age)?;
-        for id in &pruned {
-            let p = TaskDir::new(&tasks_dir, id);
-            if let Err(e) = remove_tree(p.path()) {
-                shared.warn(gettext_f(
-                    "the folder of pruned task {id} could not be removed: {error}",
-                    &[
-                        ("id", id.as_str()),
-                        ("error", &Error::io(p.path(), e).to_string()),
-                    ],
-                ));
-            }
-        }
         if !pruned.is_empty() {
             tracing::info!(
                 "pruned {} tasks older than {} days",
@@ -185,16 +214,44 @@ pub(crate) fn recover(shared: &Shared) -> Result<(), Error> {
         .map_err(|_| super::poisoned())?
         .tasks(&Filter::default())?;
     let mut known = HashSet::new();
+    let mut tasks = Vec::with_capacity(records.len());
     for r in &records {
         known.insert(r.id.as_str().to_string());
-        let dir = TaskDir::new(&tasks_dir, &r.id);
         shared.insert(info_from_record(r), None);
+        tasks.push((r.id.clone(), r.state));
+    }
+    Ok(Pending {
+        pruned,
+        tasks,
+        known,
+    })
+}
+
+/// The folder part: removes pruned tasks' folders, marks tasks whose
+/// supervisor died as interrupted, finishes or rolls back interrupted
+/// commits, and reports folders the audit log does not know.
+fn recover_folders(shared: &Shared, pending: Pending) -> Result<(), Error> {
+    let tasks_dir = shared.config.tasks_dir.clone();
+    for id in &pending.pruned {
+        let p = TaskDir::new(&tasks_dir, id);
+        if let Err(e) = remove_tree(p.path()) {
+            shared.warn(gettext_f(
+                "the folder of pruned task {id} could not be removed: {error}",
+                &[
+                    ("id", id.as_str()),
+                    ("error", &Error::io(p.path(), e).to_string()),
+                ],
+            ));
+        }
+    }
+    for (id, state) in &pending.tasks {
+        let dir = TaskDir::new(&tasks_dir, id);
         let live = matches!(
-            r.state,
+            state,
             TaskState::Queued | TaskState::Starting | TaskState::Running
         );
         if live && !owner_alive(&dir) {
-            interrupt(shared, &dir, r.state);
+            interrupt(shared, &dir, *state);
         } else if !live {
             recover_commit(shared, &dir);
         }
@@ -206,7 +263,7 @@ pub(crate) fn recover(shared: &Shared) -> Result<(), Error> {
     };
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !known.contains(&name) {
+        if !pending.known.contains(&name) {
             shared.warn(gettext_f(
                 "the task folder {path} has no record in the audit log; it was left as it is (look at it, then delete it yourself if you do not need it)",
                 &[("path", &e.path().display().to_string())],

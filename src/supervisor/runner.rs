@@ -3,7 +3,6 @@
 //! lives exactly as long as the sandbox.
 
 use std::os::fd::OwnedFd;
-use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -289,16 +288,12 @@ impl Pumps {
     }
 }
 
-type Stdios = (Stdio, Stdio, Stdio, Pumps);
+/// The task's stdin, stdout and stderr (`None`: the supervisor's own).
+type Stdios = (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>, Pumps);
 
 fn stdio(mode: OutputMode, task_dir: &TaskDir, ring: Arc<Mutex<Ring>>) -> Result<Stdios, Error> {
     if mode == OutputMode::Inherit {
-        return Ok((
-            Stdio::inherit(),
-            Stdio::inherit(),
-            Stdio::inherit(),
-            Pumps(Vec::new()),
-        ));
+        return Ok((None, None, None, Pumps(Vec::new())));
     }
     let path = task_dir.output_log();
     let log = std::fs::OpenOptions::new()
@@ -315,12 +310,8 @@ fn stdio(mode: OutputMode, task_dir: &TaskDir, ring: Arc<Mutex<Ring>>) -> Result
         .name("airlock-output".into())
         .spawn(move || pump(reader, ring, log))
         .map_err(|e| Error::io("pipe", e))?;
-    Ok((
-        Stdio::null(),
-        Stdio::from(w),
-        Stdio::from(w2),
-        Pumps(vec![h]),
-    ))
+    let null = std::fs::File::open("/dev/null").map_err(|e| Error::io("/dev/null", e))?;
+    Ok((Some(OwnedFd::from(null)), Some(w), Some(w2), Pumps(vec![h])))
 }
 
 /// Wall-clock timeout, the size of what the task wrote into its grants,
@@ -403,10 +394,14 @@ fn write_exit(shared: &Shared, id: &TaskId, task_dir: &TaskDir, status: i32) -> 
         signal: (status > 128).then_some(status - 128),
     };
     // The workspace reads exit.json to know no process of the task is alive.
-    let r = serde_json::to_vec(&exit)
+    // Everything else in the task folder (manifest, snapshots, the agent's
+    // upper layers) is made durable first, so that a durable exit.json
+    // implies a complete task.
+    let synced = task_dir.sync();
+    let written = serde_json::to_vec(&exit)
         .map_err(|e| Error::Invalid(e.to_string()))
         .and_then(|data| crate::dirs::write_atomic(&task_dir.path().join("exit.json"), &data));
-    if let Err(e) = r {
+    for e in [synced.err(), written.err()].into_iter().flatten() {
         shared.emit(
             id,
             EventKind::Warning {

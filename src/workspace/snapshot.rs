@@ -210,7 +210,8 @@ impl Snapshot {
         let data = out
             .into_inner()
             .map_err(|e| Error::io(path, e.into_error()))?;
-        crate::dirs::write_atomic(path, &data)
+        // Durable with the rest of the task folder (TaskDir::sync).
+        crate::dirs::write_replace(path, &data)
     }
 
     pub fn load(path: &Path) -> Result<Snapshot, Error> {
