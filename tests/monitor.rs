@@ -157,6 +157,28 @@ fn file_outside_grants_and_denied_folder_inside_a_grant_are_reported() {
 }
 
 #[test]
+fn a_relative_path_into_a_denied_folder_is_reported_with_its_full_path() {
+    let w = World::new();
+    plant(&w.home.join(".ssh/id_rsa"));
+    // From the working folder: no absolute path, no `..` to give it away.
+    let script = format!(
+        "cd {h} && cat .ssh/id_rsa; cd .ssh 2>/dev/null || cd {h}; cat ./.ssh/../.ssh/id_rsa",
+        h = w.home.display()
+    );
+    let (evs, t) = events(&w, &["--grant", &w.home.display().to_string()], &script);
+    assert!(!t.contains(SECRET));
+    let key = w.home.join(".ssh/id_rsa");
+    let hits: Vec<&Value> = of_type(&evs, "file_attempt")
+        .into_iter()
+        .filter(|e| e["path"] == key.to_str().unwrap())
+        .collect();
+    assert!(!hits.is_empty(), "{evs:?}");
+    assert!(hits.iter().all(|e| e["denied"] == true));
+    // Both cats (the second climbs in and out of the hidden folder).
+    assert!(total(&hits) >= 2, "{hits:?}");
+}
+
+#[test]
 fn exec_outside_and_connect_to_a_host_address_are_reported() {
     let w = World::new();
     let tool = w.outside.join("tool.sh");

@@ -19,6 +19,7 @@ pub mod coalesce;
 pub mod watch;
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -284,16 +285,28 @@ fn observe(
                 continue;
             };
             let relative_to_dir = dirfd.is_some_and(|d| (a[d] & 0xffff_ffff) != 0xffff_ff9c);
+            // A path relative to the working folder is placed from it: a
+            // `cd` next to a hidden folder must not make `.ssh/id_rsa` look
+            // harmless. One relative to an open folder is not watched at
+            // `denials` (the bulk tools' walks); `all` reports it as it is.
+            let full;
             let place = if path.starts_with('/') {
+                full = path.clone();
                 ctx.view.place(Path::new(&path))
-            } else if relative_to_dir || !path.contains("..") {
-                // Relative to an open folder or the working folder, and not
-                // climbing out: inside something the sandbox shows.
+            } else if relative_to_dir {
+                full = path.clone();
                 Place::Visible
             } else {
                 match cwd_of(pid) {
-                    Some(cwd) => ctx.view.place(&cwd.join(&path)),
-                    None => Place::Visible,
+                    Some(cwd) => {
+                        let joined = watch::normalize(&cwd.join(&path));
+                        full = crate::workspace::names::escape(joined.as_os_str().as_bytes());
+                        ctx.view.place(&joined)
+                    }
+                    None => {
+                        full = path.clone();
+                        Place::Visible
+                    }
                 }
             };
             let report = match (ctx.level, place) {
@@ -303,18 +316,18 @@ fn observe(
                 // has and the sandbox hid — not a search along PATH, nor
                 // the loader probing for an optional file.
                 (WatchLevel::Denials, Place::Private | Place::Outside) => {
-                    hidden_from_sandbox(pid, &path)
+                    hidden_from_sandbox(pid, &full)
                 }
             };
             if report {
                 let denied = match place {
                     Place::Visible => false,
                     Place::Denied => true,
-                    Place::Private | Place::Outside => hidden_from_sandbox(pid, &path),
+                    Place::Private | Place::Outside => hidden_from_sandbox(pid, &full),
                 };
                 keys.push(Key::File {
                     op: op.to_string(),
-                    path,
+                    path: if denied { full } else { path },
                     denied,
                 });
             }
