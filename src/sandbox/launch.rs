@@ -27,8 +27,7 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 }
 
 /// Runs `exe ARGS…` with an empty environment, `stdio[i]` as fd i (`None`:
-/// ours), `control` as fd 3 and no other descriptor of ours (everything
-/// else is close-on-exec in this process).
+/// ours), `control` as fd 3 and no other descriptor.
 pub fn spawn(
     exe: &Path,
     args: &[&str],
@@ -47,25 +46,49 @@ pub fn spawn(
     let mut argv: Vec<*mut libc::c_char> = owned.iter().map(|c| c.as_ptr() as *mut _).collect();
     argv.push(std::ptr::null_mut());
     let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
-    // dup2 onto itself would keep close-on-exec: move a control socket that
-    // happens to be fd 0..=3 out of the way first.
-    let moved;
-    let control = if control <= 3 {
-        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own.
-        let fd = unsafe { libc::fcntl(control, libc::F_DUPFD_CLOEXEC, 10) };
-        if fd < 0 {
+    // The file actions dup2 in order (stdin, stdout, stderr, control): a
+    // source that is itself one of the targets 0..=3 could be overwritten
+    // before it is read, and dup2 onto itself keeps close-on-exec. Such
+    // sources are moved above them first.
+    let mut moved = Vec::new();
+    let mut lift = |fd: RawFd| -> io::Result<RawFd> {
+        if fd > 3 {
+            return Ok(fd);
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we were given.
+        let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+        if new < 0 {
             return Err(io::Error::last_os_error());
         }
-        moved = Some(fd);
-        fd
-    } else {
-        moved = None;
-        control
+        moved.push(new);
+        Ok(new)
     };
+    let lifted = (|| -> io::Result<([Option<RawFd>; 3], RawFd)> {
+        let mut out = [None; 3];
+        for (i, fd) in stdio.iter().enumerate() {
+            out[i] = fd.map(&mut lift).transpose()?;
+        }
+        Ok((out, lift(control)?))
+    })();
+    let result = lifted.and_then(|(stdio, control)| spawn_fds(&prog, &argv, &envp, stdio, control));
+    for fd in moved {
+        // SAFETY: our own duplicates.
+        unsafe { libc::close(fd) };
+    }
+    result.map(|pid| Helper { pid, status: None })
+}
+
+fn spawn_fds(
+    prog: &CString,
+    argv: &[*mut libc::c_char],
+    envp: &[*mut libc::c_char; 1],
+    stdio: [Option<RawFd>; 3],
+    control: RawFd,
+) -> io::Result<libc::pid_t> {
     // SAFETY: the file actions and attributes are initialised before use,
     // destroyed after, and every pointer passed lives until posix_spawn
     // returns.
-    let result = unsafe {
+    unsafe {
         let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
         let mut at: libc::posix_spawnattr_t = std::mem::zeroed();
         check(libc::posix_spawn_file_actions_init(&mut fa))?;
@@ -79,6 +102,9 @@ pub fn spawn(
                 }
             }
             check(libc::posix_spawn_file_actions_adddup2(&mut fa, control, 3))?;
+            // Nothing else, not even what our own parent left open without
+            // close-on-exec (glibc ≥ 2.34).
+            check(libc::posix_spawn_file_actions_addclosefrom_np(&mut fa, 4))?;
             // As std's Command: an empty signal mask, SIGPIPE back to default.
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
@@ -105,12 +131,7 @@ pub fn spawn(
         libc::posix_spawnattr_destroy(&mut at);
         libc::posix_spawn_file_actions_destroy(&mut fa);
         r
-    };
-    if let Some(fd) = moved {
-        // SAFETY: our own duplicate.
-        unsafe { libc::close(fd) };
     }
-    result.map(|pid| Helper { pid, status: None })
 }
 
 impl Helper {
@@ -151,5 +172,70 @@ impl Helper {
             // SAFETY: our own, not yet reaped child.
             unsafe { libc::kill(self.pid, sig) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn places_stdio_and_the_control_socket_and_nothing_else() {
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        // The child lists its descriptors on stdout and greets fd 3.
+        let mut h = spawn(
+            Path::new("/bin/sh"),
+            &["-c", "echo hello >&3; ls /proc/self/fd"],
+            [None, Some(w.as_raw_fd()), None],
+            theirs.as_raw_fd(),
+        )
+        .unwrap();
+        drop((w, theirs));
+        assert_eq!(h.wait().unwrap(), 0);
+        let mut greeting = String::new();
+        ours.read_to_string(&mut greeting).unwrap();
+        assert_eq!(greeting, "hello\n");
+        let mut listing = String::new();
+        std::fs::File::from(r).read_to_string(&mut listing).unwrap();
+        let fds: Vec<i32> = listing
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // 0-3 and the one `ls` opens for /proc/self/fd.
+        assert!(fds.iter().all(|&fd| fd <= 4), "{fds:?}");
+        assert!(fds.contains(&3), "{fds:?}");
+    }
+
+    #[test]
+    fn a_killed_helper_reports_128_plus_the_signal_and_is_not_signalled_again() {
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let mut h = spawn(
+            Path::new("/bin/sleep"),
+            &["30"],
+            [None, None, None],
+            theirs.as_raw_fd(),
+        )
+        .unwrap();
+        h.signal(libc::SIGKILL);
+        assert_eq!(h.wait().unwrap(), 128 + libc::SIGKILL);
+        assert_eq!(h.wait().unwrap(), 128 + libc::SIGKILL);
+        h.signal(libc::SIGKILL);
+    }
+
+    #[test]
+    fn a_missing_program_is_an_error() {
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let e = spawn(
+            Path::new("/nonexistent/helper"),
+            &[],
+            [None, None, None],
+            theirs.as_raw_fd(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 }
