@@ -446,3 +446,72 @@ fn retention_prunes_old_finished_tasks_with_their_folders_and_keeps_reviews() {
         .collect();
     assert_eq!(left, vec![ids[1].clone()]);
 }
+
+#[test]
+fn quick_start_prunes_and_interrupts_dead_live_tasks_but_reads_no_other_task() {
+    let (w, _) = world();
+    let root = w.path().join("quick");
+    let tasks = root.join("tasks");
+    let db = root.join("audit.db");
+    let old = airlock::event::now_ms() - 40 * 86_400_000;
+    let mut store = AuditStore::open(&db).unwrap();
+    let mut ids = Vec::new();
+    // An old rejected task (pruned), a task left "running" by a supervisor
+    // that died (interrupted), one waiting for review (left alone).
+    for (n, end, when) in [
+        (0, TaskState::Rejected, old),
+        (1, TaskState::Running, airlock::event::now_ms()),
+        (2, TaskState::Reviewing, airlock::event::now_ms()),
+    ] {
+        let id = TaskId::parse(&format!("20200101-00000{n}-cafe")).unwrap();
+        store
+            .record_task(&airlock::task::TaskManifest {
+                id: id.clone(),
+                argv: vec!["true".into()],
+                policy: Policy::default(),
+                rw_layers: Vec::new(),
+                created_ms: when,
+                requested_by: "cli".into(),
+            })
+            .unwrap();
+        let mut ev = Event::new(
+            id.clone(),
+            0,
+            EventKind::StateChanged {
+                from: None,
+                to: end,
+            },
+        );
+        ev.time_ms = when;
+        store.record_event(&ev).unwrap();
+        std::fs::create_dir_all(tasks.join(id.as_str()).join("upper/0")).unwrap();
+        ids.push(id);
+    }
+    drop(store);
+    let mut c = Config::new().unwrap();
+    c.audit_path = db.clone();
+    c.tasks_dir = tasks.clone();
+    c.retention_days = 30;
+    let h = Supervisor::start_quick(c).unwrap();
+    h.flush_audit_blocking();
+    assert!(!tasks.join(ids[0].as_str()).exists());
+    assert_eq!(h.task(&ids[1]).unwrap().state, TaskState::Interrupted);
+    assert!(tasks.join(ids[1].as_str()).join("exit.json").exists());
+    // Finished tasks are not read at all by a quick start.
+    assert!(h.task(&ids[2]).is_none());
+    assert!(tasks.join(ids[2].as_str()).exists());
+    let store = AuditStore::open(&db).unwrap();
+    let states: Vec<(TaskId, TaskState)> = store
+        .tasks(&Default::default())
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id, t.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (ids[1].clone(), TaskState::Interrupted),
+            (ids[2].clone(), TaskState::Reviewing),
+        ]
+    );
+}

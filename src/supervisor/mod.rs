@@ -295,11 +295,12 @@ impl Supervisor {
     }
 
     /// [`Supervisor::start`] for a short-lived `airlock run`, whose start
-    /// must not grow with the number of tasks ever run: recovery looks only
-    /// at tasks recorded as live (marking those whose supervisor died as
-    /// interrupted). Retention, interrupted commits and unknown folders are
-    /// left to the long-lived supervisor (the app, `airlock serve`) and to
-    /// the review commands, which recover a task's commit before touching it.
+    /// must not grow with the number of tasks ever run: besides retention,
+    /// recovery looks only at tasks recorded as live (marking those whose
+    /// supervisor died as interrupted). Interrupted commits and unknown
+    /// folders are left to the long-lived supervisor (the app, `airlock
+    /// serve`) and to the review commands, which recover a task's commit
+    /// before touching it.
     pub fn start_quick(config: Config) -> Result<SupervisorHandle, Error> {
         Self::start_inner(config, true)
     }

@@ -154,13 +154,13 @@ fn recover_commit(shared: &Shared, dir: &TaskDir) {
 /// What [`recover_index`] leaves for [`recover_folders`]: the task folders
 /// to look at, as the audit log knew them when the supervisor started.
 struct Pending {
-    pruned: Vec<crate::task::TaskId>,
     tasks: Vec<(crate::task::TaskId, TaskState)>,
     known: HashSet<String>,
 }
 
-/// All of recovery, in order: [`recover_index`] then [`recover_folders`].
+/// All of recovery, in order: retention, [`recover_index`], [`recover_folders`].
 pub(crate) fn recover(shared: &Shared) -> Result<(), Error> {
+    retention(shared)?;
     let pending = recover_index(shared)?;
     recover_folders(shared, pending)
 }
@@ -169,6 +169,7 @@ pub(crate) fn recover(shared: &Shared) -> Result<(), Error> {
 /// died become interrupted. Its cost follows the number of live tasks, not
 /// of all tasks ever run (see `Supervisor::start_quick`).
 pub(crate) fn recover_live(shared: &Shared) -> Result<(), Error> {
+    retention(shared)?;
     let tasks_dir = shared.config.tasks_dir.clone();
     let reader = shared.reader.lock().map_err(|_| super::poisoned())?;
     let mut records = Vec::new();
@@ -189,25 +190,45 @@ pub(crate) fn recover_live(shared: &Shared) -> Result<(), Error> {
     Ok(())
 }
 
-/// The database part: retention, then every recorded task into the
-/// supervisor's table; the folders are [`recover_folders`]' part.
-fn recover_index(shared: &Shared) -> Result<Pending, Error> {
-    let mut pruned = Vec::new();
-    if shared.config.retention_days > 0 {
-        let age = Duration::from_secs(shared.config.retention_days * 86_400);
-        pruned = shared
-            .reader
-            .lock()
-            .map_err(|_| super::poisoned())?
-            .prune(age)?;
-        if !pruned.is_empty() {
-            tracing::info!(
-                "pruned {} tasks older than {} days",
-                pruned.len(),
-                shared.config.retention_days
-            );
+/// Tasks older than the retention period leave the audit log, and their
+/// folders go (a query, and folder removal only when there is something to
+/// remove: cheap enough for every `airlock run`).
+fn retention(shared: &Shared) -> Result<(), Error> {
+    if shared.config.retention_days == 0 {
+        return Ok(());
+    }
+    let age = Duration::from_secs(shared.config.retention_days * 86_400);
+    let pruned = shared
+        .reader
+        .lock()
+        .map_err(|_| super::poisoned())?
+        .prune(age)?;
+    if !pruned.is_empty() {
+        tracing::info!(
+            "pruned {} tasks older than {} days",
+            pruned.len(),
+            shared.config.retention_days
+        );
+    }
+    let tasks_dir = &shared.config.tasks_dir;
+    for id in &pruned {
+        let p = TaskDir::new(tasks_dir, id);
+        if let Err(e) = remove_tree(p.path()) {
+            shared.warn(gettext_f(
+                "the folder of pruned task {id} could not be removed: {error}",
+                &[
+                    ("id", id.as_str()),
+                    ("error", &Error::io(p.path(), e).to_string()),
+                ],
+            ));
         }
     }
+    Ok(())
+}
+
+/// Every recorded task into the supervisor's table; the folders are
+/// [`recover_folders`]' part.
+fn recover_index(shared: &Shared) -> Result<Pending, Error> {
     let records = shared
         .reader
         .lock()
@@ -220,30 +241,13 @@ fn recover_index(shared: &Shared) -> Result<Pending, Error> {
         shared.insert(info_from_record(r), None);
         tasks.push((r.id.clone(), r.state));
     }
-    Ok(Pending {
-        pruned,
-        tasks,
-        known,
-    })
+    Ok(Pending { tasks, known })
 }
 
-/// The folder part: removes pruned tasks' folders, marks tasks whose
-/// supervisor died as interrupted, finishes or rolls back interrupted
+/// The folder part: marks tasks whose supervisor died as interrupted, finishes or rolls back interrupted
 /// commits, and reports folders the audit log does not know.
 fn recover_folders(shared: &Shared, pending: Pending) -> Result<(), Error> {
     let tasks_dir = shared.config.tasks_dir.clone();
-    for id in &pending.pruned {
-        let p = TaskDir::new(&tasks_dir, id);
-        if let Err(e) = remove_tree(p.path()) {
-            shared.warn(gettext_f(
-                "the folder of pruned task {id} could not be removed: {error}",
-                &[
-                    ("id", id.as_str()),
-                    ("error", &Error::io(p.path(), e).to_string()),
-                ],
-            ));
-        }
-    }
     for (id, state) in &pending.tasks {
         let dir = TaskDir::new(&tasks_dir, id);
         let live = matches!(
