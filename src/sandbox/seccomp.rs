@@ -513,13 +513,22 @@ pub fn compile_monitored(profile: &Profile, watch: &[Rule]) -> Result<Monitored,
         .iter()
         .flat_map(|r| r.names.iter().filter_map(|n| syscall_number(n)))
         .collect();
+    // A syscall is decided up front only when one simple rule is all there
+    // is to it: the dispatch answers it without looking further.
     let (fast, slow): (Vec<FastWatch>, Vec<&Rule>) = {
+        let mut count: std::collections::HashMap<i64, usize> = Default::default();
+        for nr in watch
+            .iter()
+            .flat_map(|r| r.names.iter().filter_map(|n| syscall_number(n)))
+        {
+            *count.entry(nr).or_default() += 1;
+        }
         let mut fast = Vec::new();
         let mut slow = Vec::new();
         for r in watch {
             match FastWatch::of(r, &denied_nrs) {
-                Some(f) => fast.extend(f),
-                None => slow.push(r),
+                Some(f) if f.iter().all(|w| count.get(&w.nr) == Some(&1)) => fast.extend(f),
+                _ => slow.push(r),
             }
         }
         (fast, slow)
@@ -1011,6 +1020,37 @@ mod tests {
                 assert!(at.is_some_and(|at| at < 64), "{at:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_syscall_named_by_two_watch_rules_is_decided_by_both() {
+        const AT_FDCWD: u64 = 0xffff_ff9c;
+        let rule = |args: Vec<ArgCond>| Rule {
+            names: vec!["openat".into()],
+            action: Action::Allow,
+            args,
+            reason: String::new(),
+        };
+        let eq = |index, value| ArgCond {
+            index,
+            op: Op::Eq,
+            value,
+            low32: true,
+        };
+        let watch = [rule(vec![eq(0, AT_FDCWD)]), rule(vec![eq(2, 0o100)])];
+        let m = compile_monitored(&default_profile(), &watch).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        const ARCH: u32 = 0xc000_003e;
+        #[cfg(target_arch = "aarch64")]
+        const ARCH: u32 = 0xc000_00b7;
+        let nr = syscall_number("openat").unwrap();
+        let notify = libc::SECCOMP_RET_USER_NOTIF;
+        assert_eq!(
+            eval(&m.notify, nr, ARCH, &[AT_FDCWD, 0, 0, 0, 0, 0]),
+            notify
+        );
+        assert_eq!(eval(&m.notify, nr, ARCH, &[3, 0, 0o100, 0, 0, 0]), notify);
+        assert_eq!(eval(&m.notify, nr, ARCH, &[3, 0, 0, 0, 0, 0]), RET_ALLOW);
     }
 
     #[test]
