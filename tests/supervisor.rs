@@ -391,16 +391,16 @@ fn network_questions_queue_at_the_supervisor_until_answered() {
     assert!(rt.block_on(h.answer_consent(999_999, "deny")).is_err());
 }
 
-#[test]
-fn retention_prunes_old_finished_tasks_with_their_folders_and_keeps_reviews() {
-    let (w, _) = world();
-    let root = w.path().join("retention");
-    let tasks = root.join("tasks");
+/// An audit store and task folders under `w/name` with one task per
+/// `(final state, time)`, as an earlier supervisor left them; returns the
+/// task ids and a supervisor configuration for them (30 days' retention).
+fn recorded(w: &World, name: &str, tasks: &[(TaskState, u64)]) -> (Vec<TaskId>, Config) {
+    let root = w.path().join(name);
+    let dirs = root.join("tasks");
     let db = root.join("audit.db");
-    let old = airlock::event::now_ms() - 40 * 86_400_000;
     let mut store = AuditStore::open(&db).unwrap();
     let mut ids = Vec::new();
-    for (n, end) in [(0, TaskState::Rejected), (1, TaskState::Reviewing)] {
+    for (n, (end, when)) in tasks.iter().enumerate() {
         let id = TaskId::parse(&format!("20200101-00000{n}-beef")).unwrap();
         store
             .record_task(&airlock::task::TaskManifest {
@@ -408,7 +408,7 @@ fn retention_prunes_old_finished_tasks_with_their_folders_and_keeps_reviews() {
                 argv: vec!["true".into()],
                 policy: Policy::default(),
                 rw_layers: Vec::new(),
-                created_ms: old,
+                created_ms: *when,
                 requested_by: "cli".into(),
             })
             .unwrap();
@@ -417,19 +417,31 @@ fn retention_prunes_old_finished_tasks_with_their_folders_and_keeps_reviews() {
             0,
             EventKind::StateChanged {
                 from: None,
-                to: end,
+                to: *end,
             },
         );
-        ev.time_ms = old;
+        ev.time_ms = *when;
         store.record_event(&ev).unwrap();
-        std::fs::create_dir_all(tasks.join(id.as_str()).join("upper/0")).unwrap();
+        std::fs::create_dir_all(dirs.join(id.as_str()).join("upper/0")).unwrap();
         ids.push(id);
     }
-    drop(store);
     let mut c = Config::new().unwrap();
-    c.audit_path = db.clone();
-    c.tasks_dir = tasks.clone();
+    c.audit_path = db;
+    c.tasks_dir = dirs;
     c.retention_days = 30;
+    (ids, c)
+}
+
+#[test]
+fn retention_prunes_old_finished_tasks_with_their_folders_and_keeps_reviews() {
+    let (w, _) = world();
+    let old = airlock::event::now_ms() - 40 * 86_400_000;
+    let (ids, c) = recorded(
+        w,
+        "retention",
+        &[(TaskState::Rejected, old), (TaskState::Reviewing, old)],
+    );
+    let (tasks, db) = (c.tasks_dir.clone(), c.audit_path.clone());
     let h = Supervisor::start(c).unwrap();
     // The rejected task and its folder went together; the one waiting for
     // review stays, however old.
@@ -450,48 +462,22 @@ fn retention_prunes_old_finished_tasks_with_their_folders_and_keeps_reviews() {
 #[test]
 fn quick_start_prunes_and_interrupts_dead_live_tasks_but_reads_no_other_task() {
     let (w, _) = world();
-    let root = w.path().join("quick");
-    let tasks = root.join("tasks");
-    let db = root.join("audit.db");
-    let old = airlock::event::now_ms() - 40 * 86_400_000;
-    let mut store = AuditStore::open(&db).unwrap();
-    let mut ids = Vec::new();
+    let (old, now) = (
+        airlock::event::now_ms() - 40 * 86_400_000,
+        airlock::event::now_ms(),
+    );
     // An old rejected task (pruned), a task left "running" by a supervisor
     // that died (interrupted), one waiting for review (left alone).
-    for (n, end, when) in [
-        (0, TaskState::Rejected, old),
-        (1, TaskState::Running, airlock::event::now_ms()),
-        (2, TaskState::Reviewing, airlock::event::now_ms()),
-    ] {
-        let id = TaskId::parse(&format!("20200101-00000{n}-cafe")).unwrap();
-        store
-            .record_task(&airlock::task::TaskManifest {
-                id: id.clone(),
-                argv: vec!["true".into()],
-                policy: Policy::default(),
-                rw_layers: Vec::new(),
-                created_ms: when,
-                requested_by: "cli".into(),
-            })
-            .unwrap();
-        let mut ev = Event::new(
-            id.clone(),
-            0,
-            EventKind::StateChanged {
-                from: None,
-                to: end,
-            },
-        );
-        ev.time_ms = when;
-        store.record_event(&ev).unwrap();
-        std::fs::create_dir_all(tasks.join(id.as_str()).join("upper/0")).unwrap();
-        ids.push(id);
-    }
-    drop(store);
-    let mut c = Config::new().unwrap();
-    c.audit_path = db.clone();
-    c.tasks_dir = tasks.clone();
-    c.retention_days = 30;
+    let (ids, c) = recorded(
+        w,
+        "quick",
+        &[
+            (TaskState::Rejected, old),
+            (TaskState::Running, now),
+            (TaskState::Reviewing, now),
+        ],
+    );
+    let (tasks, db) = (c.tasks_dir.clone(), c.audit_path.clone());
     let h = Supervisor::start_quick(c).unwrap();
     h.flush_audit_blocking();
     assert!(!tasks.join(ids[0].as_str()).exists());
