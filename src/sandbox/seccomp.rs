@@ -546,8 +546,6 @@ pub fn compile_monitored(profile: &Profile, watch: &[Rule]) -> Result<Monitored,
             .collect(),
         refuse_foreign_abi: false,
     };
-    const RET_K: u16 = 0x06;
-    const RET_ERRNO: u32 = 0x0005_0000;
     let mut rest = match compile(&notify_profile)?.programs.pop() {
         Some(p) => p,
         // Only fast-path calls to watch: the rest is allowed.
@@ -586,6 +584,24 @@ pub fn compile_monitored(profile: &Profile, watch: &[Rule]) -> Result<Monitored,
     })
 }
 
+/// Classic BPF, as the programs written here by hand use it.
+const LD_W_ABS: u16 = 0x20;
+const JEQ_K: u16 = 0x15;
+const JGE_K: u16 = 0x35;
+const JA: u16 = 0x05;
+const RET_K: u16 = 0x06;
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+/// `AUDIT_ARCH_*` of the architecture we were built for.
+#[cfg(target_arch = "x86_64")]
+const NATIVE_AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const NATIVE_AUDIT_ARCH: u32 = 0xc000_00b7;
+
+fn ins(code: u16, jt: u8, jf: u8, k: u32) -> seccompiler::sock_filter {
+    seccompiler::sock_filter { code, jt, jf, k }
+}
+
 /// `programs` and then `last` as one program: where a program would answer
 /// ALLOW it jumps to the next one instead. The kernel runs every installed
 /// filter on each syscall it cannot answer from its cache, so for the
@@ -596,8 +612,6 @@ pub fn compile_monitored(profile: &Profile, watch: &[Rule]) -> Result<Monitored,
 /// ordered strictest first and none answers something milder than the
 /// notification that follows (LOG, TRACE): such a set is left unfolded.
 fn fold(programs: &[BpfProgram], last: &BpfProgram) -> Option<BpfProgram> {
-    const RET_K: u16 = 0x06;
-    const JA: u16 = 0x05;
     const ACTION: u32 = 0xffff_0000;
     let rets = |p: &BpfProgram| -> Vec<u32> {
         p.iter()
@@ -640,12 +654,6 @@ fn fold(programs: &[BpfProgram], last: &BpfProgram) -> Option<BpfProgram> {
     Some(out)
 }
 
-const RET_ALLOW: u32 = 0x7fff_0000;
-
-fn ins(code: u16, jt: u8, jf: u8, k: u32) -> seccompiler::sock_filter {
-    seccompiler::sock_filter { code, jt, jf, k }
-}
-
 /// A watched syscall the notification program decides up front: notify
 /// always, or when the low 32 bits of one argument equal a value.
 #[derive(Debug, Clone, Copy)]
@@ -680,15 +688,7 @@ impl FastWatch {
 /// syscalls one by one in number order, which put `newfstatat` behind some
 /// fifty compares and cost a find or tar a few percent.
 fn fast_dispatch(fast: &[FastWatch]) -> Result<Vec<seccompiler::sock_filter>, String> {
-    const LD_W_ABS: u16 = 0x20;
-    const JEQ_K: u16 = 0x15;
-    const JA: u16 = 0x05;
-    const RET_K: u16 = 0x06;
     const NOTIFY: u32 = libc::SECCOMP_RET_USER_NOTIF;
-    #[cfg(target_arch = "x86_64")]
-    const ARCH: u32 = 0xc000_003e;
-    #[cfg(target_arch = "aarch64")]
-    const ARCH: u32 = 0xc000_00b7;
     // The low word of a 64-bit argument.
     #[cfg(target_endian = "little")]
     const LO: u32 = 0;
@@ -708,7 +708,7 @@ fn fast_dispatch(fast: &[FastWatch]) -> Result<Vec<seccompiler::sock_filter>, St
     let mut p = Vec::with_capacity(total);
     let to_rest = |pc: usize| (total - pc - 1) as u32;
     p.push(ins(LD_W_ABS, 0, 0, 4));
-    p.push(ins(JEQ_K, 1, 0, ARCH));
+    p.push(ins(JEQ_K, 1, 0, NATIVE_AUDIT_ARCH));
     p.push(ins(JA, 0, 0, to_rest(2)));
     p.push(ins(LD_W_ABS, 0, 0, 0));
     for f in fast {
@@ -822,20 +822,11 @@ impl RuleIndex {
 /// x32 syscalls (numbers with bit 30 set) and foreign-architecture calls
 /// (i386 `int 0x80`) with EPERM.
 fn foreign_abi_filter() -> Option<BpfProgram> {
-    use seccompiler::sock_filter;
-    const LD_W_ABS: u16 = 0x20;
-    const JEQ_K: u16 = 0x15;
-    const JGE_K: u16 = 0x35;
-    const RET_K: u16 = 0x06;
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
-    let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
     #[cfg(target_arch = "x86_64")]
     {
-        const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
         Some(vec![
             ins(LD_W_ABS, 0, 0, 4),              // A = arch
-            ins(JEQ_K, 0, 3, AUDIT_ARCH_X86_64), // foreign → errno
+            ins(JEQ_K, 0, 3, NATIVE_AUDIT_ARCH), // foreign → errno
             ins(LD_W_ABS, 0, 0, 0),              // A = nr
             ins(JGE_K, 1, 0, 0x4000_0000),       // x32 → errno
             ins(RET_K, 0, 0, RET_ALLOW),
@@ -844,7 +835,7 @@ fn foreign_abi_filter() -> Option<BpfProgram> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (LD_W_ABS, JEQ_K, JGE_K, RET_K, RET_ALLOW, RET_ERRNO, ins);
+        let _ = JGE_K;
         None
     }
 }
@@ -952,10 +943,6 @@ mod tests {
 
     #[test]
     fn notify_program_answers_like_its_rules() {
-        #[cfg(target_arch = "x86_64")]
-        const ARCH: u32 = 0xc000_003e;
-        #[cfg(target_arch = "aarch64")]
-        const ARCH: u32 = 0xc000_00b7;
         for level in [
             crate::policy::WatchLevel::Denials,
             crate::policy::WatchLevel::All,
@@ -993,11 +980,15 @@ mod tests {
             };
             let mut calls: Vec<(String, i64, u32)> = native_table()
                 .iter()
-                .map(|(n, nr)| (n.to_string(), *nr, ARCH))
+                .map(|(n, nr)| (n.to_string(), *nr, NATIVE_AUDIT_ARCH))
                 .collect();
             #[cfg(target_arch = "x86_64")]
             calls.extend([
-                ("x32 openat".to_string(), 0x4000_0000 | 257, ARCH),
+                (
+                    "x32 openat".to_string(),
+                    0x4000_0000 | 257,
+                    NATIVE_AUDIT_ARCH,
+                ),
                 ("i386 mount".to_string(), 21, 0x4000_0003),
                 ("i386 getpid".to_string(), 20, 0x4000_0003),
             ]);
@@ -1039,18 +1030,20 @@ mod tests {
         };
         let watch = [rule(vec![eq(0, AT_FDCWD)]), rule(vec![eq(2, 0o100)])];
         let m = compile_monitored(&default_profile(), &watch).unwrap();
-        #[cfg(target_arch = "x86_64")]
-        const ARCH: u32 = 0xc000_003e;
-        #[cfg(target_arch = "aarch64")]
-        const ARCH: u32 = 0xc000_00b7;
         let nr = syscall_number("openat").unwrap();
         let notify = libc::SECCOMP_RET_USER_NOTIF;
         assert_eq!(
-            eval(&m.notify, nr, ARCH, &[AT_FDCWD, 0, 0, 0, 0, 0]),
+            eval(&m.notify, nr, NATIVE_AUDIT_ARCH, &[AT_FDCWD, 0, 0, 0, 0, 0]),
             notify
         );
-        assert_eq!(eval(&m.notify, nr, ARCH, &[3, 0, 0o100, 0, 0, 0]), notify);
-        assert_eq!(eval(&m.notify, nr, ARCH, &[3, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            eval(&m.notify, nr, NATIVE_AUDIT_ARCH, &[3, 0, 0o100, 0, 0, 0]),
+            notify
+        );
+        assert_eq!(
+            eval(&m.notify, nr, NATIVE_AUDIT_ARCH, &[3, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
     }
 
     #[test]
