@@ -316,11 +316,13 @@ impl AuditStore {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id FROM tasks WHERE state IN ('queued', 'starting', 'running') ORDER BY created_ms, id",
+                "SELECT id FROM tasks WHERE state IN (?1, ?2, ?3) ORDER BY created_ms, id",
             )
             .map_err(|e| self.err(e))?;
+        let live =
+            [TaskState::Queued, TaskState::Starting, TaskState::Running].map(TaskState::as_str);
         let ids = stmt
-            .query_map([], |r| r.get::<_, String>(0))
+            .query_map(live, |r| r.get::<_, String>(0))
             .map_err(|e| self.err(e))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;

@@ -343,8 +343,8 @@ fn run_local(
     mut follow: Follow,
     verbose: bool,
 ) -> anyhow::Result<(i32, TaskId)> {
-    // Recovery of old task folders runs beside this task; its warnings are
-    // printed at the end.
+    // What recovery found is printed at the end (with --verbose), after
+    // the task's own output.
     let sup = Supervisor::start_quick(Config::new()?)?;
     // Ctrl+C reaches the helper through the terminal's process group and is
     // forwarded to the agent; we stay to report how it ended.

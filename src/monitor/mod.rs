@@ -289,41 +289,35 @@ fn observe(
             // `cd` next to a hidden folder must not make `.ssh/id_rsa` look
             // harmless. One relative to an open folder is not watched at
             // `denials` (the bulk tools' walks); `all` reports it as it is.
-            let full;
-            let place = if path.starts_with('/') {
-                full = path.clone();
-                ctx.view.place(Path::new(&path))
+            let (place, full) = if path.starts_with('/') {
+                (ctx.view.place(Path::new(&path)), path.clone())
             } else if relative_to_dir {
-                full = path.clone();
-                Place::Visible
+                (Place::Visible, path.clone())
             } else {
                 match cwd_of(pid) {
                     Some(cwd) => {
                         let joined = watch::normalize(&cwd.join(&path));
-                        full = crate::workspace::names::escape(joined.as_os_str().as_bytes());
-                        ctx.view.place(&joined)
+                        let text = crate::workspace::names::escape(joined.as_os_str().as_bytes());
+                        (ctx.view.place(&joined), text)
                     }
-                    None => {
-                        full = path.clone();
-                        Place::Visible
-                    }
+                    None => (Place::Visible, path.clone()),
                 }
             };
+            // Worth asking only for a path in no shown folder: the host has
+            // it and the sandbox hid it — not a search along PATH, nor the
+            // loader probing for an optional file.
+            let hidden =
+                matches!(place, Place::Private | Place::Outside) && hidden_from_sandbox(pid, &full);
             let report = match (ctx.level, place) {
                 (WatchLevel::All, _) | (_, Place::Denied) => true,
                 (_, Place::Visible) => false,
-                // Worth a report when it names something the host really
-                // has and the sandbox hid — not a search along PATH, nor
-                // the loader probing for an optional file.
-                (WatchLevel::Denials, Place::Private | Place::Outside) => {
-                    hidden_from_sandbox(pid, &full)
-                }
+                (WatchLevel::Denials, Place::Private | Place::Outside) => hidden,
             };
             if report {
                 let denied = match place {
                     Place::Visible => false,
                     Place::Denied => true,
-                    Place::Private | Place::Outside => hidden_from_sandbox(pid, &full),
+                    Place::Private | Place::Outside => hidden,
                 };
                 keys.push(Key::File {
                     op: op.to_string(),

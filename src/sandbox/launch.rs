@@ -10,6 +10,8 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::helper::CONTROL_FD;
+
 /// A started helper: its pid, and whether it has been reaped (a reaped
 /// pid may belong to someone else, so it is never signalled again).
 #[derive(Debug)]
@@ -27,7 +29,7 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 }
 
 /// Runs `exe ARGS…` with an empty environment, `stdio[i]` as fd i (`None`:
-/// ours), `control` as fd 3 and no other descriptor.
+/// ours), `control` as [`CONTROL_FD`] (3) and no other descriptor.
 pub fn spawn(
     exe: &Path,
     args: &[&str],
@@ -52,7 +54,7 @@ pub fn spawn(
     // sources are moved above them first.
     let mut moved = Vec::new();
     let mut lift = |fd: RawFd| -> io::Result<RawFd> {
-        if fd > 3 {
+        if fd > CONTROL_FD {
             return Ok(fd);
         }
         // SAFETY: F_DUPFD_CLOEXEC on a descriptor we were given.
@@ -101,10 +103,15 @@ fn spawn_fds(
                     ))?;
                 }
             }
-            check(libc::posix_spawn_file_actions_adddup2(&mut fa, control, 3))?;
+            check(libc::posix_spawn_file_actions_adddup2(
+                &mut fa, control, CONTROL_FD,
+            ))?;
             // Nothing else, not even what our own parent left open without
             // close-on-exec (glibc ≥ 2.34).
-            check(libc::posix_spawn_file_actions_addclosefrom_np(&mut fa, 4))?;
+            check(libc::posix_spawn_file_actions_addclosefrom_np(
+                &mut fa,
+                CONTROL_FD + 1,
+            ))?;
             // As std's Command: an empty signal mask, SIGPIPE back to default.
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);

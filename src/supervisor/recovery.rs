@@ -151,26 +151,45 @@ fn recover_commit(shared: &Shared, dir: &TaskDir) {
     drop(f);
 }
 
-/// What [`recover_index`] leaves for [`recover_folders`]: the task folders
-/// to look at, as the audit log knew them when the supervisor started.
-struct Pending {
-    tasks: Vec<(crate::task::TaskId, TaskState)>,
-    known: HashSet<String>,
-}
-
-/// All of recovery, in order: retention, [`recover_index`], [`recover_folders`].
+/// All of recovery: retention, every recorded task into the supervisor's
+/// table (tasks whose supervisor died become interrupted, interrupted
+/// commits are finished or rolled back), and task folders the audit log
+/// does not know are reported.
 pub(crate) fn recover(shared: &Shared) -> Result<(), Error> {
     retention(shared)?;
-    let pending = recover_index(shared)?;
-    recover_folders(shared, pending)
+    let records = shared
+        .reader
+        .lock()
+        .map_err(|_| super::poisoned())?
+        .tasks(&Filter::default())?;
+    let mut known = HashSet::new();
+    for r in &records {
+        known.insert(r.id.as_str().to_string());
+        recover_task(shared, r);
+    }
+    let tasks_dir = &shared.config.tasks_dir;
+    let entries = match std::fs::read_dir(tasks_dir) {
+        Ok(rd) => rd.flatten().collect::<Vec<_>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(tasks_dir, e)),
+    };
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !known.contains(&name) {
+            shared.warn(gettext_f(
+                "the task folder {path} has no record in the audit log; it was left as it is (look at it, then delete it yourself if you do not need it)",
+                &[("path", &e.path().display().to_string())],
+            ));
+        }
+    }
+    Ok(())
 }
 
-/// Recovery of the tasks recorded as live only: those whose supervisor
-/// died become interrupted. Its cost follows the number of live tasks, not
-/// of all tasks ever run (see `Supervisor::start_quick`).
+/// Recovery of the tasks recorded as live only (and retention): its cost
+/// follows the number of live tasks, not of all tasks ever run (see
+/// `Supervisor::start_quick`).
 pub(crate) fn recover_live(shared: &Shared) -> Result<(), Error> {
     retention(shared)?;
-    let tasks_dir = shared.config.tasks_dir.clone();
     let reader = shared.reader.lock().map_err(|_| super::poisoned())?;
     let mut records = Vec::new();
     for id in reader.live_task_ids()? {
@@ -181,13 +200,23 @@ pub(crate) fn recover_live(shared: &Shared) -> Result<(), Error> {
     }
     drop(reader);
     for r in &records {
-        shared.insert(info_from_record(r), None);
-        let dir = TaskDir::new(&tasks_dir, &r.id);
+        recover_task(shared, r);
+    }
+    Ok(())
+}
+
+/// One recorded task into the supervisor's table: interrupted if it was
+/// live and its supervisor is gone, its commit recovered if it was not.
+fn recover_task(shared: &Shared, r: &crate::audit::TaskRecord) {
+    shared.insert(info_from_record(r), None);
+    let dir = TaskDir::new(&shared.config.tasks_dir, &r.id);
+    if !r.state.is_finished_running() {
         if !owner_alive(&dir) {
             interrupt(shared, &dir, r.state);
         }
+    } else {
+        recover_commit(shared, &dir);
     }
-    Ok(())
 }
 
 /// Tasks older than the retention period leave the audit log, and their
@@ -220,57 +249,6 @@ fn retention(shared: &Shared) -> Result<(), Error> {
                     ("id", id.as_str()),
                     ("error", &Error::io(p.path(), e).to_string()),
                 ],
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Every recorded task into the supervisor's table; the folders are
-/// [`recover_folders`]' part.
-fn recover_index(shared: &Shared) -> Result<Pending, Error> {
-    let records = shared
-        .reader
-        .lock()
-        .map_err(|_| super::poisoned())?
-        .tasks(&Filter::default())?;
-    let mut known = HashSet::new();
-    let mut tasks = Vec::with_capacity(records.len());
-    for r in &records {
-        known.insert(r.id.as_str().to_string());
-        shared.insert(info_from_record(r), None);
-        tasks.push((r.id.clone(), r.state));
-    }
-    Ok(Pending { tasks, known })
-}
-
-/// The folder part: marks tasks whose supervisor died as interrupted, finishes or rolls back interrupted
-/// commits, and reports folders the audit log does not know.
-fn recover_folders(shared: &Shared, pending: Pending) -> Result<(), Error> {
-    let tasks_dir = shared.config.tasks_dir.clone();
-    for (id, state) in &pending.tasks {
-        let dir = TaskDir::new(&tasks_dir, id);
-        let live = matches!(
-            state,
-            TaskState::Queued | TaskState::Starting | TaskState::Running
-        );
-        if live && !owner_alive(&dir) {
-            interrupt(shared, &dir, *state);
-        } else if !live {
-            recover_commit(shared, &dir);
-        }
-    }
-    let entries = match std::fs::read_dir(&tasks_dir) {
-        Ok(rd) => rd.flatten().collect::<Vec<_>>(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io(&tasks_dir, e)),
-    };
-    for e in entries {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !pending.known.contains(&name) {
-            shared.warn(gettext_f(
-                "the task folder {path} has no record in the audit log; it was left as it is (look at it, then delete it yourself if you do not need it)",
-                &[("path", &e.path().display().to_string())],
             ));
         }
     }
