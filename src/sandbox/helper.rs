@@ -152,6 +152,16 @@ pub fn main() -> ! {
     drop(go_w);
     drop(ctl);
     forward_signals_to(pid);
+    if pty.is_none() {
+        // The task's stdio is PID 1's business now: holding on to it here
+        // would keep a reader of the output waiting for our own end.
+        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+            for fd in 0..=2 {
+                // SAFETY: replacing our own standard descriptors.
+                unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
+            }
+        }
+    }
     let status = match pty {
         Some(p) => {
             drop(p.slave);
@@ -353,6 +363,25 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 
+    // The status channel: without a terminal to relay, the supervisor need
+    // not wait for the namespaces' teardown (unmounting the whole tree waits
+    // for RCU grace periods) once every process of the task has ended.
+    let exit_tx = if spec.tty {
+        None
+    } else {
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok((r, w)) => {
+                if let Err(e) = ctl.send_fd(
+                    &HelperMsg::ExitChannel,
+                    std::os::fd::AsRawFd::as_raw_fd(&r),
+                ) {
+                    ctl.fail("pass the status channel", e);
+                }
+                Some(w)
+            }
+            Err(e) => ctl.fail("create pipe", e),
+        }
+    };
     // The agent hands its seccomp listener to us over `sync`: it cannot
     // send it to the supervisor itself, because once its filter is in place
     // its own sendmsg would wait for that very listener.
@@ -375,15 +404,59 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
     }
     drop(sync_ours);
     drop(ctl);
-    // PID 1 needs no privilege to reap and forward.
+    // PID 1 reaps, forwards and, at the end, kills what is left: CAP_KILL
+    // (in the task's own user namespace) is all it keeps.
     let _ = sys::drop_bounding_and_ambient();
-    let _ = sys::clear_capabilities();
+    let can_kill = sys::keep_only_capability(CAP_KILL).is_ok();
+    if !can_kill {
+        let _ = sys::clear_capabilities();
+    }
     forward_signals_to(agent);
-    // When the agent ends, PID 1 ends, and the kernel kills every process
-    // left in the namespace: a daemonised child cannot outlive the task.
     let status = wait_for(agent);
+    // When the agent ends, so does every process left (a daemonised child
+    // cannot outlive the task). Once they are all reaped nothing can write
+    // into the task's layers any more, so the status may go out. Without
+    // CAP_KILL some could survive kill(-1) and the reaping would never end:
+    // then only our exit (below) ends them, and the supervisor waits for it.
+    if let (Some(tx), true) = (exit_tx, can_kill) {
+        if end_the_rest() {
+            // Nor may our copies of the task's stdio hold back the end of
+            // its output.
+            for fd in 0..=2 {
+                // SAFETY: closing descriptors PID 1 no longer uses.
+                unsafe { libc::close(fd) };
+            }
+            let _ = nix::unistd::write(&tx, &status.to_ne_bytes());
+        }
+    }
+    // Our own exit makes the kernel kill anything still there.
     // SAFETY: _exit in a forked process.
     unsafe { libc::_exit(status) }
+}
+
+/// `CAP_KILL` from `linux/capability.h`.
+const CAP_KILL: u32 = 5;
+
+/// Kills every other process of the namespace and reaps them all; true when
+/// none is left (PID 1's children are all of them: orphans come to it).
+fn end_the_rest() -> bool {
+    // SAFETY: kill(-1) from PID 1 reaches exactly the processes of its
+    // namespace (and those below), never PID 1 itself.
+    let r = unsafe { libc::kill(-1, libc::SIGKILL) };
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+        return false;
+    }
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid on our own children.
+        if unsafe { libc::waitpid(-1, &mut st, libc::__WALL) } < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return true,
+                _ => return false,
+            }
+        }
+    }
 }
 
 /// Takes the agent's listener (by its descriptor number, through

@@ -59,6 +59,8 @@ pub struct Running {
     events_tx: Option<std::sync::mpsc::Sender<EventKind>>,
     events_rx: Option<std::sync::mpsc::Receiver<EventKind>>,
     monitor: Option<std::thread::JoinHandle<crate::monitor::Stats>>,
+    /// PID 1's status channel ([`HelperMsg::ExitChannel`]).
+    exit_rx: Option<OwnedFd>,
 }
 
 /// Reads the helper's JSON lines and the descriptors that ride along.
@@ -162,7 +164,16 @@ pub fn spawn(
         events_tx: Some(events_tx),
         events_rx: Some(events_rx),
         monitor: None,
+        exit_rx: None,
     })
+}
+
+/// The status PID 1 wrote; `None` at end of file (it was killed first).
+fn read_status(fd: OwnedFd) -> Option<i32> {
+    use std::io::Read;
+    let mut b = [0u8; 4];
+    std::fs::File::from(fd).read_exact(&mut b).ok()?;
+    Some(i32::from_ne_bytes(b))
 }
 
 /// What the monitor needs to know about `spec`'s sandbox.
@@ -218,6 +229,10 @@ impl Running {
                 Ok(HelperMsg::Started { pid1 }) => report.pid1 = Some(pid1),
                 Ok(HelperMsg::Enforced { layers }) => report.layers = layers,
                 Ok(HelperMsg::Error { stage, message }) => report.error = Some((stage, message)),
+                Ok(HelperMsg::ExitChannel) => match self.ctl.fds.pop_front() {
+                    Some(fd) => self.exit_rx = Some(fd),
+                    None => tracing::warn!("the helper sent no status channel"),
+                },
                 Ok(HelperMsg::Listener) => {
                     let (Some(fd), Some(ctx)) =
                         (self.ctl.fds.pop_front(), self.monitor_ctx.clone())
@@ -243,15 +258,27 @@ impl Running {
         report
     }
 
-    /// Waits for the sandbox to end; returns the shell-style status.
+    /// Waits until every process of the task has ended; returns the
+    /// shell-style status. The namespaces may still be being torn down:
+    /// [`reap`](Running::reap) waits for that.
     pub fn wait(&mut self) -> std::io::Result<i32> {
-        let st = self.child.wait()?;
+        let st = match self.exit_rx.take().and_then(read_status) {
+            Some(st) => st,
+            // No channel (`--tty`), or PID 1 was killed before it could
+            // report: its end is the helper's.
+            None => self.child.wait()?,
+        };
         // Every process of the task is gone: the monitor sees its listener
         // hang up, reports what it still holds, and ends.
         if let Some(m) = self.monitor.take() {
             let _ = m.join();
         }
         Ok(st)
+    }
+
+    /// Waits for the helper itself, after [`wait`](Running::wait).
+    pub fn reap(&mut self) {
+        let _ = self.child.wait();
     }
 
     /// Ends the whole sandbox at once (PID 1 follows the helper).

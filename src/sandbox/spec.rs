@@ -87,6 +87,10 @@ pub enum HelperMsg {
     Enforced { layers: Vec<Enforced> },
     /// The seccomp notification listener rides along as `SCM_RIGHTS`.
     Listener,
+    /// The read end of a pipe (riding along) on which PID 1 writes the
+    /// agent's status (`i32`, native order) once every process of the task
+    /// is gone, before the namespaces are torn down.
+    ExitChannel,
     /// A step failed; nothing of the agent ran.
     Error { stage: String, message: String },
 }

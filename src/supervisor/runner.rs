@@ -114,6 +114,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
     let report = running.setup();
     if let Some((stage, message)) = &report.error {
         let status = running.wait().unwrap_or(sandbox::SETUP_FAILED);
+        running.reap();
         ctl.pid.store(0, Ordering::SeqCst);
         watchdog.stop();
         pumps.finish();
@@ -176,6 +177,8 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
         || task_dir.path().join(recovery::KILL_MARKER).exists();
     let end = killed.then_some(TaskState::Killed);
     finish(shared, id, &task_dir, layers.len(), status, end);
+    // The task has ended for everyone; the namespaces' teardown is left.
+    running.reap();
 }
 
 /// Plans the sandbox, creates the task folder, its layers, the snapshots
