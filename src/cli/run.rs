@@ -12,7 +12,7 @@ use crate::event::{Enforced, Event, EventKind};
 use crate::i18n::{gettext, gettext_f};
 use crate::policy::{parse_size, Grant, Policy, SeccompChoice};
 use crate::sandbox;
-use crate::supervisor::{Config, OutputMode, Supervisor, TaskRequest};
+use crate::supervisor::{Config, OutputMode, Supervisor, SupervisorHandle, TaskRequest};
 use crate::task::{TaskId, TaskState};
 
 #[derive(Debug, clap::Args)]
@@ -304,10 +304,30 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         changed: None,
         code: None,
     };
+    // The local supervisor (audit database, recovery) starts while we ask
+    // the session bus whether the app is running: most of the time it is
+    // not, and the two together are most of what `airlock run` waits for
+    // before its sandbox.
+    let local = std::thread::Builder::new()
+        .name("airlock-start".into())
+        .spawn(|| Config::new().and_then(Supervisor::start_quick));
+    let local = move || -> anyhow::Result<SupervisorHandle> {
+        match local {
+            Ok(h) => match h.join() {
+                Ok(r) => Ok(r?),
+                Err(_) => anyhow::bail!(gettext("the supervisor failed to start")),
+            },
+            Err(_) => Ok(Supervisor::start_quick(Config::new()?)?),
+        }
+    };
     if !args.local {
-        if let Some(code) =
-            crate::api::client::run_remote(&policy, &argv, &mut |ev| follow.event(ev))?
-        {
+        let remote = crate::api::client::run_remote(&policy, &argv, &mut |ev| follow.event(ev));
+        if !matches!(remote, Ok(None)) {
+            // What the local start recovered must be on disk before we exit.
+            if let Ok(sup) = local() {
+                sup.flush_audit_blocking();
+            }
+            let code = remote?.unwrap_or(sandbox::SETUP_FAILED);
             if args.review {
                 eprintln!(
                     "airlock: {}",
@@ -317,7 +337,7 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             return Ok(code);
         }
     }
-    let (code, id) = run_local(policy, argv, follow, verbose)?;
+    let (code, id) = run_local(local()?, policy, argv, follow, verbose)?;
     // SAFETY: isatty on our own standard descriptors.
     let terminal = unsafe { libc::isatty(0) == 1 && libc::isatty(2) == 1 };
     if args.review {
@@ -338,6 +358,7 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
 }
 
 fn run_local(
+    sup: SupervisorHandle,
     policy: Policy,
     argv: Vec<String>,
     mut follow: Follow,
@@ -345,7 +366,6 @@ fn run_local(
 ) -> anyhow::Result<(i32, TaskId)> {
     // What recovery found is printed at the end (with --verbose), after
     // the task's own output.
-    let sup = Supervisor::start_quick(Config::new()?)?;
     // Ctrl+C reaches the helper through the terminal's process group and is
     // forwarded to the agent; we stay to report how it ended.
     // SAFETY: ignoring SIGINT/SIGQUIT in our own process.

@@ -154,9 +154,19 @@ pub(crate) struct Shared {
     /// Subscribers that must never lose an event (the D-Bus service: its
     /// clients cannot re-read a lost signal).
     taps: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+    /// A quick start's recovery, running beside the first task.
+    recovering: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Shared {
+    /// Waits for a quick start's recovery to end.
+    fn recovered(&self) {
+        let handle = self.recovering.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
     /// Emits one event of `task`: the next sequence number, the task's
     /// summary updated, the audit writer and then the bus. Under one lock,
     /// so every subscriber sees each task's events in `seq` order.
@@ -300,7 +310,9 @@ impl Supervisor {
     /// supervisor died as interrupted). Interrupted commits and unknown
     /// folders are left to the long-lived supervisor (the app, `airlock
     /// serve`) and to the review commands, which recover a task's commit
-    /// before touching it.
+    /// before touching it. Recovery runs on a thread of its own, beside the
+    /// first task; [`SupervisorHandle::warnings`] and
+    /// [`SupervisorHandle::flush_audit_blocking`] wait for it.
     pub fn start_quick(config: Config) -> Result<SupervisorHandle, Error> {
         Self::start_inner(config, true)
     }
@@ -320,9 +332,30 @@ impl Supervisor {
             consent: consent_tx.clone(),
             consent_tasks: Mutex::new(Default::default()),
             taps: Mutex::new(Vec::new()),
+            recovering: Mutex::new(None),
         });
         if quick {
-            recovery::recover_live(&shared)?;
+            // Nothing of the task about to start depends on it (recovery
+            // touches only tasks recorded earlier), so it runs beside it.
+            let s2 = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("airlock-recovery".into())
+                .spawn(move || {
+                    if let Err(e) = recovery::recover_live(&s2) {
+                        s2.warn(gettext_f(
+                            "recovery of earlier tasks failed: {error}",
+                            &[("error", &e.to_string())],
+                        ));
+                    }
+                });
+            match spawned {
+                Ok(h) => {
+                    if let Ok(mut r) = shared.recovering.lock() {
+                        *r = Some(h);
+                    }
+                }
+                Err(_) => recovery::recover_live(&shared)?,
+            }
         } else {
             recovery::recover(&shared)?;
         }
@@ -649,6 +682,7 @@ impl SupervisorHandle {
     /// What recovery at start found (interrupted tasks, orphaned folders,
     /// pruned tasks), one sentence each.
     pub fn warnings(&self) -> Vec<String> {
+        self.shared.recovered();
         self.shared
             .warnings
             .lock()
@@ -753,8 +787,10 @@ impl SupervisorHandle {
             .map_err(|e| Error::Unsupported(format!("a review worker failed: {e}")))?
     }
 
-    /// Waits until every event emitted so far is in the audit store.
+    /// Waits until a quick start's recovery has ended and every event
+    /// emitted so far is in the audit store.
     pub fn flush_audit_blocking(&self) {
+        self.shared.recovered();
         let (tx, rx) = std::sync::mpsc::channel();
         self.shared.record(AuditMsg::Flush(tx));
         let _ = rx.recv();
