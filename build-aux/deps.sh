@@ -8,7 +8,7 @@ BUILD_PKGS=(build-essential pkg-config libgtk-4-dev libadwaita-1-dev gettext
   xdg-desktop-portal dbus uidmap util-linux)
 TEST_PKGS=(xvfb xauth dbus-x11 xdotool imagemagick bubblewrap hyperfine curl git
   python3 openssl iproute2 procps psmisc libglib2.0-bin sqlite3 librsvg2-bin
-  gnome-icon-theme at-spi2-core acl)
+  gnome-icon-theme at-spi2-core acl systemd dbus-user-session)
 
 want=("${BUILD_PKGS[@]}")
 [ "${1:-build}" = test ] && want+=("${TEST_PKGS[@]}")

@@ -155,7 +155,11 @@ pub fn main() -> ! {
     if pty.is_none() {
         // The task's stdio is PID 1's business now: holding on to it here
         // would keep a reader of the output waiting for our own end.
-        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
             for fd in 0..=2 {
                 // SAFETY: replacing our own standard descriptors.
                 unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
@@ -371,10 +375,9 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
     } else {
         match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok((r, w)) => {
-                if let Err(e) = ctl.send_fd(
-                    &HelperMsg::ExitChannel,
-                    std::os::fd::AsRawFd::as_raw_fd(&r),
-                ) {
+                if let Err(e) =
+                    ctl.send_fd(&HelperMsg::ExitChannel, std::os::fd::AsRawFd::as_raw_fd(&r))
+                {
                     ctl.fail("pass the status channel", e);
                 }
                 Some(w)

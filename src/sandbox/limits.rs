@@ -46,7 +46,7 @@ pub fn apply_rlimits(l: &Limits) -> Vec<Result<Enforced, String>> {
         l.memory,
         "memory",
         format_size(l.memory),
-        Some("per process (no cgroup available): a task of many processes can use more in total"),
+        Some("per process: a task of many processes can use more in total"),
     );
     // One file can never exceed what the whole task may write.
     set(
@@ -66,6 +66,6 @@ pub fn unenforced(l: &Limits) -> Vec<Enforced> {
         what: "cpu".into(),
         value: format!("{:.2} core", l.cpu),
         mechanism: "not-enforced".into(),
-        note: Some("a CPU share needs a cgroup (a user systemd or a delegated cgroup v2)".into()),
+        note: Some("a CPU share needs a cgroup with the cpu controller (a systemd user manager or a delegated cgroup v2 folder)".into()),
     }]
 }

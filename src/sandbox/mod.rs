@@ -5,6 +5,7 @@
 //! [`spec::SandboxSpec`] and starts the helper with `std::process::Command`
 //! — never a `fork()` of the multi-threaded app.
 
+pub mod cgroup;
 mod helper;
 mod landlock;
 mod launch;
@@ -130,6 +131,7 @@ pub fn spawn(
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    before_start: impl FnOnce(u32),
 ) -> Result<Running, crate::Error> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| crate::Error::io("socketpair", e))?;
     let raw = |s: &Option<OwnedFd>| s.as_ref().map(|f| f.as_raw_fd());
@@ -145,6 +147,9 @@ pub fn spawn(
     .map_err(|e| crate::Error::io(helper_exe, e))?;
     drop((stdin, stdout, stderr));
     drop(theirs);
+    // The helper waits for its plan: whatever happens to it now (a cgroup)
+    // happens to every process of the sandbox.
+    before_start(child.id());
     let mut line = serde_json::to_vec(spec)
         .map_err(|e| crate::Error::Sandbox(format!("cannot encode the plan: {e}")))?;
     line.push(b'\n');

@@ -77,8 +77,28 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
         Err(e) => return fail(shared, id, e.to_string()),
     };
     let started = Instant::now();
-    let mut running = match sandbox::spawn(&spec, &shared.config.helper_exe, stdin, stdout, stderr)
-    {
+    // Whole-task limits: the helper goes into a cgroup of the task's own
+    // before it makes the sandbox.
+    let mut placement = None;
+    let spawned = sandbox::spawn(
+        &spec,
+        &shared.config.helper_exe,
+        stdin,
+        stdout,
+        stderr,
+        |pid| placement = Some(sandbox::cgroup::place(pid, id.as_str(), &req.policy.limits)),
+    );
+    let (cgroup, cgroup_report) = match placement {
+        Some(p) => (p.cgroup, p.report),
+        None => (None, Vec::new()),
+    };
+    let release = |running: &mut sandbox::Running| {
+        running.reap();
+        if let Some(cg) = &cgroup {
+            cg.release();
+        }
+    };
+    let mut running = match spawned {
         Ok(r) => r,
         Err(e) => return fail(shared, id, e.to_string()),
     };
@@ -114,7 +134,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
     let report = running.setup();
     if let Some((stage, message)) = &report.error {
         let status = running.wait().unwrap_or(sandbox::SETUP_FAILED);
-        running.reap();
+        release(&mut running);
         ctl.pid.store(0, Ordering::SeqCst);
         watchdog.stop();
         pumps.finish();
@@ -149,7 +169,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
     shared.emit(
         id,
         EventKind::Enforcement {
-            layers: enforced(&report.layers, &req.policy),
+            layers: enforced(&report.layers, &cgroup_report, &req.policy),
         },
     );
     shared.transition(id, TaskState::Running);
@@ -176,9 +196,14 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
         || ctl.kill.load(Ordering::SeqCst)
         || task_dir.path().join(recovery::KILL_MARKER).exists();
     let end = killed.then_some(TaskState::Killed);
+    // A cgroup folder of ours can only go once the helper has: before the
+    // end is announced, or a short-lived `airlock run` would leave it.
+    if cgroup.as_ref().is_some_and(|c| c.made_here()) {
+        release(&mut running);
+    }
     finish(shared, id, &task_dir, layers.len(), status, end);
     // The task has ended for everyone; the namespaces' teardown is left.
-    running.reap();
+    release(&mut running);
 }
 
 /// Plans the sandbox, creates the task folder, its layers, the snapshots
@@ -240,10 +265,33 @@ fn agent_home(agent: &str, spec: &SandboxSpec) -> Result<std::path::PathBuf, Err
     Ok(home)
 }
 
-/// The helper's layers plus what the supervisor itself enforces.
-fn enforced(helper: &[Enforced], policy: &Policy) -> Vec<Enforced> {
-    let mut all = helper.to_vec();
-    all.extend(sandbox::unenforced_limits(&policy.limits));
+/// The helper's layers plus what the supervisor itself enforces. A limit
+/// the task's cgroup enforces is reported as such (the agent's rlimit stays
+/// beneath it).
+fn enforced(helper: &[Enforced], cgroup: &[Enforced], policy: &Policy) -> Vec<Enforced> {
+    let by_cgroup = |what: &str| {
+        cgroup
+            .iter()
+            .find(|c| c.what == what && c.mechanism == "cgroup")
+    };
+    let mut all: Vec<Enforced> = helper
+        .iter()
+        .chain(sandbox::unenforced_limits(&policy.limits).iter())
+        .map(|e| match by_cgroup(&e.what) {
+            Some(c) => {
+                let mut c = c.clone();
+                if e.mechanism == "rlimit" {
+                    c.note = Some(gettext_f(
+                        "{via}; and an rlimit per process",
+                        &[("via", c.note.as_deref().unwrap_or_default())],
+                    ));
+                }
+                c
+            }
+            None => e.clone(),
+        })
+        .collect();
+    all.extend(cgroup.iter().filter(|c| c.mechanism != "cgroup").cloned());
     all.push(Enforced {
         what: "tmp-size".into(),
         value: crate::policy::format_size(policy.limits.tmp_size),
