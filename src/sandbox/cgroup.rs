@@ -151,49 +151,99 @@ fn placed(cg: TaskCgroup, l: &Limits) -> Placement {
     }
 }
 
-/// The cgroup2 mount point, from our mount table.
-fn cgroup2_mount() -> Option<PathBuf> {
+/// The cgroup2 mount, from our mount table.
+fn cgroup2_mount() -> Option<Mount> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mount_of(&info)
+    parse_mountinfo(&info)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
 }
 
-/// The first cgroup2 mount in a `mountinfo` text.
-pub(crate) fn mount_of(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split(' ').next()? == "cgroup2")
-            .then(|| pre.split(' ').nth(4).map(|m| PathBuf::from(unescape(m))))?
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
-/// The unified-hierarchy path of process `pid` (`0::PATH` in its cgroup file).
-fn cgroup_of(pid: &str) -> Option<String> {
+/// The folder of process `pid`'s cgroup (`0::PATH` in its cgroup file).
+fn folder_of(pid: &str, mount: &Mount) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    unified_path(&text)
+    cgroup_folder(mount, &own_cgroup(&text)?)
 }
 
-pub(crate) fn unified_path(proc_cgroup: &str) -> Option<String> {
-    proc_cgroup
-        .lines()
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Mount {
+    pub root: String,
+    pub mount_point: PathBuf,
+    pub fstype: String,
+}
+
+/// Parses `/proc/self/mountinfo` into (root, mount point, fs type).
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fields: Vec<&str> = left.split(' ').collect();
+            Some(Mount {
+                root: unescape(fields.get(3)?),
+                mount_point: PathBuf::from(unescape(fields.get(4)?)),
+                fstype: right.split(' ').next()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0')))
+            .and_then(|n| u8::try_from(n).ok());
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup v2 path from `/proc/self/cgroup` (the `0::/path` line).
+pub(crate) fn own_cgroup(text: &str) -> Option<String> {
+    text.lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_string)
+        .map(str::to_owned)
 }
 
-fn below(mount: &Path, path: &str) -> PathBuf {
-    mount.join(path.trim_start_matches('/'))
+/// The folder of cgroup `path` under the cgroup2 mount, minding a mount
+/// whose root is not the hierarchy's root.
+pub(crate) fn cgroup_folder(mount: &Mount, path: &str) -> Option<PathBuf> {
+    let rel = if mount.root == "/" {
+        path
+    } else {
+        path.strip_prefix(mount.root.as_str())
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))?
+    };
+    let rel = rel.trim_start_matches('/');
+    // A path that leaves the mount ("/../x" under a cgroup namespace) is
+    // not ours to use.
+    if rel.split('/').any(|c| c == "..") {
+        return None;
+    }
+    Some(if rel.is_empty() {
+        mount.mount_point.clone()
+    } else {
+        mount.mount_point.join(rel)
+    })
 }
 
 // ---- systemd scope -------------------------------------------------------
 
-fn start_scope(pid: u32, task: &str, l: &Limits, mount: &Path) -> Result<TaskCgroup, String> {
+fn start_scope(pid: u32, task: &str, l: &Limits, mount: &Mount) -> Result<TaskCgroup, String> {
     if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none()
         && !std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| Path::new(&d).join("bus").exists())
     {
@@ -212,11 +262,10 @@ fn start_scope(pid: u32, task: &str, l: &Limits, mount: &Path) -> Result<TaskCgr
     })?;
     // The job moves the helper; wait until it has.
     let deadline = Instant::now() + SCOPE_TIMEOUT;
-    let suffix = format!("/{unit}");
     loop {
-        if let Some(p) = cgroup_of(&pid.to_string()).filter(|p| p.ends_with(&suffix)) {
+        if let Some(dir) = folder_of(&pid.to_string(), mount).filter(|d| d.ends_with(&unit)) {
             return Ok(TaskCgroup {
-                dir: below(mount, &p),
+                dir,
                 mechanism: "systemd-scope",
                 name: unit,
                 made_here: false,
@@ -271,9 +320,13 @@ async fn ask_for_scope(pid: u32, task: &str, unit: &str, l: &Limits) -> zbus::Re
 
 // ---- a cgroup v2 folder of our own ---------------------------------------
 
-fn make_folder(pid: u32, task: &str, l: &Limits, mount: &Path) -> Result<TaskCgroup, String> {
-    let own = cgroup_of("self").ok_or_else(|| crate::i18n::gettext("no cgroup v2 path"))?;
-    let parent = below(mount, &own);
+fn make_folder(pid: u32, task: &str, l: &Limits, mount: &Mount) -> Result<TaskCgroup, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| own_cgroup(&t))
+        .ok_or_else(|| crate::i18n::gettext("no cgroup v2 path"))?;
+    let parent = cgroup_folder(mount, &own)
+        .ok_or_else(|| crate::i18n::gettext("our cgroup is outside the cgroup v2 mount"))?;
     let euid = nix::unistd::geteuid().as_raw();
     let md = std::fs::metadata(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     // Only a folder delegated to us (ours), never one that is merely
@@ -342,34 +395,58 @@ fn sweep(parent: &Path) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn finds_the_cgroup2_mount_among_v1_ones() {
-        let info = "\
-30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
-31 30 0:27 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
-32 30 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 23 0:40 / /media/my\\040disk rw - ext4 /dev/sdb1 rw
 ";
-        assert_eq!(
-            mount_of(info),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            mount_of("31 30 0:27 / /x rw - cgroup cgroup rw,pids\n"),
-            None
-        );
-        assert_eq!(
-            mount_of("32 30 0:28 / /odd\\040dir rw - cgroup2 cgroup2 rw\n"),
-            Some(PathBuf::from("/odd dir"))
-        );
+
+    #[test]
+    fn finds_cgroup2_on_a_hybrid_machine() {
+        let mounts = parse_mountinfo(HYBRID);
+        assert_eq!(mounts.len(), 4);
+        let v2 = mounts.iter().find(|m| m.fstype == "cgroup2").unwrap();
+        assert_eq!(v2.mount_point, Path::new("/sys/fs/cgroup/unified"));
+        assert!(mounts.iter().any(|m| m.fstype == "cgroup"));
+        assert_eq!(mounts[3].mount_point, Path::new("/media/my disk"));
     }
 
     #[test]
-    fn reads_the_unified_path_of_a_process() {
-        let text = "9:name=systemd:/\n4:memory:/x\n0::/user.slice/app.slice/a.scope\n";
+    fn own_cgroup_is_the_v2_line() {
+        let text = "4:memory:/x\n0::/user.slice/user-1000.slice/app.scope\n";
         assert_eq!(
-            unified_path(text).as_deref(),
-            Some("/user.slice/app.slice/a.scope")
+            own_cgroup(text).as_deref(),
+            Some("/user.slice/user-1000.slice/app.scope")
         );
-        assert_eq!(unified_path("4:memory:/x\n"), None);
+        assert_eq!(own_cgroup("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn cgroup_folder_joins_under_the_mount() {
+        let root = Mount {
+            root: "/".into(),
+            mount_point: "/sys/fs/cgroup".into(),
+            fstype: "cgroup2".into(),
+        };
+        assert_eq!(
+            cgroup_folder(&root, "/user.slice/a.scope"),
+            Some(PathBuf::from("/sys/fs/cgroup/user.slice/a.scope"))
+        );
+        assert_eq!(
+            cgroup_folder(&root, "/"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(cgroup_folder(&root, "/../outside"), None);
+        let sub = Mount {
+            root: "/user.slice".into(),
+            ..root
+        };
+        assert_eq!(
+            cgroup_folder(&sub, "/user.slice/a.scope"),
+            Some(PathBuf::from("/sys/fs/cgroup/a.scope"))
+        );
+        assert_eq!(cgroup_folder(&sub, "/system.slice/b"), None);
+        assert_eq!(cgroup_folder(&sub, "/user.slicex/b"), None);
     }
 }

@@ -370,7 +370,10 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
     // The status channel: without a terminal to relay, the supervisor need
     // not wait for the namespaces' teardown (unmounting the whole tree waits
     // for RCU grace periods) once every process of the task has ended.
-    let exit_tx = if spec.tty {
+    // That takes PID 1 killing every process left, which it may without any
+    // capability only when they all share its uid: not when Airlock runs as
+    // root (the agent is uid 65534, PID 1 and the forwarder are not).
+    let exit_tx = if spec.tty || spec.outer_root {
         None
     } else {
         match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
@@ -407,21 +410,15 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
     }
     drop(sync_ours);
     drop(ctl);
-    // PID 1 reaps, forwards and, at the end, kills what is left: CAP_KILL
-    // (in the task's own user namespace) is all it keeps.
+    // PID 1 needs no privilege to reap, forward and end the rest.
     let _ = sys::drop_bounding_and_ambient();
-    let can_kill = sys::keep_only_capability(CAP_KILL).is_ok();
-    if !can_kill {
-        let _ = sys::clear_capabilities();
-    }
+    let _ = sys::clear_capabilities();
     forward_signals_to(agent);
     let status = wait_for(agent);
     // When the agent ends, so does every process left (a daemonised child
     // cannot outlive the task). Once they are all reaped nothing can write
-    // into the task's layers any more, so the status may go out. Without
-    // CAP_KILL some could survive kill(-1) and the reaping would never end:
-    // then only our exit (below) ends them, and the supervisor waits for it.
-    if let (Some(tx), true) = (exit_tx, can_kill) {
+    // into the task's layers any more, so the status may go out.
+    if let Some(tx) = exit_tx {
         if end_the_rest() {
             // Nor may our copies of the task's stdio hold back the end of
             // its output.
@@ -436,9 +433,6 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
     // SAFETY: _exit in a forked process.
     unsafe { libc::_exit(status) }
 }
-
-/// `CAP_KILL` from `linux/capability.h`.
-const CAP_KILL: u32 = 5;
 
 /// Kills every other process of the namespace and reaps them all; true when
 /// none is left (PID 1's children are all of them: orphans come to it).

@@ -142,22 +142,11 @@ pub fn drop_bounding_and_ambient() -> io::Result<()> {
 
 /// Clears the effective, permitted and inheritable sets.
 pub fn clear_capabilities() -> io::Result<()> {
-    set_capabilities(0)
-}
-
-/// Keeps only `cap` (below 32) in the effective and permitted sets.
-pub fn keep_only_capability(cap: u32) -> io::Result<()> {
-    set_capabilities(1 << cap)
-}
-
-fn set_capabilities(low: u32) -> io::Result<()> {
     let mut hdr = CapHeader {
         version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
         pid: 0,
     };
-    let mut data = [CapData::default(); 2];
-    data[0].effective = low;
-    data[0].permitted = low;
+    let data = [CapData::default(); 2];
     // SAFETY: header and two data structs as capset(2) v3 expects.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     check(rc).map(|_| ())
