@@ -408,7 +408,8 @@ fn limits(p: &Probes) -> Check {
         .filter(|c| !cg.controllers.iter().any(|have| have == c))
         .collect();
     let folder = cg.folder.as_ref().map(|f| f.display().to_string());
-    if let Service::Answered { version } = &p.systemd_user {
+    // Scopes get the controllers our own cgroup has, no more.
+    if let (Service::Answered { version }, true) = (&p.systemd_user, lacking.is_empty()) {
         return Check::new(
             "limits",
             title,
@@ -431,9 +432,11 @@ fn limits(p: &Probes) -> Check {
         );
     }
     let systemd = match &p.systemd_user {
-        Service::Answered { .. } | Service::NotChecked => {
-            gettext("no user systemd manager (no session bus)")
-        }
+        Service::Answered { version } => gettext_f(
+            "the user systemd manager (systemd {version}) makes each task a scope, without the {controllers} controllers",
+            &[("version", version), ("controllers", &lacking.join(", "))],
+        ),
+        Service::NotChecked => gettext("no user systemd manager (no session bus)"),
         Service::NoAnswer { error } => gettext_f(
             "no user systemd manager on the session bus ({error})",
             &[("error", error)],
@@ -920,6 +923,20 @@ mod tests {
             .unwrap()
             .contains("not writable"));
         assert!(fix(&r, "limits").contains("delegate"));
+    }
+
+    #[test]
+    fn a_user_manager_without_controllers_is_not_called_enforcing() {
+        let mut p = all_good();
+        p.cgroup.controllers = vec!["hugetlb".into()];
+        p.cgroup.v1_mounted = true;
+        let r = Report::from_probes(&p);
+        assert_eq!(status(&r, "limits"), Status::Warning);
+        let detail = r.check("limits").unwrap().detail.clone().unwrap();
+        assert!(
+            detail.contains("makes each task a scope, without the memory, pids, cpu controllers"),
+            "{detail}"
+        );
     }
 
     #[test]

@@ -100,7 +100,12 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
     };
     let mut running = match spawned {
         Ok(r) => r,
-        Err(e) => return fail(shared, id, e.to_string()),
+        Err(e) => {
+            if let Some(cg) = &cgroup {
+                cg.release();
+            }
+            return fail(shared, id, e.to_string());
+        }
     };
     ctl.pid.store(running.pid(), Ordering::SeqCst);
     if let Err(e) = recovery::write_owner(&task_dir, running.pid()) {
