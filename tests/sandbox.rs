@@ -924,3 +924,27 @@ fn run_review_commits_what_was_approved_on_the_terminal() {
     assert_eq!(std::fs::read_to_string(&keep).unwrap(), "new\n", "{t}");
     assert!(!w.project.join("skipped.txt").exists(), "{t}");
 }
+
+#[test]
+fn a_damaged_audit_database_stops_the_task_before_it_runs_and_names_the_file() {
+    let w = World::new();
+    let db = w.path().join("data/airlock/audit.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::write(&db, vec![b'x'; 4096]).unwrap();
+    let grant = format!("{}:rw", w.project.display());
+    let o = w.run(&["--grant", &grant], "echo ran > ran.txt");
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains(&db.display().to_string()), "{t}");
+    // The agent never ran: nothing in the task's layer, nothing outside.
+    for task in w.tasks() {
+        let found = std::process::Command::new("find")
+            .args([task.to_str().unwrap(), "-name", "ran.txt"])
+            .output()
+            .unwrap();
+        assert!(found.stdout.is_empty(), "{:?}", found);
+    }
+    assert!(!w.project.join("ran.txt").exists());
+    // The file is left as it was, for the user to move away.
+    assert_eq!(std::fs::read(&db).unwrap(), vec![b'x'; 4096]);
+}

@@ -42,6 +42,34 @@ impl TaskCgroup {
         self.made_here
     }
 
+    /// The limits the task ran into, from the cgroup's event counters:
+    /// (limit, what happened). Read before the cgroup goes.
+    pub fn limits_hit(&self, l: &Limits) -> Vec<(String, String)> {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        let mut hits = Vec::new();
+        let killed = counter(&read("memory.events"), "oom_kill");
+        if killed > 0 {
+            hits.push((
+                "memory".to_string(),
+                crate::i18n::gettext_f(
+                    "the kernel ended {n} processes of the task at its memory cap of {size}",
+                    &[("n", &killed.to_string()), ("size", &format_size(l.memory))],
+                ),
+            ));
+        }
+        let refused = counter(&read("pids.events"), "max");
+        if refused > 0 {
+            hits.push((
+                "pids".to_string(),
+                crate::i18n::gettext_f(
+                    "the task was refused a new process {n} times at its cap of {max}",
+                    &[("n", &refused.to_string()), ("max", &l.pids.to_string())],
+                ),
+            ));
+        }
+        hits
+    }
+
     /// Ends whatever is left in the cgroup and removes a folder we made.
     /// Call once the sandbox is gone.
     pub fn release(&self) {
@@ -149,6 +177,16 @@ fn placed(cg: TaskCgroup, l: &Limits) -> Placement {
         cgroup: Some(cg),
         report,
     }
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`memory.events`).
+pub(crate) fn counter(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
 }
 
 /// The cgroup2 mount, from our mount table.
@@ -410,6 +448,15 @@ mod tests {
         assert_eq!(v2.mount_point, Path::new("/sys/fs/cgroup/unified"));
         assert!(mounts.iter().any(|m| m.fstype == "cgroup"));
         assert_eq!(mounts[3].mount_point, Path::new("/media/my disk"));
+    }
+
+    #[test]
+    fn reads_event_counters() {
+        let events = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 3\n";
+        assert_eq!(counter(events, "oom_kill"), 3);
+        assert_eq!(counter(events, "max"), 12);
+        assert_eq!(counter(events, "oom_group_kill"), 0);
+        assert_eq!(counter("", "max"), 0);
     }
 
     #[test]

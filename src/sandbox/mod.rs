@@ -131,7 +131,7 @@ pub fn spawn(
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    before_start: impl FnOnce(u32),
+    before_start: impl FnOnce(u32) -> Result<(), crate::Error>,
 ) -> Result<Running, crate::Error> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| crate::Error::io("socketpair", e))?;
     let raw = |s: &Option<OwnedFd>| s.as_ref().map(|f| f.as_raw_fd());
@@ -148,14 +148,21 @@ pub fn spawn(
     drop((stdin, stdout, stderr));
     drop(theirs);
     // The helper waits for its plan: whatever happens to it now (a cgroup)
-    // happens to every process of the sandbox.
-    before_start(child.id());
+    // happens to every process of the sandbox; an error ends it unstarted.
+    let mut child = child;
+    if let Err(e) = before_start(child.id()) {
+        child.signal(libc::SIGKILL);
+        let _ = child.wait();
+        return Err(e);
+    }
     let mut line = serde_json::to_vec(spec)
         .map_err(|e| crate::Error::Sandbox(format!("cannot encode the plan: {e}")))?;
     line.push(b'\n');
     let mut w = &ours;
     w.write_all(&line)
         .map_err(|e| crate::Error::Sandbox(format!("the helper did not take the plan: {e}")))?;
+    // Needed once the agent's listener arrives; made while the helper
+    // builds the sandbox.
     let monitor_ctx = spec.watch.map(|level| monitor_context(spec, level));
     let (events_tx, events_rx) = std::sync::mpsc::channel();
     Ok(Running {

@@ -141,10 +141,17 @@ struct Slot {
 /// State shared by the core loop, the task threads and the handles.
 pub(crate) struct Shared {
     tasks: Mutex<BTreeMap<TaskId, Slot>>,
-    bus: broadcast::Sender<Event>,
+    /// Shared events: the bus keeps a slot for each of its BUS_CAPACITY
+    /// places, all made at start.
+    bus: broadcast::Sender<Arc<Event>>,
     audit: SyncSender<AuditMsg>,
-    /// A read connection, for history and sequence numbers of old tasks.
-    reader: Mutex<AuditStore>,
+    /// A read connection, for history and sequence numbers of old tasks;
+    /// opened on first use.
+    reader: Mutex<Option<AuditStore>>,
+    /// Whether the writer could open the database, until asked once.
+    audit_opening: Mutex<Option<store::Opening>>,
+    /// The answer, once asked.
+    audit_open: std::sync::OnceLock<Result<(), String>>,
     pub(crate) config: Config,
     warnings: Mutex<Vec<String>>,
     /// Where the task's network proxies send ask-mode questions.
@@ -159,6 +166,37 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Runs `f` on the read connection, opening it first if need be.
+    pub(crate) fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&mut AuditStore) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut guard = self.reader.lock().map_err(|_| poisoned())?;
+        let store = match guard.take() {
+            Some(s) => s,
+            None => AuditStore::open(&self.config.audit_path)?,
+        };
+        let store = guard.insert(store);
+        f(store)
+    }
+
+    /// Whether the audit database is open for writing (a quick start opens
+    /// it in the background): a task must not start without its record.
+    pub(crate) fn audit_opened(&self) -> Result<(), Error> {
+        let outcome = self.audit_open.get_or_init(|| {
+            let pending = self.audit_opening.lock().ok().and_then(|mut r| r.take());
+            match pending.map(|rx| rx.recv()) {
+                None | Some(Ok(Ok(()))) => Ok(()),
+                Some(Ok(Err(e))) => Err(e.to_string()),
+                Some(Err(_)) => Err(gettext_f(
+                    "the audit database {path} could not be opened",
+                    &[("path", &self.config.audit_path.display().to_string())],
+                )),
+            }
+        });
+        outcome.clone().map_err(Error::Unsupported)
+    }
+
     /// Waits for a quick start's recovery to end.
     fn recovered(&self) {
         let handle = self.recovering.lock().ok().and_then(|mut h| h.take());
@@ -185,12 +223,7 @@ impl Shared {
         };
         let seq = match slot.seq {
             Some(s) => s,
-            None => self
-                .reader
-                .lock()
-                .ok()
-                .and_then(|r| store::next_seq(&r, task).ok())
-                .unwrap_or(0),
+            None => self.with_reader(|r| store::next_seq(r, task)).unwrap_or(0),
         };
         slot.seq = Some(seq + 1);
         match &kind {
@@ -213,14 +246,18 @@ impl Shared {
             _ => {}
         }
         let event = Event::new(task.clone(), seq, kind);
-        if self.audit.send(AuditMsg::Event(event.clone())).is_err() {
+        if self
+            .audit
+            .send(AuditMsg::Event(Box::new(event.clone())))
+            .is_err()
+        {
             tracing::error!("the audit writer is gone; event {seq} of {task} not recorded");
         }
         if let Ok(mut taps) = self.taps.lock() {
             taps.retain(|t| t.send(event.clone()).is_ok());
         }
         // No subscriber is not an error.
-        let _ = self.bus.send(event);
+        let _ = self.bus.send(Arc::new(event));
         Some(seq)
     }
 
@@ -318,8 +355,15 @@ impl Supervisor {
     }
 
     fn start_inner(config: Config, quick: bool) -> Result<SupervisorHandle, Error> {
-        let audit = store::start(&config.audit_path)?;
-        let reader = AuditStore::open(&config.audit_path)?;
+        // A quick start opens the database beside the first task's
+        // preparation; the task waits for it before its sandbox starts.
+        let (audit, reader, opening) = if quick {
+            let (tx, ready) = store::start_opening(&config.audit_path)?;
+            (tx, None, Some(ready))
+        } else {
+            let tx = store::start(&config.audit_path)?;
+            (tx, Some(AuditStore::open(&config.audit_path)?), None)
+        };
         let (bus, _) = broadcast::channel(BUS_CAPACITY);
         let (consent_tx, consent_rx) = mpsc::unbounded_channel::<ConsentRequest>();
         let shared = Arc::new(Shared {
@@ -327,6 +371,8 @@ impl Supervisor {
             bus,
             audit,
             reader: Mutex::new(reader),
+            audit_opening: Mutex::new(opening),
+            audit_open: std::sync::OnceLock::new(),
             config,
             warnings: Mutex::new(Vec::new()),
             consent: consent_tx.clone(),
@@ -822,7 +868,7 @@ pub fn parse_answer(s: &str) -> Result<ConsentAnswer, Error> {
 /// than the bus's capacity behind gets a `warning` event saying how many
 /// events it lost (they are all in the audit store), never silence.
 pub struct Subscription {
-    rx: broadcast::Receiver<Event>,
+    rx: broadcast::Receiver<Arc<Event>>,
 }
 
 fn lag_warning(n: u64) -> Event {
@@ -842,7 +888,7 @@ impl Subscription {
     /// The next event; `None` once the supervisor is gone.
     pub async fn recv(&mut self) -> Option<Event> {
         match self.rx.recv().await {
-            Ok(e) => Some(e),
+            Ok(e) => Some(Arc::try_unwrap(e).unwrap_or_else(|a| (*a).clone())),
             Err(broadcast::error::RecvError::Lagged(n)) => Some(lag_warning(n)),
             Err(broadcast::error::RecvError::Closed) => None,
         }
@@ -851,7 +897,7 @@ impl Subscription {
     /// Same, for plain threads (not inside a tokio runtime).
     pub fn blocking_recv(&mut self) -> Option<Event> {
         match self.rx.blocking_recv() {
-            Ok(e) => Some(e),
+            Ok(e) => Some(Arc::try_unwrap(e).unwrap_or_else(|a| (*a).clone())),
             Err(broadcast::error::RecvError::Lagged(n)) => Some(lag_warning(n)),
             Err(broadcast::error::RecvError::Closed) => None,
         }

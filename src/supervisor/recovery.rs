@@ -157,11 +157,7 @@ fn recover_commit(shared: &Shared, dir: &TaskDir) {
 /// does not know are reported.
 pub(crate) fn recover(shared: &Shared) -> Result<(), Error> {
     retention(shared)?;
-    let records = shared
-        .reader
-        .lock()
-        .map_err(|_| super::poisoned())?
-        .tasks(&Filter::default())?;
+    let records = shared.with_reader(|r| r.tasks(&Filter::default()))?;
     let mut known = HashSet::new();
     for r in &records {
         known.insert(r.id.as_str().to_string());
@@ -190,15 +186,16 @@ pub(crate) fn recover(shared: &Shared) -> Result<(), Error> {
 /// `Supervisor::start_quick`).
 pub(crate) fn recover_live(shared: &Shared) -> Result<(), Error> {
     retention(shared)?;
-    let reader = shared.reader.lock().map_err(|_| super::poisoned())?;
-    let mut records = Vec::new();
-    for id in reader.live_task_ids()? {
-        records.extend(reader.tasks(&Filter {
-            task: Some(id),
-            since_ms: None,
-        })?);
-    }
-    drop(reader);
+    let records = shared.with_reader(|reader| {
+        let mut records = Vec::new();
+        for id in reader.live_task_ids()? {
+            records.extend(reader.tasks(&Filter {
+                task: Some(id),
+                since_ms: None,
+            })?);
+        }
+        Ok(records)
+    })?;
     for r in &records {
         recover_task(shared, r);
     }
@@ -227,11 +224,7 @@ fn retention(shared: &Shared) -> Result<(), Error> {
         return Ok(());
     }
     let age = Duration::from_secs(shared.config.retention_days * 86_400);
-    let pruned = shared
-        .reader
-        .lock()
-        .map_err(|_| super::poisoned())?
-        .prune(age)?;
+    let pruned = shared.with_reader(|r| r.prune(age))?;
     if !pruned.is_empty() {
         tracing::info!(
             "pruned {} tasks older than {} days",

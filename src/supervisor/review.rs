@@ -177,7 +177,7 @@ pub(crate) fn commit(
                 },
             );
             if let Some(seq) = seq {
-                shared.record(AuditMsg::CommitFiles(id.clone(), seq, files));
+                shared.record(AuditMsg::CommitFiles(Box::new((id.clone(), seq, files))));
             }
         }
         sum.committed.extend(esc(&rep.committed));

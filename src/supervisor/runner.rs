@@ -86,7 +86,13 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
         stdin,
         stdout,
         stderr,
-        |pid| placement = Some(sandbox::cgroup::place(pid, id.as_str(), &req.policy.limits)),
+        |pid| {
+            // No task runs without its audit record (a quick start opens
+            // the database meanwhile).
+            shared.audit_opened()?;
+            placement = Some(sandbox::cgroup::place(pid, id.as_str(), &req.policy.limits));
+            Ok(())
+        },
     );
     let (cgroup, cgroup_report) = match placement {
         Some(p) => (p.cgroup, p.report),
@@ -187,6 +193,14 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
     }
     let hit = watchdog.stop();
     pumps.finish();
+    // What the cgroup's limits did to the task (refused forks, OOM kills).
+    for (limit, detail) in cgroup
+        .as_ref()
+        .map(|c| c.limits_hit(&req.policy.limits))
+        .unwrap_or_default()
+    {
+        shared.emit(id, EventKind::LimitHit { limit, detail });
+    }
     if let Some((limit, detail)) = &hit {
         shared.emit(
             id,

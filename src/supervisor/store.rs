@@ -13,9 +13,11 @@ use crate::Error;
 /// Messages for the writer, applied in the order they were sent.
 pub(crate) enum AuditMsg {
     Task(Box<TaskManifest>),
-    Event(Event),
+    // Boxed: the channel keeps a slot of the largest variant for each of
+    // its CHANNEL places, all touched when it is made.
+    Event(Box<Event>),
     /// Per-file decisions of the commit whose `committed` event has `seq`.
-    CommitFiles(TaskId, u64, Vec<CommitFile>),
+    CommitFiles(Box<(TaskId, u64, Vec<CommitFile>)>),
     /// The task's latest commit was undone.
     Undone(TaskId),
     /// Replies once everything sent before it is written.
@@ -39,6 +41,36 @@ pub(crate) fn start(path: &Path) -> Result<SyncSender<AuditMsg>, Error> {
     Ok(tx)
 }
 
+/// Whether the writer could open the database.
+pub(crate) type Opening = Receiver<Result<(), Error>>;
+
+/// [`start`], with the database opened on the writer thread: the answer
+/// arrives on the receiver. Until then messages wait in the channel; if the
+/// database cannot be opened they are dropped (flushes still answered).
+pub(crate) fn start_opening(path: &Path) -> Result<(SyncSender<AuditMsg>, Opening), Error> {
+    let (tx, rx) = sync_channel(CHANNEL);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("airlock-audit".into())
+        .spawn(move || match AuditStore::open(&owned) {
+            Ok(store) => {
+                let _ = ready_tx.send(Ok(()));
+                writer(store, rx)
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                for msg in rx {
+                    if let AuditMsg::Flush(done) = msg {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::io(path, e))?;
+    Ok((tx, ready_rx))
+}
+
 fn writer(mut store: AuditStore, rx: Receiver<AuditMsg>) {
     let mut events: Vec<Event> = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
@@ -48,7 +80,7 @@ fn writer(mut store: AuditStore, rx: Receiver<AuditMsg>) {
         // non-event message writes the pending events first.
         while let Some(msg) = next.take() {
             match msg {
-                AuditMsg::Event(e) => events.push(e),
+                AuditMsg::Event(e) => events.push(*e),
                 AuditMsg::Flush(done) => flushes.push(done),
                 other => {
                     write_events(&mut store, &mut events);
@@ -83,7 +115,10 @@ fn write_events(store: &mut AuditStore, events: &mut Vec<Event>) {
 fn apply(store: &mut AuditStore, msg: AuditMsg) {
     let r = match msg {
         AuditMsg::Task(m) => store.record_task(&m),
-        AuditMsg::CommitFiles(task, seq, files) => store.record_commit_files(&task, seq, &files),
+        AuditMsg::CommitFiles(c) => {
+            let (task, seq, files) = *c;
+            store.record_commit_files(&task, seq, &files)
+        }
         AuditMsg::Undone(task) => mark_last_undone(store, &task),
         AuditMsg::Event(_) | AuditMsg::Flush(_) => Ok(()),
     };
