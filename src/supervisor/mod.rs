@@ -174,7 +174,13 @@ impl Shared {
         let mut guard = self.reader.lock().map_err(|_| poisoned())?;
         let store = match guard.take() {
             Some(s) => s,
-            None => AuditStore::open(&self.config.audit_path)?,
+            None => {
+                // Never beside the writer's own open: on a new database both
+                // would switch it to WAL and migrate it at once, and SQLite
+                // answers one of them "locked" without waiting.
+                self.audit_opened()?;
+                AuditStore::open(&self.config.audit_path)?
+            }
         };
         let store = guard.insert(store);
         f(store)
