@@ -1035,3 +1035,32 @@ fn kill_9_of_a_writer_leaves_an_intact_database_with_every_committed_batch() {
     let task = &store.tasks(&Filter::default()).unwrap()[0];
     assert_eq!(task.denial_count, denials);
 }
+
+#[test]
+fn a_new_database_opened_by_several_at_once_opens_for_all() {
+    // Two `airlock run` on first use, or the app and a command: each
+    // switches the new file to WAL and migrates it.
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let (db, start) = (db.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    AuditStore::open(&db).map(|s| s.schema_version().unwrap())
+                })
+            })
+            .collect();
+        for o in openers {
+            let v = o.join().unwrap();
+            assert_eq!(
+                v.as_ref().ok(),
+                Some(&SCHEMA_VERSION),
+                "round {round}: {:?}",
+                v.as_ref().err().map(|e| e.to_string())
+            );
+        }
+    }
+}

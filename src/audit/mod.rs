@@ -122,9 +122,23 @@ impl AuditStore {
         let err = |e| db_error(path, e);
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(err)?;
+        // Switching a new database to WAL takes it whole; SQLite answers
+        // "locked" at once, without the busy handler, to all but one of
+        // several first openers. They wait their turn here instead.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mode: String = loop {
+            match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)) {
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(
+                        f.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                r => break r.map_err(err)?,
+            }
+        };
         if !mode.eq_ignore_ascii_case("wal") {
             // Some file systems (network mounts) cannot share WAL memory;
             // the store still works, only readers and writers serialise.
