@@ -1,9 +1,9 @@
-//! The sandbox: a single-threaded helper (a hidden mode of our own binary)
-//! that builds user, mount, pid, net, ipc, uts and cgroup namespaces, an
-//! overlay per read-write grant, Landlock, seccomp and limits, then runs the
-//! agent. The supervisor side ([`plan`], [`spawn`]) resolves a policy into a
-//! [`spec::SandboxSpec`] and starts the helper with `std::process::Command`
-//! — never a `fork()` of the multi-threaded app.
+//! The sandbox: a single-threaded helper (`airlock-sandbox-helper`) that
+//! builds user, mount, pid, net, ipc, uts and cgroup namespaces, an overlay
+//! per read-write grant, Landlock, seccomp and limits, then runs the agent.
+//! The supervisor side ([`plan`], [`spawn`], [`cgroup`]) resolves a policy
+//! into a [`spec::SandboxSpec`], starts the helper with `posix_spawn` (never
+//! a `fork()` of the multi-threaded app) and places it in the task's cgroup.
 
 pub mod cgroup;
 mod helper;
@@ -138,7 +138,7 @@ pub fn spawn(
     // The helper checks that this is still its parent after arming its
     // parent-death signal (it may have died in between).
     let parent = std::process::id().to_string();
-    let child = launch::spawn(
+    let mut child = launch::spawn(
         helper_exe,
         &[HELPER_ARG, &parent],
         [raw(&stdin), raw(&stdout), raw(&stderr)],
@@ -149,7 +149,6 @@ pub fn spawn(
     drop(theirs);
     // The helper waits for its plan: whatever happens to it now (a cgroup)
     // happens to every process of the sandbox; an error ends it unstarted.
-    let mut child = child;
     if let Err(e) = before_start(child.id()) {
         child.signal(libc::SIGKILL);
         let _ = child.wait();

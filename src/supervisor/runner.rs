@@ -217,12 +217,15 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
     let end = killed.then_some(TaskState::Killed);
     // A cgroup folder of ours can only go once the helper has: before the
     // end is announced, or a short-lived `airlock run` would leave it.
-    if cgroup.as_ref().is_some_and(|c| c.made_here()) {
+    // Otherwise the namespaces' teardown need not hold the end back.
+    let before_end = cgroup.as_ref().is_some_and(|c| c.made_here());
+    if before_end {
         release(&mut running);
     }
     finish(shared, id, &task_dir, layers.len(), status, end);
-    // The task has ended for everyone; the namespaces' teardown is left.
-    release(&mut running);
+    if !before_end {
+        release(&mut running);
+    }
 }
 
 /// Plans the sandbox, creates the task folder, its layers, the snapshots
