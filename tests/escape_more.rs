@@ -790,3 +790,115 @@ print(\"not stopped\")'",
         "84 MiB went past --max-upper 8M: {t}"
     );
 }
+
+// ------------------------------------------------------------ unix sockets
+
+/// Host sockets inside a read-only grant: an ssh agent's socket, a terminal
+/// multiplexer's (whose `send-keys` runs commands as the user), a datagram
+/// socket such as the journal's. Binding a folder shows them, and neither
+/// Landlock nor the namespaces stop a connect; without unix sockets in the
+/// sandbox there is nothing to connect with. Decided on the host: no
+/// listener saw a connection or a datagram.
+#[test]
+fn escape_host_unix_sockets_inside_a_read_only_grant() {
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+    let w = World::new();
+    let shared = w.home.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    chmod(&shared, 0o755);
+    let stream_path = shared.join("agent.sock");
+    let stream = UnixListener::bind(&stream_path).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    chmod(&stream_path, 0o777);
+    let dgram_path = shared.join("journal.sock");
+    let dgram = UnixDatagram::bind(&dgram_path).unwrap();
+    dgram.set_nonblocking(true).unwrap();
+    chmod(&dgram_path, 0o777);
+    let o = w.run(
+        &["--grant", &format!("{}:ro", shared.display())],
+        &format!(
+            "python3 -c '
+import socket
+tries = (
+    (\"stream\", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)),
+    (\"nscd-like\", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)),
+    (\"seqpacket\", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)),
+    (\"pair-stream\", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)[0]),
+    (\"pair-dgram\", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)[0]),
+)
+for name, make in tries:
+    try:
+        s = make()
+        s.settimeout(2)
+        s.connect(\"{s}\"); s.sendall(b\"hello\"); print(\"CONNECTED\", name)
+    except OSError as e:
+        print(\"refused\", name, e)
+    try:
+        s = make()
+        s.sendto(b\"hello\", \"{d}\"); print(\"SENT\", name)
+    except OSError as e:
+        print(\"refused\", name, e)
+'",
+            s = stream_path.display(),
+            d = dgram_path.display()
+        ),
+    );
+    let t = text(&o);
+    assert!(!t.contains("CONNECTED") && !t.contains("SENT"), "{t}");
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("refused")).count(),
+        10,
+        "{t}"
+    );
+    assert!(
+        stream.accept().is_err(),
+        "the host's stream socket accepted a connection: {t}"
+    );
+    let mut buf = [0u8; 16];
+    assert!(
+        dgram.recv(&mut buf).is_err(),
+        "the host's datagram socket received a message: {t}"
+    );
+}
+
+/// What still works without unix sockets (pipes between the agent's own
+/// processes), and what `--allow-unix-sockets` brings back: a server of
+/// the agent's own in its private /tmp.
+#[test]
+fn unix_socket_pairs_work_and_allow_unix_sockets_serves_the_agent() {
+    let w = World::new();
+    let script = "python3 -c '
+import multiprocessing as mp, socket, os
+a, b = mp.Pipe()
+a.send(\"ping\"); print(\"pipe\", b.recv())
+try:
+    srv = socket.socket(socket.AF_UNIX); srv.bind(\"/tmp/own.sock\"); srv.listen(1)
+    c = socket.socket(socket.AF_UNIX); c.connect(\"/tmp/own.sock\")
+    conn, _ = srv.accept(); c.sendall(b\"hi\"); print(\"own server\", conn.recv(2).decode())
+except OSError as e:
+    print(\"no unix sockets\", e.errno)
+'";
+    let grant = format!("{}:rw", w.project.display());
+    let t = text(&w.run(&["--grant", &grant], script));
+    assert!(t.contains("pipe ping"), "{t}");
+    assert!(t.contains("no unix sockets 1"), "{t}");
+    let t = text(&w.run(&["--grant", &grant, "--allow-unix-sockets"], script));
+    assert!(t.contains("pipe ping"), "{t}");
+    assert!(t.contains("own server hi"), "{t}");
+}
+
+/// The desktop's runtime folders (session bus, display, key agents) are
+/// never granted, and the display's sockets stay hidden in a grant of /tmp.
+#[test]
+fn runtime_folders_cannot_be_granted() {
+    let w = World::new();
+    for g in ["/run", "/run/user", "/var/run"] {
+        if !Path::new(g).exists() {
+            continue;
+        }
+        let o = w.run(&["--grant", &format!("{g}:ro")], "echo RAN");
+        let t = text(&o);
+        assert!(!o.status.success() && !t.contains("RAN"), "{g}: {t}");
+        assert!(t.contains("/run"), "{g}: the error names the folder: {t}");
+    }
+}

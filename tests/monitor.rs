@@ -95,7 +95,13 @@ fn every_blocked_group_is_reported_once_with_its_arguments() {
             vec![0, 0xffff_ffff_0000_5412, 0],
             "TIOCSTI",
         ),
-        ("socket", libc::SYS_socket, vec![17, 3, 0], "family 17"),
+        ("socket", libc::SYS_socket, vec![17, 3, 0], "family packet"),
+        (
+            "socketpair",
+            libc::SYS_socketpair,
+            vec![1, 2, 0, 0],
+            "family unix, type datagram",
+        ),
         (
             "personality",
             libc::SYS_personality,

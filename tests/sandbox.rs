@@ -572,9 +572,9 @@ fn escape_host_unix_sockets_and_tcp() {
             "python3 -c '
 import socket
 for fam, addr in ((socket.AF_UNIX, \"{p}\"), (socket.AF_UNIX, \"\\0{a}\"), (socket.AF_INET, (\"127.0.0.1\", {port})), (socket.AF_INET6, (\"::1\", {port}))):
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.settimeout(2)
     try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(2)
         s.connect(addr); s.sendall(b\"hello\"); print(\"CONNECTED\", addr)
     except OSError as e:
         print(\"refused\", e)

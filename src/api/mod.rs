@@ -192,6 +192,10 @@ pub fn policy_from_dict(
                 Value::Bool(b) => p.require_landlock = *b,
                 _ => return Err(bad(k, "expected a boolean (b)")),
             },
+            "unix_sockets" => match v {
+                Value::Bool(b) => p.unix_sockets = *b,
+                _ => return Err(bad(k, "expected a boolean (b)")),
+            },
             "persistent_home" => p.persistent_home = Some(string(k, v)?),
             "seccomp_profile" => p.seccomp = SeccompChoice::OciFile(absolute(k, &string(k, v)?)?),
             other => return Err(bad(other, "unknown key (see docs/dbus-api.md)")),
@@ -244,6 +248,7 @@ pub fn policy_to_dict(p: &Policy, cwd: &Path) -> HashMap<String, Value<'static>>
     };
     d.insert("watch".into(), Value::from(watch.to_string()));
     d.insert("require_landlock".into(), Value::from(p.require_landlock));
+    d.insert("unix_sockets".into(), Value::from(p.unix_sockets));
     if let Some(a) = &p.persistent_home {
         d.insert("persistent_home".into(), Value::from(a.clone()));
     }

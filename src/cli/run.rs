@@ -65,6 +65,12 @@ pub struct RunArgs {
     /// your terminal is relayed to it, never handed over.
     #[arg(long)]
     pub tty: bool,
+    /// Let the task create unix sockets (for agents that run a local server
+    /// of their own). Off by default: a socket file in a granted folder,
+    /// such as an ssh agent's or a terminal multiplexer's, would let the
+    /// task act outside the sandbox.
+    #[arg(long)]
+    pub allow_unix_sockets: bool,
     /// What the monitor reports: `denials` (blocked calls and paths outside
     /// the grants), `all` (every file access, for forensic runs), or `off`
     /// (denials stay silent; only for measuring the monitor's cost).
@@ -158,6 +164,7 @@ pub fn policy_onto(mut p: Policy, a: &RunArgs) -> Result<Policy, crate::Error> {
         p.seccomp = SeccompChoice::OciFile(f.clone());
     }
     p.tty = a.tty;
+    p.unix_sockets |= a.allow_unix_sockets;
     super::net::apply(&mut p, a.net.as_deref(), &a.allow_hosts, a.consent_timeout)?;
     match a.watch.as_deref() {
         None => {}

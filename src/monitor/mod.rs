@@ -220,7 +220,25 @@ fn detail(nr: i64, a: &[u64; 6], pid: u32, fd: i32, id: u64, buf: &mut [u8]) -> 
         "process_vm_readv" | "process_vm_writev" | "pidfd_getfd" | "kcmp" => {
             format!("target pid {}", a[0] as i64)
         }
-        "socket" | "socketpair" => format!("family {}, type {}", a[0] & 0xffff_ffff, a[1] & 0xf),
+        "socket" | "socketpair" => {
+            let family = match (a[0] & 0xffff_ffff) as i32 {
+                libc::AF_UNIX => "unix".to_string(),
+                libc::AF_INET => "inet".to_string(),
+                libc::AF_INET6 => "inet6".to_string(),
+                libc::AF_NETLINK => "netlink".to_string(),
+                libc::AF_PACKET => "packet".to_string(),
+                libc::AF_VSOCK => "vsock".to_string(),
+                other => other.to_string(),
+            };
+            let kind = match (a[1] & 0xf) as i32 {
+                libc::SOCK_STREAM => "stream".to_string(),
+                libc::SOCK_DGRAM => "datagram".to_string(),
+                libc::SOCK_SEQPACKET => "seqpacket".to_string(),
+                libc::SOCK_RAW => "raw".to_string(),
+                other => other.to_string(),
+            };
+            format!("family {family}, type {kind}")
+        }
         "personality" => format!("persona {:#x}", a[0] & 0xffff_ffff),
         "seccomp" => format!("operation {}, flags {:#x}", a[0], a[1]),
         "mount" => format!(

@@ -175,6 +175,10 @@ pub struct Policy {
     pub persistent_home: Option<String>,
     /// Give the task its own pseudo-terminal.
     pub tty: bool,
+    /// Let the task create unix sockets. Off by default: a socket file in a
+    /// granted folder (an ssh agent's, a terminal multiplexer's, a
+    /// container engine's) would let it act outside the sandbox.
+    pub unix_sockets: bool,
     /// The agent profile this policy came from (`--agent NAME`): an
     /// "always" answer to a network question is saved there.
     pub agent: Option<String>,
@@ -190,8 +194,13 @@ pub const ALWAYS_DENIED_IN_HOME: &[&str] = &[
     ".config/gcloud",
     ".kube",
     ".docker",
+    ".config/containers/auth.json",
+    ".oci",
+    ".config/doctl",
+    ".config/hcloud",
     ".netrc",
     ".git-credentials",
+    ".config/git/credentials",
     ".pgpass",
     ".npmrc",
     ".pypirc",
@@ -218,12 +227,25 @@ pub const ALWAYS_DENIED_IN_HOME: &[&str] = &[
     ".config/hub",
     ".config/Bitwarden",
     ".config/1Password",
+    ".1password",
+    ".config/op",
+    ".claude/.credentials.json",
+    ".codex/auth.json",
+    ".gemini/oauth_creds.json",
+    ".config/github-copilot",
+    ".m2/settings.xml",
+    ".gradle/gradle.properties",
     ".vault-token",
     ".terraform.d/credentials.tfrc.json",
     ".config/rclone",
     ".bash_history",
     ".zsh_history",
     ".python_history",
+    ".local/share/fish/fish_history",
+    ".mysql_history",
+    ".psql_history",
+    ".sqlite_history",
+    ".node_repl_history",
     ".local/share/recently-used.xbel",
 ];
 

@@ -33,6 +33,8 @@ struct Raw {
     watch: Option<WatchLevel>,
     #[serde(default)]
     require_landlock: bool,
+    #[serde(default)]
+    unix_sockets: bool,
     seccomp_profile: Option<Spanned<String>>,
     #[serde(default)]
     deny: Vec<Spanned<String>>,
@@ -237,6 +239,7 @@ pub fn parse(name: &str, file: &str, text: &str, home: &Path) -> Result<Profile,
         p.watch = w;
     }
     p.require_landlock = raw.require_landlock;
+    p.unix_sockets = raw.unix_sockets;
     if let Some(s) = &raw.seccomp_profile {
         p.seccomp = SeccompChoice::OciFile(ctx.path(s, home)?);
     }

@@ -21,6 +21,12 @@ const SYSTEM_PREFIXES: &[&str] = &[
     "/sys", "/boot",
 ];
 
+/// Folders of the desktop's sockets and session state: no grant may be
+/// inside one or hold one.
+const RUNTIME_PREFIXES: &[&str] = &["/run", "/var/run"];
+/// The display's sockets, hidden inside a grant of the host's `/tmp`.
+const DISPLAY_SOCKETS: &[&str] = &["/tmp/.X11-unix", "/tmp/.ICE-unix"];
+
 /// Environment variables passed through from the caller; everything else
 /// (display, session bus, agent sockets, tokens) stays outside.
 fn passes_through(key: &str) -> bool {
@@ -47,6 +53,19 @@ fn resolve_grant(path: &Path, access: Access) -> Result<PathBuf, Error> {
         return Err(Error::Invalid(format!(
             "--grant {}: {p} is provided read-only by the sandbox itself and cannot be granted",
             real.display()
+        )));
+    }
+    // The desktop's sockets live there (session bus, display, agents): no
+    // part of it may be granted, nor a folder that holds it (`/`).
+    if let Some(p) = RUNTIME_PREFIXES
+        .iter()
+        .map(Path::new)
+        .find(|p| real.starts_with(p) || p.starts_with(&real))
+    {
+        return Err(Error::Invalid(format!(
+            "--grant {}: {} holds the desktop's sockets (session bus, display, key agents) and cannot be granted; grant a folder of your own",
+            real.display(),
+            p.display()
         )));
     }
     if access == Access::Rw && !real.is_dir() {
@@ -172,6 +191,7 @@ pub fn plan(
     // the real targets of any that are symlinks.
     let mut deny: Vec<PathBuf> = policy.denied_paths(&real_home);
     deny.extend(own_dirs.iter().cloned());
+    deny.extend(DISPLAY_SOCKETS.iter().map(PathBuf::from));
     let mut expanded = BTreeSet::new();
     for d in deny {
         if let Ok(real) = d.canonicalize() {
@@ -226,10 +246,14 @@ pub fn plan(
         env.push((k.clone(), v.clone()));
     }
 
-    let seccomp_profile = match &policy.seccomp {
+    let mut seccomp_profile = match &policy.seccomp {
         SeccompChoice::Default => seccomp::default_profile(),
         SeccompChoice::OciFile(path) => crate::policy::oci::import_file(path)?,
     };
+    // Whatever the profile, unless the policy allows unix sockets.
+    if !policy.unix_sockets {
+        seccomp_profile.rules.extend(seccomp::unix_socket_rules());
+    }
     let cwd = rw
         .first()
         .map(|m| m.path.clone())

@@ -297,6 +297,51 @@ pub fn default_profile() -> Profile {
 
 pub const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
 
+/// Unix sockets, refused unless the policy allows them: added to whichever
+/// profile the task uses. A socket file is reachable wherever it is
+/// visible, and a read-only grant shows the host's own (an ssh or gpg
+/// agent, a terminal multiplexer, a container engine, the session bus): a
+/// connection to one runs commands or uses keys outside the sandbox, and
+/// neither Landlock nor the namespaces stop it. Without `socket(AF_UNIX)`
+/// there is no socket to connect. `socketpair` still works (pipes between
+/// the agent's own processes), except for datagram pairs: a datagram socket
+/// may be connected again, to any socket path.
+pub fn unix_socket_rules() -> Vec<Rule> {
+    let unix = libc::AF_UNIX as u64;
+    vec![
+        // glibc asks nscd for every user or host lookup with exactly this
+        // call; refused with another errno, it stays a plain filter (no
+        // report: it would be in every task) and the lookup carries on.
+        Rule {
+            names: vec!["socket".into()],
+            action: Action::Errno(libc::EACCES as u32),
+            args: vec![
+                arg(0, Op::Eq, unix),
+                arg(
+                    1,
+                    Op::Eq,
+                    (libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64,
+                ),
+                arg(2, Op::Eq, 0),
+            ],
+            reason: "glibc's probe for nscd, refused without a report".into(),
+        },
+        deny_if(
+            &["socket"],
+            vec![arg(0, Op::Eq, unix)],
+            "a unix socket could connect to the host's agents and services through a granted folder",
+        ),
+        deny_if(
+            &["socketpair"],
+            vec![
+                arg(0, Op::Eq, unix),
+                arg(1, Op::MaskedEq(0xf), libc::SOCK_DGRAM as u64),
+            ],
+            "a datagram socket can be connected again, to any socket path",
+        ),
+    ]
+}
+
 /// The syscall table of the architecture we were built for.
 pub fn native_table() -> &'static [(&'static str, i64)] {
     #[cfg(target_arch = "x86_64")]
@@ -409,7 +454,13 @@ pub fn compile(profile: &Profile) -> Result<Compiled, CompileError> {
                 unknown.push(name.clone());
                 continue;
             };
+            // A rule that only repeats the default changes nothing, unless
+            // it has conditions: then it narrows an allow rule for the same
+            // call (the stricter answer wins, as it does between filters).
             if rule.action == profile.default_action {
+                if profile.default_action != Action::Allow && !conds.is_empty() {
+                    add(by_action.entry(rule.action).or_default(), nr, &conds);
+                }
                 continue;
             }
             add(by_action.entry(rule.action).or_default(), nr, &conds);

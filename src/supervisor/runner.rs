@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::output::{pump, Ring};
 use super::{recovery, OutputMode, Shared, TaskCtl, TaskRequest};
 use crate::event::{Enforced, EventKind, ExitStatus};
-use crate::i18n::gettext_f;
+use crate::i18n::{gettext, gettext_f};
 use crate::netproxy::session::NetSession;
 use crate::policy::Policy;
 use crate::sandbox::{self, SandboxSpec};
@@ -334,6 +334,23 @@ fn enforced(helper: &[Enforced], cgroup: &[Enforced], policy: &Policy) -> Vec<En
             note: None,
         });
     }
+    all.push(if policy.unix_sockets {
+        Enforced {
+            what: "unix-sockets".into(),
+            value: "allowed".into(),
+            mechanism: "not-enforced".into(),
+            note: Some(gettext(
+                "the task may connect to socket files in its grants (an ssh agent's, a terminal multiplexer's): they act outside the sandbox",
+            )),
+        }
+    } else {
+        Enforced {
+            what: "unix-sockets".into(),
+            value: "refused".into(),
+            mechanism: "seccomp".into(),
+            note: None,
+        }
+    });
     all
 }
 
