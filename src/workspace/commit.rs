@@ -755,7 +755,7 @@ fn write_file(
     times_of: Option<&libc::stat>,
 ) -> std::io::Result<()> {
     let mut f = fsx::create_file_at(dir, name, 0o600)?;
-    std::io::copy(src, &mut f)?;
+    copy_sparse(src, &mut f)?;
     f.flush()?;
     if let Some((u, g)) = owner {
         chown_ok(fsx::lchown_at(dir, name, u, g))?;
@@ -767,6 +767,36 @@ fn write_file(
     }
     // Made durable by the syncfs at the end of the prepare phase.
     Ok(())
+}
+
+/// Copies `src` to the new, empty file `dst`, leaving every block of zeros
+/// a hole: an agent's sparse file (`truncate -s 100G`) takes no more room
+/// in the real folder than it took in the sandbox. The content is the same
+/// byte for byte.
+pub(crate) fn copy_sparse(src: &mut impl Read, dst: &mut std::fs::File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    const BLOCK: usize = 4096;
+    let mut buf = vec![0u8; 32 * BLOCK];
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for block in buf[..n].chunks(BLOCK) {
+            if block.iter().all(|&b| b == 0) {
+                dst.seek(SeekFrom::Current(block.len() as i64))?;
+            } else {
+                dst.write_all(block)?;
+            }
+        }
+        total += n as u64;
+    }
+    // A trailing hole needs the length set; so does an all-zero file.
+    dst.set_len(total)?;
+    Ok(total)
 }
 
 fn set_dir_meta(dir: &OwnedFd, perm: u32, owner: Option<(u32, u32)>) -> std::io::Result<()> {
@@ -809,7 +839,7 @@ pub(crate) fn copy_node(
         NodeKind::File => {
             let mut src = fsx::open_file_at(sdir, sname)?;
             let mut f = fsx::create_file_at(ddir, dname, 0o600)?;
-            std::io::copy(&mut src, &mut f)?;
+            copy_sparse(&mut src, &mut f)?;
             chown_ok(fsx::lchown_at(ddir, dname, st.st_uid, st.st_gid))?;
             fsx::fchmod(f.as_raw_fd(), perm)?;
             fsx::set_times_at(ddir, dname, &st)
@@ -1388,4 +1418,39 @@ pub fn recover_stopping_after(
             },
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_sparse_copy_keeps_the_content_and_the_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8 MiB of zeros, a few bytes, 8 MiB of zeros: a trailing hole too.
+        let mut data = vec![0u8; 16 << 20];
+        data[(8 << 20) + 5..(8 << 20) + 10].copy_from_slice(b"hello");
+        let path = dir.path().join("out");
+        let mut f = std::fs::File::create(&path).unwrap();
+        assert_eq!(
+            copy_sparse(&mut &data[..], &mut f).unwrap(),
+            data.len() as u64
+        );
+        drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let m = std::fs::metadata(&path).unwrap();
+        assert!(
+            m.blocks() * 512 <= 64 << 10,
+            "{} bytes allocated",
+            m.blocks() * 512
+        );
+        // Nothing but zeros, and nothing at all.
+        for len in [0usize, 3, 4096, 10000] {
+            let zeros = vec![0u8; len];
+            let mut f = std::fs::File::create(&path).unwrap();
+            copy_sparse(&mut &zeros[..], &mut f).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), zeros);
+        }
+    }
 }

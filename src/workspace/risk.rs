@@ -110,6 +110,12 @@ pub fn package_scripts_changed(old: Option<&[u8]>, new: &[u8]) -> bool {
 /// Whether a symlink at `path` with `target` points outside the grant.
 pub fn symlink_outside(grant: &Path, path: &[u8], target: &[u8]) -> bool {
     use std::os::unix::ffi::OsStrExt;
+    // `a/up/../x`: the kernel goes up from wherever `a/up` leads, and `up`
+    // may itself be a link (`up -> ../..`), so text alone cannot tell where
+    // this ends. Such a target counts as outside.
+    if climbs_after_a_name(target) {
+        return true;
+    }
     if target.first() == Some(&b'/') {
         // Absolute: inside only when it names the grant itself (the sandbox
         // mounts the grant at its real path).
@@ -125,6 +131,21 @@ pub fn symlink_outside(grant: &Path, path: &[u8], target: &[u8]) -> bool {
     parts.pop();
     parts.extend(target.split(|&b| b == b'/'));
     lexical(parts).is_none()
+}
+
+/// Whether a `..` follows a name in `target` (leading `..`s are fine: they
+/// climb from the link's own folder, a real one).
+fn climbs_after_a_name(target: &[u8]) -> bool {
+    let mut seen_name = false;
+    for p in target.split(|&b| b == b'/') {
+        match p {
+            b"" | b"." => {}
+            b".." if seen_name => return true,
+            b".." => {}
+            _ => seen_name = true,
+        }
+    }
+    false
 }
 
 /// Normalises `.`/`..` lexically; `None` when `..` climbs above the start.
@@ -216,5 +237,11 @@ mod tests {
         assert!(symlink_outside(g, b"link", b"/etc/passwd"));
         assert!(!symlink_outside(g, b"link", b"/home/u/proj/sub"));
         assert!(symlink_outside(g, b"link", b"/home/u/proj/../other"));
+        // Through another link of the agent's (`a/b/up -> ../..`): where
+        // `up/..` ends depends on `up`, so it is flagged.
+        assert!(!symlink_outside(g, b"a/b/up", b"../.."));
+        assert!(symlink_outside(g, b"s2", b"a/b/up/../rootsecret"));
+        assert!(symlink_outside(g, b"s", b"/home/u/proj/sub/../x"));
+        assert!(!symlink_outside(g, b"a/b/s", b"../../c/./d"));
     }
 }
