@@ -69,6 +69,7 @@ fn setup(dir: &Path) -> (SupervisorHandle, TaskId) {
             policy,
             requested_by: "bench".into(),
             output: OutputMode::Capture,
+            helper: None,
         })
         .expect("submit");
     while h.task(&id).map(|t| t.state) != Some(TaskState::Failed) {

@@ -571,6 +571,7 @@ fn ask_and_answer_as(answer: Option<&str>, agent: Option<&str>) -> (String, Vec<
             policy,
             requested_by: "test".into(),
             output: OutputMode::Capture,
+            helper: None,
         })
         .unwrap();
     let mut evs = Vec::new();

@@ -41,6 +41,7 @@ fn req(script: &str) -> TaskRequest {
         policy: Policy::default(),
         requested_by: "test".into(),
         output: OutputMode::Capture,
+        helper: None,
     }
 }
 

@@ -69,6 +69,7 @@ impl SupervisorObject {
                 policy,
                 requested_by,
                 output: OutputMode::Capture,
+                helper: None,
             })
             .await
             .map_err(failed)?;

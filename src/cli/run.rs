@@ -318,6 +318,13 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     let local = std::thread::Builder::new()
         .name("airlock-start".into())
         .spawn(|| Config::new().and_then(Supervisor::start_quick));
+    // The sandbox helper starts now, so that its program start overlaps
+    // the supervisor's; it waits for its plan meanwhile. From this thread,
+    // which outlives the task (the helper's parent-death signal is tied to
+    // it). Should it fail, the task starts one the usual way.
+    let helper = crate::sandbox::helper_exe()
+        .and_then(|exe| crate::sandbox::prestart(&exe))
+        .ok();
     let local = move || -> anyhow::Result<SupervisorHandle> {
         match local {
             Ok(h) => match h.join() {
@@ -330,6 +337,7 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     if !args.local {
         let remote = crate::api::client::run_remote(&policy, &argv, &mut |ev| follow.event(ev));
         if !matches!(remote, Ok(None)) {
+            drop(helper);
             // What the local start recovered must be on disk before we exit.
             if let Ok(sup) = local() {
                 sup.flush_audit_blocking();
@@ -344,7 +352,7 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             return Ok(code);
         }
     }
-    let (code, id) = run_local(local()?, policy, argv, follow, verbose)?;
+    let (code, id) = run_local(local()?, policy, argv, helper, follow, verbose)?;
     // SAFETY: isatty on our own standard descriptors.
     let terminal = unsafe { libc::isatty(0) == 1 && libc::isatty(2) == 1 };
     if args.review {
@@ -368,6 +376,7 @@ fn run_local(
     sup: SupervisorHandle,
     policy: Policy,
     argv: Vec<String>,
+    helper: Option<crate::sandbox::Prestarted>,
     mut follow: Follow,
     verbose: bool,
 ) -> anyhow::Result<(i32, TaskId)> {
@@ -393,6 +402,7 @@ fn run_local(
         policy,
         requested_by: "cli".into(),
         output: OutputMode::Inherit,
+        helper,
     })?;
     if let Some(p) = &prompt {
         p.follow(&id);

@@ -120,33 +120,101 @@ pub struct SetupReport {
     pub error: Option<(String, String)>,
 }
 
+/// A helper started before its task was planned, with our own stdio. The
+/// command line starts it first thing, so that the helper's program start
+/// overlaps the supervisor's own; it waits for its plan meanwhile. Dropped
+/// unused, it is killed and reaped.
+pub struct Prestarted {
+    parts: Option<(launch::Helper, UnixStream)>,
+}
+
+impl std::fmt::Debug for Prestarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prestarted")
+            .field("pid", &self.parts.as_ref().map(|(c, _)| c.id()))
+            .finish()
+    }
+}
+
+impl Drop for Prestarted {
+    fn drop(&mut self) {
+        if let Some((mut child, _sock)) = self.parts.take() {
+            child.signal(libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts a helper ahead of its task (see [`Prestarted`]), with our stdio
+/// as its own. The parent-death rule of [`spawn`] applies from here on:
+/// the calling thread must outlive the task.
+pub fn prestart(helper_exe: &Path) -> Result<Prestarted, crate::Error> {
+    let (child, ours) = launch_helper(helper_exe, [None, None, None])?;
+    Ok(Prestarted {
+        parts: Some((child, ours)),
+    })
+}
+
+/// Starts the helper program with `stdio` and a fresh control socket.
+fn launch_helper(
+    helper_exe: &Path,
+    stdio: [Option<std::os::fd::RawFd>; 3],
+) -> Result<(launch::Helper, UnixStream), crate::Error> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| crate::Error::io("socketpair", e))?;
+    // The helper checks that this is still its parent after arming its
+    // parent-death signal (it may have died in between).
+    let parent = std::process::id().to_string();
+    let child = launch::spawn(
+        helper_exe,
+        &[HELPER_ARG, &parent],
+        stdio,
+        theirs.as_raw_fd(),
+    )
+    .map_err(|e| crate::Error::io(helper_exe, e))?;
+    Ok((child, ours))
+}
+
+/// How [`spawn`] gets its helper.
+pub enum Launch<'a> {
+    /// Started now, with these descriptors as its stdio (`None`: ours).
+    New {
+        exe: &'a Path,
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    },
+    /// Started earlier with our stdio, waiting for its plan.
+    Prestarted(Prestarted),
+}
+
 /// Starts the helper for `spec`.
 ///
 /// The helper gets a parent-death signal tied to the *calling thread*: call
 /// this from a thread that lives until the task ends (the CLI's main thread,
-/// or the supervisor's per-task thread), never from a pooled one.
+/// or the supervisor's per-task thread), never from a pooled one. For a
+/// [`Prestarted`] helper, that is the thread that started it.
 pub fn spawn(
     spec: &SandboxSpec,
-    helper_exe: &Path,
-    stdin: Option<OwnedFd>,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
+    launch: Launch<'_>,
     before_start: impl FnOnce(u32) -> Result<(), crate::Error>,
 ) -> Result<Running, crate::Error> {
-    let (ours, theirs) = UnixStream::pair().map_err(|e| crate::Error::io("socketpair", e))?;
-    let raw = |s: &Option<OwnedFd>| s.as_ref().map(|f| f.as_raw_fd());
-    // The helper checks that this is still its parent after arming its
-    // parent-death signal (it may have died in between).
-    let parent = std::process::id().to_string();
-    let mut child = launch::spawn(
-        helper_exe,
-        &[HELPER_ARG, &parent],
-        [raw(&stdin), raw(&stdout), raw(&stderr)],
-        theirs.as_raw_fd(),
-    )
-    .map_err(|e| crate::Error::io(helper_exe, e))?;
-    drop((stdin, stdout, stderr));
-    drop(theirs);
+    let (mut child, ours) = match launch {
+        Launch::New {
+            exe,
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let raw = |s: &Option<OwnedFd>| s.as_ref().map(|f| f.as_raw_fd());
+            let started = launch_helper(exe, [raw(&stdin), raw(&stdout), raw(&stderr)])?;
+            drop((stdin, stdout, stderr));
+            started
+        }
+        Launch::Prestarted(mut p) => match p.parts.take() {
+            Some(parts) => parts,
+            None => return Err(crate::Error::Sandbox("the helper was used already".into())),
+        },
+    };
     // The helper waits for its plan: whatever happens to it now (a cgroup)
     // happens to every process of the sandbox; an error ends it unstarted.
     if let Err(e) = before_start(child.id()) {
@@ -158,8 +226,13 @@ pub fn spawn(
         .map_err(|e| crate::Error::Sandbox(format!("cannot encode the plan: {e}")))?;
     line.push(b'\n');
     let mut w = &ours;
-    w.write_all(&line)
-        .map_err(|e| crate::Error::Sandbox(format!("the helper did not take the plan: {e}")))?;
+    if let Err(e) = w.write_all(&line) {
+        child.signal(libc::SIGKILL);
+        let _ = child.wait();
+        return Err(crate::Error::Sandbox(format!(
+            "the helper did not take the plan: {e}"
+        )));
+    }
     // Needed once the agent's listener arrives; made while the helper
     // builds the sandbox.
     let monitor_ctx = spec.watch.map(|level| monitor_context(spec, level));

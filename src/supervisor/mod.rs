@@ -91,13 +91,16 @@ pub enum OutputMode {
 }
 
 /// A task to run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TaskRequest {
     pub argv: Vec<String>,
     pub policy: Policy,
     /// `cli`, `window`, or a D-Bus client's unique name.
     pub requested_by: String,
     pub output: OutputMode,
+    /// A helper the caller started ahead (the command line does, with its
+    /// stdio: only for [`OutputMode::Inherit`]).
+    pub helper: Option<crate::sandbox::Prestarted>,
 }
 
 /// What the supervisor knows about one task right now.
@@ -539,15 +542,26 @@ fn submit(
     if req.argv.is_empty() || req.argv[0].is_empty() {
         return Err(Error::Invalid(crate::i18n::gettext("no command to run")));
     }
-    let mut id = TaskId::generate();
-    while shared.info(&id).is_some() {
-        id = TaskId::generate();
-    }
     // The folder and its owner file exist from the start, so that another
     // supervisor starting meanwhile (`airlock run --local`) sees that this
-    // queued task is alive and does not declare it interrupted.
-    let dir = crate::task::TaskDir::new(&shared.config.tasks_dir, &id);
-    crate::dirs::create_private_dir(dir.path())?;
+    // queued task is alive and does not declare it interrupted. The folder
+    // must be new: ids are only unique per second and random suffix, and
+    // two processes starting tasks at once must never share a folder.
+    crate::dirs::create_private_dir(&shared.config.tasks_dir)?;
+    let (id, dir) = loop {
+        let id = TaskId::generate();
+        if shared.info(&id).is_some() {
+            continue;
+        }
+        let dir = crate::task::TaskDir::new(&shared.config.tasks_dir, &id);
+        let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(dir.path());
+        match made {
+            Ok(()) => break (id, dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(dir.path(), e)),
+        }
+    };
     recovery::write_owner(&dir, 0)?;
     let created_ms = crate::event::now_ms();
     shared.record(AuditMsg::Task(Box::new(TaskManifest {

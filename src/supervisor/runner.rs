@@ -46,7 +46,7 @@ pub(crate) fn start(
     }
 }
 
-fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
+fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     let ctl = Arc::new(TaskCtl::default());
     let ring = shared.attach(id, ctl.clone());
     shared.transition(id, TaskState::Starting);
@@ -80,20 +80,26 @@ fn run(shared: &Arc<Shared>, id: &TaskId, req: TaskRequest) {
     // Whole-task limits: the helper goes into a cgroup of the task's own
     // before it makes the sandbox.
     let mut placement = None;
-    let spawned = sandbox::spawn(
-        &spec,
-        &shared.config.helper_exe,
-        stdin,
-        stdout,
-        stderr,
-        |pid| {
-            // No task runs without its audit record (a quick start opens
-            // the database meanwhile).
-            shared.audit_opened()?;
-            placement = Some(sandbox::cgroup::place(pid, id.as_str(), &req.policy.limits));
-            Ok(())
+    let launch = match req.helper.take() {
+        // A helper started ahead has the caller's stdio: only right when
+        // the output is inherited (then there is nothing to place).
+        Some(p) if stdin.is_none() && stdout.is_none() && stderr.is_none() => {
+            sandbox::Launch::Prestarted(p)
+        }
+        _ => sandbox::Launch::New {
+            exe: &shared.config.helper_exe,
+            stdin,
+            stdout,
+            stderr,
         },
-    );
+    };
+    let spawned = sandbox::spawn(&spec, launch, |pid| {
+        // No task runs without its audit record (a quick start opens
+        // the database meanwhile).
+        shared.audit_opened()?;
+        placement = Some(sandbox::cgroup::place(pid, id.as_str(), &req.policy.limits));
+        Ok(())
+    });
     let (cgroup, cgroup_report) = match placement {
         Some(p) => (p.cgroup, p.report),
         None => (None, Vec::new()),
