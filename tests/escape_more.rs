@@ -825,6 +825,7 @@ tries = (
     (\"seqpacket\", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)),
     (\"pair-stream\", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)[0]),
     (\"pair-dgram\", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)[0]),
+    (\"pair-raw\", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_RAW)[0]),
 )
 for name, make in tries:
     try:
@@ -847,7 +848,7 @@ for name, make in tries:
     assert!(!t.contains("CONNECTED") && !t.contains("SENT"), "{t}");
     assert_eq!(
         t.lines().filter(|l| l.starts_with("refused")).count(),
-        10,
+        12,
         "{t}"
     );
     assert!(
@@ -858,6 +859,43 @@ for name, make in tries:
     assert!(
         dgram.recv(&mut buf).is_err(),
         "the host's datagram socket received a message: {t}"
+    );
+}
+
+/// An imported profile that allows everything still gets the unix-socket
+/// rules, and io_uring with them: `IORING_OP_SOCKET` makes a socket
+/// without the `socket` call.
+#[test]
+fn escape_unix_sockets_through_an_allow_all_imported_profile() {
+    let w = World::new();
+    let profile = w.path().join("allow-all.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}"#,
+    )
+    .unwrap();
+    chmod(&profile, 0o644);
+    let script = [
+        // socket(AF_UNIX, SOCK_STREAM, 0)
+        py_syscall(libc::SYS_socket, &[1, 1, 0]),
+        // io_uring_setup(8, NULL): EFAULT if it were allowed.
+        py_syscall(libc::SYS_io_uring_setup, &[8, 0]),
+    ]
+    .join("; ");
+    let o = w.run(
+        &[
+            "--grant",
+            &format!("{}:rw", w.project.display()),
+            "--seccomp-profile",
+            &profile.to_string_lossy(),
+        ],
+        &script,
+    );
+    let t = text(&o);
+    assert_eq!(
+        t.lines().filter(|l| l.starts_with("rc=-1 errno=1")).count(),
+        2,
+        "{t}"
     );
 }
 

@@ -303,12 +303,24 @@ pub const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
 /// agent, a terminal multiplexer, a container engine, the session bus): a
 /// connection to one runs commands or uses keys outside the sandbox, and
 /// neither Landlock nor the namespaces stop it. Without `socket(AF_UNIX)`
-/// there is no socket to connect. `socketpair` still works (pipes between
-/// the agent's own processes), except for datagram pairs: a datagram socket
-/// may be connected again, to any socket path.
+/// there is no socket to connect. `socketpair` still works for stream and
+/// seqpacket pairs (pipes between the agent's own processes); every other
+/// type is refused: a datagram socket may be connected again, to any
+/// socket path, and the kernel makes a unix `SOCK_RAW` pair a datagram one.
+/// io_uring is refused too, whatever the profile: `IORING_OP_SOCKET`
+/// makes a socket without the `socket` call.
 pub fn unix_socket_rules() -> Vec<Rule> {
     let unix = libc::AF_UNIX as u64;
-    vec![
+    let pair_types = (0u64..16)
+        .filter(|t| *t != libc::SOCK_STREAM as u64 && *t != libc::SOCK_SEQPACKET as u64)
+        .map(|t| {
+            deny_if(
+                &["socketpair"],
+                vec![arg(0, Op::Eq, unix), arg(1, Op::MaskedEq(0xf), t)],
+                "only stream and seqpacket pairs: any other can be connected again, to any socket path",
+            )
+        });
+    let mut rules = vec![
         // glibc asks nscd for every user or host lookup with exactly this
         // call; refused with another errno, it stays a plain filter (no
         // report: it would be in every task) and the lookup carries on.
@@ -331,15 +343,13 @@ pub fn unix_socket_rules() -> Vec<Rule> {
             vec![arg(0, Op::Eq, unix)],
             "a unix socket could connect to the host's agents and services through a granted folder",
         ),
-        deny_if(
-            &["socketpair"],
-            vec![
-                arg(0, Op::Eq, unix),
-                arg(1, Op::MaskedEq(0xf), libc::SOCK_DGRAM as u64),
-            ],
-            "a datagram socket can be connected again, to any socket path",
+        deny(
+            &["io_uring_setup", "io_uring_enter", "io_uring_register"],
+            "io_uring makes sockets without the socket call",
         ),
-    ]
+    ];
+    rules.extend(pair_types);
+    rules
 }
 
 /// The syscall table of the architecture we were built for.
