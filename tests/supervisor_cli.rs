@@ -68,3 +68,69 @@ fn tasks_and_kill_of_a_local_run() {
         text(&o)
     );
 }
+
+/// `kill -9` of `airlock run` mid-task: the sandbox dies with it, nothing
+/// reaches the real folder, and the next review marks the task interrupted
+/// and shows its changes at once (no other Airlock start needed).
+#[test]
+fn a_killed_local_run_is_reviewable_at_once() {
+    let w = World::new();
+    std::fs::write(w.project.join("x.txt"), "x\n").unwrap();
+    common::chmod(&w.project.join("x.txt"), 0o666);
+    let grant = format!("{}:rw", w.project.display());
+    let mut run = w.cmd(&[
+        "run",
+        "--local",
+        "--grant",
+        &grant,
+        "--",
+        "sh",
+        "-c",
+        "echo changed > x.txt; touch ready; sleep 300",
+    ]);
+    run.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut run = run.spawn().unwrap();
+    let start = Instant::now();
+    let task = loop {
+        if let Some(t) = w.tasks().pop().filter(|t| t.join("upper/0/ready").exists()) {
+            break t;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the task did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let owner: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(task.join("owner.json")).unwrap()).unwrap();
+    let helper = owner["helper_pid"].as_u64().unwrap();
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let start = Instant::now();
+    while std::path::Path::new(&format!("/proc/{helper}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{helper}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the sandbox outlived airlock run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(w.project.join("x.txt")).unwrap(),
+        "x\n"
+    );
+    let id = task.file_name().unwrap().to_string_lossy().into_owned();
+    let o = output_within(w.cmd(&["changes", &id]), Duration::from_secs(60));
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("x.txt") && t.contains("interrupted"), "{t}");
+    let o = output_within(w.cmd(&["commit", &id]), Duration::from_secs(60));
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(w.project.join("x.txt")).unwrap(),
+        "changed\n"
+    );
+}

@@ -69,6 +69,16 @@ fn open(task: &str) -> Result<Review> {
         return Err(crate::Error::NoSuchTask(task.to_string()).into());
     }
     let manifest = dir.read_manifest()?;
+    // Its `airlock run` was killed: interrupted, and reviewable now.
+    if crate::supervisor::recover_orphan(&dir)? {
+        eprintln!(
+            "{}",
+            gettext_f(
+                "task {id} was cut off when the process running it was killed; it is marked interrupted and its changes can be reviewed",
+                &[("id", manifest.id.as_str())]
+            )
+        );
+    }
     match ws::recover(&dir)? {
         ws::RecoveryOutcome::Clean => {}
         ws::RecoveryOutcome::RolledBack { seq } => eprintln!(

@@ -32,7 +32,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use output::{Ring, RING_BYTES};
-pub use recovery::kill_local;
+pub use recovery::{kill_local, recover_orphan};
 pub use review::{ChangeLine, ChangeSummary, CommitSummary};
 
 use crate::audit::AuditStore;

@@ -290,6 +290,21 @@ fn interrupt(shared: &Shared, dir: &TaskDir, was: TaskState) {
     shared.warn(message);
 }
 
+/// A task that never ended because the process running it was killed
+/// (`kill -9` of `airlock run`) is marked interrupted now, as the next
+/// supervisor start would do, so that its changes can be reviewed at once.
+/// `true` when it was.
+pub fn recover_orphan(dir: &TaskDir) -> Result<bool, Error> {
+    if dir.path().join("exit.json").exists() || owner_alive(dir) {
+        return Ok(false);
+    }
+    // A quick start recovers every live task whose owner is gone; waiting
+    // for its audit writer waits for that recovery too.
+    let sup = super::Supervisor::start_quick(super::Config::new()?)?;
+    sup.flush_audit_blocking();
+    Ok(dir.path().join("exit.json").exists())
+}
+
 /// Left in a task folder by [`kill_local`].
 pub(crate) const KILL_MARKER: &str = "kill.requested";
 
