@@ -940,3 +940,67 @@ fn runtime_folders_cannot_be_granted() {
         assert!(t.contains("/run"), "{g}: the error names the folder: {t}");
     }
 }
+
+// ------------------------------------------------------------ grants
+
+/// A grant is planned by path; if the folder at that path is replaced
+/// before the helper mounts it (a rename puts another folder, say one of
+/// secrets, in its place), the helper must mount nothing rather than the
+/// newcomer. Driven through the library so the swap can happen between
+/// planning and mounting; decided on what the agent could print.
+#[test]
+fn escape_grant_replaced_between_planning_and_mounting() {
+    use airlock::policy::{Access, Grant, Policy};
+    use airlock::sandbox::{self, Launch};
+    use airlock::task::{TaskDir, TaskId};
+    use std::io::Read;
+    let w = World::new();
+    let grant = w.home.join("planned");
+    let secrets = w.home.join("secrets");
+    std::fs::create_dir_all(&grant).unwrap();
+    chmod(&grant, 0o755);
+    plant(&secrets.join("secret.txt"));
+    let tasks = w.state().join("tasks");
+    let task_dir = TaskDir::new(&tasks, &TaskId::generate());
+    std::fs::create_dir_all(task_dir.path()).unwrap();
+    let policy = Policy {
+        grants: vec![Grant {
+            path: grant.clone(),
+            access: Access::Ro,
+        }],
+        ..Default::default()
+    };
+    let argv = vec![
+        "cat".to_string(),
+        grant.join("secret.txt").to_string_lossy().into_owned(),
+    ];
+    let (spec, _) = sandbox::plan::plan(&policy, &argv, &task_dir).unwrap();
+    std::fs::rename(&grant, w.home.join("moved-away")).unwrap();
+    std::fs::rename(&secrets, &grant).unwrap();
+    let (r, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let w2 = wr.try_clone().unwrap();
+    let exe = airlock_bin();
+    let mut running = sandbox::spawn(
+        &spec,
+        Launch::New {
+            exe: &exe,
+            stdin: None,
+            stdout: Some(wr),
+            stderr: Some(w2),
+        },
+        |_| Ok(()),
+    )
+    .unwrap();
+    let report = running.setup();
+    let _ = running.wait();
+    running.reap();
+    let mut out = String::new();
+    std::fs::File::from(r).read_to_string(&mut out).unwrap();
+    assert!(
+        !out.contains(SECRET),
+        "the replaced grant was mounted: {out}"
+    );
+    let (stage, message) = report.error.expect("the set-up must fail");
+    assert_eq!(stage, "open grant", "{message}");
+    assert!(message.contains("renamed or replaced"), "{message}");
+}

@@ -13,7 +13,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::spec::SandboxSpec;
 use super::sys::{
-    bind_with_attrs, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+    bind_fd_with_attrs, bind_with_attrs, open_no_symlinks, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC,
+    MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
 };
 
 /// A failed step: what we were doing, and on which path.
@@ -28,6 +29,31 @@ fn fail(stage: &str, path: &Path, e: impl std::fmt::Display) -> StepError {
         stage: stage.to_string(),
         message: format!("{}: {e}", path.display()),
     }
+}
+
+/// Opens the grant `path` with no symbolic link on the way and checks that
+/// it is still the file the supervisor planned (device and inode): a
+/// folder renamed or replaced since (say `~/.ssh` moved into its place)
+/// is never mounted.
+fn open_grant(
+    spec: &SandboxSpec,
+    path: &Path,
+    flags: libc::c_int,
+) -> Result<std::os::fd::OwnedFd, StepError> {
+    use std::os::fd::AsRawFd;
+    let stage = "open grant";
+    let fd = open_no_symlinks(path, flags).map_err(|e| fail(stage, path, e))?;
+    if let Some(id) = spec.grant_ids.iter().find(|g| g.path == path) {
+        let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| fail(stage, path, e))?;
+        if st.st_dev != id.dev || st.st_ino != id.ino {
+            return Err(fail(
+                stage,
+                path,
+                "it was renamed or replaced after the task was planned; nothing was mounted (run the task again)",
+            ));
+        }
+    }
+    Ok(fd)
 }
 
 /// The system folders bound read-only from the host (or re-created as the
@@ -251,11 +277,18 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
             }
             Item::Ro(src) => {
                 mountpoint_like(src, &dst)?;
-                ro_bind(src, &dst)?;
+                let fd = open_grant(spec, src, libc::O_PATH)?;
+                bind_fd_with_attrs(
+                    std::os::fd::AsFd::as_fd(&fd),
+                    &dst,
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                )
+                .map_err(|e| fail("read-only bind", src, e))?;
             }
             Item::Rw(m) => {
                 mountpoint_like(&m.path, &dst)?;
-                overlay(m, &dst)?;
+                let lower = open_grant(spec, &m.path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+                overlay(m, lower, &dst)?;
             }
         }
     }
@@ -296,12 +329,16 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
     pivot(r)
 }
 
-fn overlay(m: &super::spec::RwMount, dst: &Path) -> Result<(), StepError> {
+fn overlay(
+    m: &super::spec::RwMount,
+    lower: std::os::fd::OwnedFd,
+    dst: &Path,
+) -> Result<(), StepError> {
     use std::os::fd::AsRawFd;
     // Layers are named through /proc/self/fd so that no file name (commas,
     // colons, backslashes, newlines) can be read as a mount option.
     let open = |p: &Path| fs::File::open(p).map_err(|e| fail("open overlay layer", p, e));
-    let (lower, upper, work) = (open(&m.path)?, open(&m.upper)?, open(&m.work)?);
+    let (upper, work) = (open(&m.upper)?, open(&m.work)?);
     let opts = format!(
         "lowerdir=/proc/self/fd/{},upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{},userxattr",
         lower.as_raw_fd(),

@@ -140,8 +140,18 @@ pub fn plan(
     let mut ro = Vec::new();
     let mut rw = Vec::new();
     let mut layers = Vec::new();
+    let mut grant_ids = Vec::new();
     for g in &policy.grants {
         let real = resolve_grant(&g.path, g.access)?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(&real).map_err(|e| Error::io(&real, e))?;
+            grant_ids.push(super::spec::GrantId {
+                path: real.clone(),
+                dev: m.dev(),
+                ino: m.ino(),
+            });
+        }
         if !seen.insert(real.clone()) {
             return Err(Error::Invalid(format!(
                 "--grant {}: granted twice; give each folder once",
@@ -274,6 +284,7 @@ pub fn plan(
         outer_root,
         ro,
         rw,
+        grant_ids,
         deny: expanded.into_iter().collect(),
         persistent_home: None,
         limits: policy.limits.clone(),

@@ -26,6 +26,15 @@ pub struct RwMount {
     pub work: PathBuf,
 }
 
+/// Which file a grant was when it was planned (device and inode), so that
+/// the helper mounts that very folder or nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantId {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+}
+
 /// The complete plan for one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxSpec {
@@ -43,6 +52,9 @@ pub struct SandboxSpec {
     pub outer_root: bool,
     pub ro: Vec<PathBuf>,
     pub rw: Vec<RwMount>,
+    /// The identity of every grant (`ro` and `rw`) when it was planned.
+    #[serde(default)]
+    pub grant_ids: Vec<GrantId>,
     /// Paths hidden behind an empty read-only mount.
     pub deny: Vec<PathBuf>,
     /// A folder bound as `$HOME` instead of an empty tmpfs.

@@ -35,18 +35,78 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+/// Opens the absolute `path` with no symbolic link in any component.
+pub fn open_no_symlinks(path: &Path, flags: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = cstr(path)?;
+    // SAFETY: open_how is plain old data; zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    loop {
+        // SAFETY: how and c outlive the call; the size matches the struct.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if r >= 0 {
+            // SAFETY: r is a new descriptor of ours.
+            return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as libc::c_int) });
+        }
+        let e = io::Error::last_os_error();
+        // EAGAIN: a concurrent rename raced the lookup; the kernel asks to retry.
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
+    }
+}
+
 /// Binds `src` (recursively) onto `dst` with `attrs` set on every mount of
 /// the copy, atomically: a read-only bind never shows a writable submount.
 pub fn bind_with_attrs(src: &Path, dst: &Path, attrs: u64) -> io::Result<()> {
-    let s = cstr(src)?;
+    bind_tree(libc::AT_FDCWD, &cstr(src)?, 0, dst, attrs)
+}
+
+/// [`bind_with_attrs`] of the file or folder open as `src` (an `O_PATH`
+/// descriptor is enough): what was checked is what gets mounted.
+pub fn bind_fd_with_attrs(
+    src: std::os::fd::BorrowedFd<'_>,
+    dst: &Path,
+    attrs: u64,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    bind_tree(
+        src.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH as libc::c_uint,
+        dst,
+        attrs,
+    )
+}
+
+fn bind_tree(
+    dirfd: libc::c_int,
+    s: &std::ffi::CStr,
+    extra: libc::c_uint,
+    dst: &Path,
+    attrs: u64,
+) -> io::Result<()> {
     let d = cstr(dst)?;
     // SAFETY: plain syscalls on NUL-terminated paths we own.
     unsafe {
         let fd = check(libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
+            dirfd,
             s.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_RECURSIVE as libc::c_uint,
+            OPEN_TREE_CLONE
+                | libc::O_CLOEXEC as libc::c_uint
+                | libc::AT_RECURSIVE as libc::c_uint
+                | extra,
         ))? as libc::c_int;
         let attr = MountAttr {
             attr_set: attrs,
