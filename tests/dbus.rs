@@ -667,3 +667,44 @@ fn a_second_supervisor_leaves_the_apps_live_tasks_alone() {
         assert!(e.call(p, "Kill", &[]).status.success());
     }
 }
+
+/// A task allowed unix sockets, shown the bus's socket in a grant and told
+/// its address, still cannot drive the service: it runs in a user
+/// namespace of its own, and every method refuses such callers. Decided on
+/// the host: the service has no task afterwards.
+#[test]
+fn a_sandboxed_task_cannot_drive_the_service() {
+    let e = Env::new();
+    let rt = e.w.path().join("runtime");
+    let victim = e.w.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    common::chmod(&victim, 0o777);
+    let submit = format!(
+        "gdbus call --session --dest {DEST} --object-path {SUP} --method io.github.airlock.Supervisor1.SubmitTask \"{{'grants': <[('{v}', true)]>}}\" \"['sh', '-c', 'echo PWNED > {v}/x']\"",
+        v = victim.display()
+    );
+    let list = format!(
+        "gdbus call --session --dest {DEST} --object-path {SUP} --method io.github.airlock.Supervisor1.ListTasks"
+    );
+    let o = e.w.run(
+        &[
+            "--local",
+            "--allow-unix-sockets",
+            "--grant",
+            &format!("{}:ro", rt.display()),
+            "--env",
+            &format!("DBUS_SESSION_BUS_ADDRESS={}", e.bus.address),
+        ],
+        &format!("{submit} 2>&1; echo submit=$?; {list} 2>&1; echo list=$?"),
+    );
+    let t = text(&o);
+    assert!(t.contains("submit=1") && t.contains("list=1"), "{t}");
+    if !common::is_root() {
+        // As root the agent's uid differs and the bus itself turns it away;
+        // as the user it reaches the service, which refuses it.
+        assert!(t.contains("refused"), "{t}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(e.list().is_empty(), "the task submitted a task: {t}");
+    assert!(!victim.join("x").exists(), "{t}");
+}

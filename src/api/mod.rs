@@ -2,9 +2,11 @@
 //! to ([`service`]), the client the CLI uses ([`client`]), and the policy
 //! dictionary both sides agree on ([`policy_from_dict`]).
 //!
-//! A task can never reach this bus from inside its sandbox: the sandbox
-//! scrubs `DBUS_SESSION_BUS_ADDRESS` and hides `XDG_RUNTIME_DIR`
-//! (tests/dbus.rs proves it).
+//! A task cannot use this service from inside its sandbox: the sandbox
+//! scrubs `DBUS_SESSION_BUS_ADDRESS`, hides `XDG_RUNTIME_DIR` and refuses
+//! unix sockets; and should a task be allowed unix sockets and find the
+//! bus anyway, every method refuses callers in another user namespace
+//! (tests/dbus.rs proves both).
 
 pub mod client;
 pub mod service;

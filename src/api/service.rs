@@ -24,6 +24,30 @@ fn failed(e: crate::Error) -> fdo::Error {
     }
 }
 
+/// Refuses a caller that runs in another user namespace than ours: every
+/// Airlock sandbox has its own, so no task can drive this service (submit
+/// a task, answer a network question, commit or read another task), even
+/// one allowed unix sockets that found the bus's socket in a grant.
+async fn outside_sandbox(conn: &Connection, header: &Header<'_>) -> fdo::Result<()> {
+    let denied = || {
+        fdo::Error::AccessDenied(crate::i18n::gettext(
+            "calls from inside a sandbox are refused",
+        ))
+    };
+    let sender = header.sender().ok_or_else(denied)?;
+    let bus = fdo::DBusProxy::new(conn).await?;
+    let pid = bus
+        .get_connection_unix_process_id(sender.clone().into())
+        .await
+        .map_err(|_| denied())?;
+    let ours = std::fs::read_link("/proc/self/ns/user");
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/user"));
+    match (ours, theirs) {
+        (Ok(a), Ok(b)) if a == b => Ok(()),
+        _ => Err(denied()),
+    }
+}
+
 fn path(id: &TaskId) -> fdo::Result<OwnedObjectPath> {
     task_path(id).map_err(|e| fdo::Error::Failed(e.to_string()))
 }
@@ -57,6 +81,7 @@ impl SupervisorObject {
         policy: HashMap<String, OwnedValue>,
         argv: Vec<String>,
     ) -> fdo::Result<OwnedObjectPath> {
+        outside_sandbox(conn, &header).await?;
         let (policy, argv) = policy_from_dict(&policy, argv).map_err(fdo::Error::InvalidArgs)?;
         let requested_by = header
             .sender()
@@ -78,13 +103,25 @@ impl SupervisorObject {
     }
 
     /// Every task the supervisor knows, oldest first.
-    async fn list_tasks(&self) -> fdo::Result<Vec<OwnedObjectPath>> {
+    async fn list_tasks(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<Vec<OwnedObjectPath>> {
+        outside_sandbox(conn, &header).await?;
         self.handle.tasks().iter().map(|t| path(&t.id)).collect()
     }
 
     /// Answers network question `id` (from a task's `consent_requested`
     /// event): `allow_once`, `allow_task`, `allow_always` or `deny`.
-    async fn answer_consent(&self, id: u64, answer: String) -> fdo::Result<()> {
+    async fn answer_consent(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        id: u64,
+        answer: String,
+    ) -> fdo::Result<()> {
+        outside_sandbox(conn, &header).await?;
         self.handle
             .answer_consent(id, &answer)
             .await
@@ -143,33 +180,64 @@ impl TaskObject {
         Ok(self.info()?.requested_by)
     }
 
-    async fn kill(&self) -> fdo::Result<()> {
+    async fn kill(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<()> {
+        outside_sandbox(conn, &header).await?;
         self.handle.kill(&self.id).await.map_err(failed)
     }
 
     /// JSON: `[{grant, changes: [{path, kind, conflict, risks}]}]`.
-    async fn changes(&self) -> fdo::Result<String> {
+    async fn changes(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<String> {
+        outside_sandbox(conn, &header).await?;
         let c = self.handle.changes(&self.id).await.map_err(failed)?;
         serde_json::to_string(&c).map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 
     /// Commits `paths` (all when empty). JSON: `{committed, conflicts, refused, state}`.
-    async fn commit(&self, paths: Vec<String>) -> fdo::Result<String> {
+    async fn commit(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        paths: Vec<String>,
+    ) -> fdo::Result<String> {
+        outside_sandbox(conn, &header).await?;
         let c = self.handle.commit(&self.id, paths).await.map_err(failed)?;
         serde_json::to_string(&c).map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 
-    async fn reject(&self) -> fdo::Result<()> {
+    async fn reject(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<()> {
+        outside_sandbox(conn, &header).await?;
         self.handle.reject(&self.id).await.map_err(failed)
     }
 
-    async fn undo(&self) -> fdo::Result<()> {
+    async fn undo(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<()> {
+        outside_sandbox(conn, &header).await?;
         self.handle.undo(&self.id).await.map(|_| ()).map_err(failed)
     }
 
     /// The last 256 KiB the task printed (stdout and stderr together);
     /// the whole output is in the task folder's `output.log`.
-    async fn output(&self) -> fdo::Result<Vec<u8>> {
+    async fn output(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> fdo::Result<Vec<u8>> {
+        outside_sandbox(conn, &header).await?;
         self.handle
             .output(&self.id)
             .ok_or_else(|| fdo::Error::UnknownObject(self.id.to_string()))
