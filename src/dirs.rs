@@ -63,6 +63,27 @@ pub fn create_private_dir(path: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// `p` with every symlink resolved, even when its end does not exist yet:
+/// the nearest existing ancestor is resolved and the rest appended. With a
+/// symlinked home (`/home` -> `/var/home`), `~/.ssh` and its real path are
+/// then both known before anything creates it.
+pub fn canonical_lenient(p: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut cur = p;
+    loop {
+        if let Ok(real) = cur.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
 /// Writes `data` to `path` so that a reader sees the old or the new content,
 /// never a mix: a temporary beside it, fsync, rename, fsync of the folder.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {

@@ -759,6 +759,46 @@ fn escape_creating_always_denied_credentials_that_do_not_exist_yet() {
     }
 }
 
+/// The same with a home folder reached through a symlink (as `/home` ->
+/// `/var/home` on Fedora Atomic): the review must know `~/.ssh` by its
+/// real path too, though it did not exist when the task ran.
+#[test]
+fn escape_creating_credentials_under_a_symlinked_home() {
+    let w = World::new();
+    let real = w.path().join("realhome");
+    std::fs::create_dir_all(&real).unwrap();
+    chmod(&real, 0o777);
+    let link = w.path().join("linkhome");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let home = link.to_string_lossy().into_owned();
+    let grant = format!("{home}:rw");
+    // By the real path: as root the agent's own $HOME is elsewhere.
+    let script = format!(
+        "cd {} && mkdir -p .ssh .gnupg && echo 'ssh-ed25519 AAAA attacker' > .ssh/authorized_keys && echo x > .gnupg/gpg.conf && echo done",
+        real.display()
+    );
+    let mut run = w.cmd(&["run", "--grant", &grant, "--", "sh", "-c", &script]);
+    run.env("HOME", &home);
+    let o = output_within(run, Duration::from_secs(120));
+    assert!(text(&o).contains("done"), "{}", text(&o));
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_string_lossy().to_string();
+    let mut changes = w.cmd(&["changes", &id]);
+    changes.env("HOME", &home);
+    let ch = output_within(changes, Duration::from_secs(60));
+    let mut commit = w.cmd(&["commit", &id]);
+    commit.env("HOME", &home);
+    let c = output_within(commit, Duration::from_secs(60));
+    for p in [".ssh/authorized_keys", ".gnupg/gpg.conf"] {
+        assert!(
+            !real.join(p).exists(),
+            "the agent planted ~/{p}: {}\n{}",
+            text(&ch),
+            text(&c)
+        );
+    }
+}
+
 /// `--max-upper` is checked on the host by walking the upper layer; a tree deeper than PATH_MAX (made inside with relative chdir)
 /// must still be measured (the watchdog walks with directory descriptors),
 /// so the task is stopped.

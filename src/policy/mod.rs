@@ -273,7 +273,11 @@ impl Policy {
             crate::dirs::data_dir(),
             crate::dirs::config_dir(),
         ]);
-        let real: Vec<PathBuf> = v.iter().filter_map(|p| p.canonicalize().ok()).collect();
+        // Also by their real paths, existing or not (a symlinked home).
+        let real: Vec<PathBuf> = v
+            .iter()
+            .map(|p| crate::dirs::canonical_lenient(p))
+            .collect();
         v.extend(real);
         v.sort();
         v.dedup();

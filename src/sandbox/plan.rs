@@ -131,11 +131,13 @@ pub fn plan(
         }
     };
 
+    // By their real paths: grants are compared canonical.
     let own_dirs = [
         crate::dirs::state_dir(),
         crate::dirs::data_dir(),
         crate::dirs::config_dir(),
-    ];
+    ]
+    .map(|d| crate::dirs::canonical_lenient(&d));
     let mut seen = BTreeSet::new();
     let mut ro = Vec::new();
     let mut rw = Vec::new();
@@ -204,9 +206,7 @@ pub fn plan(
     deny.extend(DISPLAY_SOCKETS.iter().map(PathBuf::from));
     let mut expanded = BTreeSet::new();
     for d in deny {
-        if let Ok(real) = d.canonicalize() {
-            expanded.insert(real);
-        }
+        expanded.insert(crate::dirs::canonical_lenient(&d));
         expanded.insert(d);
     }
 
