@@ -1044,3 +1044,25 @@ fn escape_grant_replaced_between_planning_and_mounting() {
     assert_eq!(stage, "open grant", "{message}");
     assert!(message.contains("renamed or replaced"), "{message}");
 }
+
+/// `--max-upper` against a folder the agent makes unreadable to the
+/// supervisor (`chmod 300`: it can still write there): the task is stopped
+/// rather than left to fill the disk unmeasured.
+#[test]
+fn escape_max_upper_with_an_unreadable_folder() {
+    let w = World::new();
+    let o = w.run(
+        &[
+            "--grant",
+            &format!("{}:rw", w.project.display()),
+            "--max-upper",
+            "8M",
+        ],
+        "mkdir d && chmod 300 d && for i in 1 2 3 4 5; do head -c 6000000 /dev/zero > d/big$i; done; echo wrote; sleep 5; echo not stopped",
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && !t.contains("not stopped"),
+        "30 MB in an unreadable folder went past --max-upper 8M: {t}"
+    );
+}

@@ -523,7 +523,12 @@ impl Watchdog {
                     ))
                 } else if layers > 0 {
                     let used = upper_usage(&td, layers);
-                    if used.too_deep {
+                    if used.unreadable {
+                        Some((
+                            "max-upper".to_string(),
+                            "made a folder in its grants unreadable, so what it wrote there cannot be checked".to_string(),
+                        ))
+                    } else if used.too_deep {
                         Some((
                             "max-upper".to_string(),
                             format!(
@@ -626,6 +631,9 @@ pub struct UpperUsage {
     pub files: u64,
     /// Deeper than [`MAX_DEPTH`] folders: not measured below that.
     pub too_deep: bool,
+    /// A folder the task made unreadable (`chmod 300`): what it holds
+    /// cannot be measured.
+    pub unreadable: bool,
 }
 
 /// What one entry costs at least (an ext4 inode).
@@ -664,8 +672,11 @@ pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> UpperUsage {
                 continue;
             }
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            if let Ok(mut sub) = Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
-                walk(&mut sub, depth + 1, u);
+            match Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
+                Ok(mut sub) => walk(&mut sub, depth + 1, u),
+                // Gone meanwhile: nothing to count.
+                Err(nix::errno::Errno::ENOENT) => {}
+                Err(_) => u.unreadable = true,
             }
         }
     }
