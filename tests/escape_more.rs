@@ -10,7 +10,7 @@ mod common;
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -1064,5 +1064,40 @@ fn escape_max_upper_with_an_unreadable_folder() {
     assert!(
         !o.status.success() && !t.contains("not stopped"),
         "30 MB in an unreadable folder went past --max-upper 8M: {t}"
+    );
+}
+
+/// Without `--tty` the agent's stdio is the user's terminal; settings it
+/// changes there (echo off, raw mode) are put back when it ends, so the
+/// user is not left typing blind. Run under `script` for a real terminal.
+#[test]
+fn escape_terminal_settings_are_restored() {
+    let w = World::new();
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let line = format!(
+        "{} run --local -- stty -echo -icanon; stty -a",
+        airlock_bin().display()
+    );
+    let mut c = Command::new("script");
+    c.args(["-qfec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &w.home)
+        .env("XDG_STATE_HOME", w.state())
+        .env("XDG_DATA_HOME", w.path().join("data"))
+        .env("XDG_CONFIG_HOME", w.path().join("config"))
+        .current_dir(w.path())
+        .stdin(Stdio::null());
+    let o = output_within(c, Duration::from_secs(120));
+    let t = text(&o);
+    assert!(t.contains("exited with status 0"), "{t}");
+    let settings: Vec<&str> = t.split_whitespace().collect();
+    assert!(settings.contains(&"echo"), "echo stayed off: {t}");
+    assert!(
+        settings.contains(&"icanon"),
+        "canonical mode stayed off: {t}"
     );
 }
