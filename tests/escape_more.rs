@@ -1101,3 +1101,32 @@ fn escape_terminal_settings_are_restored() {
         "canonical mode stayed off: {t}"
     );
 }
+
+/// A grant of the host's /tmp hides what lives there for the session:
+/// ssh-agent and tmux folders, session buses, Kerberos ticket caches.
+#[test]
+fn escape_session_secrets_in_a_granted_tmp() {
+    let w = World::new();
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        w.path().display().to_string().len()
+    );
+    let krb = std::path::PathBuf::from(format!("/tmp/krb5cc_airlocktest{tag}"));
+    let ssh = std::path::PathBuf::from(format!("/tmp/ssh-airlocktest{tag}"));
+    plant(&krb);
+    plant(&ssh.join("agent.1"));
+    let o = w.run(
+        &["--grant", "/tmp:ro"],
+        &format!(
+            "cat {k} 2>&1; cat {s}/agent.1 2>&1; ls /tmp | grep airlocktest; echo end",
+            k = krb.display(),
+            s = ssh.display()
+        ),
+    );
+    let _ = std::fs::remove_file(&krb);
+    let _ = std::fs::remove_dir_all(&ssh);
+    let t = text(&o);
+    assert!(t.contains("end"), "{t}");
+    assert_no_secret(&o);
+}

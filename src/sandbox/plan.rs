@@ -24,8 +24,41 @@ const SYSTEM_PREFIXES: &[&str] = &[
 /// Folders of the desktop's sockets and session state: no grant may be
 /// inside one or hold one.
 const RUNTIME_PREFIXES: &[&str] = &["/run", "/var/run"];
-/// The display's sockets, hidden inside a grant of the host's `/tmp`.
-const DISPLAY_SOCKETS: &[&str] = &["/tmp/.X11-unix", "/tmp/.ICE-unix"];
+/// Entries of the host's `/tmp` hidden inside a grant of it: the display's
+/// sockets, session buses, ssh and gpg agents, terminal multiplexers,
+/// services' private folders, Kerberos tickets.
+const TMP_PRIVATE: &[&str] = &[
+    ".X11-unix",
+    ".ICE-unix",
+    ".font-unix",
+    "dbus-",
+    "ssh-",
+    "tmux-",
+    "screen",
+    "gpg-",
+    "pulse-",
+    "systemd-private-",
+    "krb5cc",
+];
+
+/// What of the host's `/tmp` a grant of it must not show (see
+/// [`TMP_PRIVATE`]); the display's folders even when they do not exist yet.
+fn tmp_private_entries() -> Vec<PathBuf> {
+    let mut v = vec![
+        PathBuf::from("/tmp/.X11-unix"),
+        PathBuf::from("/tmp/.ICE-unix"),
+    ];
+    if let Ok(rd) = std::fs::read_dir("/tmp") {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let n = name.to_string_lossy();
+            if TMP_PRIVATE.iter().any(|p| n.starts_with(p)) {
+                v.push(e.path());
+            }
+        }
+    }
+    v
+}
 
 /// Environment variables passed through from the caller; everything else
 /// (display, session bus, agent sockets, tokens) stays outside.
@@ -203,7 +236,9 @@ pub fn plan(
     // the real targets of any that are symlinks.
     let mut deny: Vec<PathBuf> = policy.denied_paths(&real_home);
     deny.extend(own_dirs.iter().cloned());
-    deny.extend(DISPLAY_SOCKETS.iter().map(PathBuf::from));
+    if seen.contains(Path::new("/tmp")) {
+        deny.extend(tmp_private_entries());
+    }
     let mut expanded = BTreeSet::new();
     for d in deny {
         expanded.insert(crate::dirs::canonical_lenient(&d));
