@@ -1114,8 +1114,13 @@ fn escape_session_secrets_in_a_granted_tmp() {
     );
     let krb = std::path::PathBuf::from(format!("/tmp/krb5cc_airlocktest{tag}"));
     let ssh = std::path::PathBuf::from(format!("/tmp/ssh-airlocktest{tag}"));
-    plant(&krb);
-    plant(&ssh.join("agent.1"));
+    // Not `plant`: it would chmod the parent, /tmp itself.
+    std::fs::write(&krb, SECRET).unwrap();
+    chmod(&krb, 0o644);
+    std::fs::create_dir_all(&ssh).unwrap();
+    chmod(&ssh, 0o755);
+    std::fs::write(ssh.join("agent.1"), SECRET).unwrap();
+    chmod(&ssh.join("agent.1"), 0o644);
     let o = w.run(
         &["--grant", "/tmp:ro"],
         &format!(
