@@ -56,8 +56,6 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
         Ok(v) => v,
         Err(e) => return fail(shared, id, e.to_string()),
     };
-    // The base for conflict detection, taken beside the sandbox's start.
-    let snapshots = BaseSnapshots::start(&layers, &task_dir);
     // The task's network proxy (none for `--net none`), until the sandbox ends.
     let emit = {
         let (shared, id) = (shared.clone(), id.clone());
@@ -201,10 +199,6 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     }
     let hit = watchdog.stop();
     pumps.finish();
-    // Part of the task folder that exit.json vouches for.
-    for message in snapshots.finish() {
-        shared.emit(id, EventKind::Warning { message });
-    }
     // What the cgroup's limits did to the task (refused forks, OOM kills).
     for (limit, detail) in cgroup
         .as_ref()
@@ -240,88 +234,9 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     }
 }
 
-/// The base snapshots of the read-write grants (what the user's files were
-/// when the task started), taken on a thread of their own while the
-/// sandbox starts and the agent runs: a large grant no longer delays the
-/// start. The agent cannot change the real folders, and what the user
-/// changes meanwhile is marked by its ctime (see
-/// [`Snapshot::capture_since`]), so they are right whenever they are taken.
-/// Dropped unfinished, it waits for the thread.
-struct BaseSnapshots {
-    thread: Option<std::thread::JoinHandle<Vec<String>>>,
-    here: Option<SnapshotJob>,
-}
-
-type SnapshotJob = Box<dyn FnOnce() -> Vec<String> + Send>;
-
-impl BaseSnapshots {
-    fn start(layers: &[RwLayer], task_dir: &TaskDir) -> BaseSnapshots {
-        if layers.is_empty() {
-            return BaseSnapshots {
-                thread: None,
-                here: None,
-            };
-        }
-        let started = crate::workspace::snapshot::ctime_clock_now();
-        let jobs: Vec<(std::path::PathBuf, std::path::PathBuf)> = layers
-            .iter()
-            .map(|l| (l.path.clone(), snapshot_path(task_dir, l.index)))
-            .collect();
-        let take: SnapshotJob = Box::new(move || {
-            let mut problems = Vec::new();
-            for (grant, file) in &jobs {
-                let taken = Snapshot::capture_since(grant, started).and_then(|s| s.save(file));
-                if let Err(e) = taken {
-                    problems.push(gettext_f(
-                        "the base snapshot of {path} could not be taken ({error}): a commit will compare with the task's own view only",
-                        &[("path", &grant.display().to_string()), ("error", &e.to_string())],
-                    ));
-                }
-            }
-            problems
-        });
-        let slot = Arc::new(Mutex::new(Some(take)));
-        let theirs = slot.clone();
-        let spawned = std::thread::Builder::new()
-            .name("airlock-snapshot".into())
-            .spawn(move || {
-                let job = theirs.lock().ok().and_then(|mut j| j.take());
-                job.map(|j| j()).unwrap_or_default()
-            });
-        match spawned {
-            Ok(h) => BaseSnapshots {
-                thread: Some(h),
-                here: None,
-            },
-            // No thread to spare: the same work at the end, in `finish`.
-            Err(_) => BaseSnapshots {
-                thread: None,
-                here: slot.lock().ok().and_then(|mut j| j.take()),
-            },
-        }
-    }
-
-    /// Waits for the snapshots; returns what went wrong.
-    fn finish(mut self) -> Vec<String> {
-        if let Some(job) = self.here.take() {
-            return job();
-        }
-        match self.thread.take() {
-            Some(h) => h.join().unwrap_or_default(),
-            None => Vec::new(),
-        }
-    }
-}
-
-impl Drop for BaseSnapshots {
-    fn drop(&mut self) {
-        if let Some(h) = self.thread.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Plans the sandbox, creates the task folder, its layers and the manifest.
+/// Plans the sandbox, creates the task folder, its layers, the snapshots
+/// of the read-write grants (the base for conflict detection) and the
+/// manifest.
 fn prepare(
     shared: &Shared,
     id: &TaskId,
@@ -332,6 +247,9 @@ fn prepare(
     let (mut spec, layers) = sandbox::plan::plan(&req.policy, &req.argv, task_dir)?;
     if let Some(agent) = &req.policy.persistent_home {
         spec.persistent_home = Some(agent_home(agent, &spec)?);
+    }
+    for l in &layers {
+        Snapshot::capture(&l.path)?.save(&snapshot_path(task_dir, l.index))?;
     }
     let manifest = TaskManifest {
         id: id.clone(),

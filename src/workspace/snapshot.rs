@@ -19,26 +19,6 @@ use crate::Error;
 
 const MAGIC: &[u8; 8] = b"AIRSNAP1";
 
-/// The "hash" of an entry that changed after the task started (its ctime
-/// is not older than the start): no content hashes to it, so the entry
-/// never counts as unchanged and any change of the agent's there is a
-/// conflict.
-pub const CHANGED_SINCE_START: [u8; 32] = [0xff; 32];
-
-/// The wall clock as the kernel stamps ctimes: the coarse clock, which
-/// trails the precise one by up to a tick. A change made after this moment
-/// has a ctime not older than it; one made before, at most equal (a false
-/// "changed", on the safe side, only within the same tick).
-pub fn ctime_clock_now() -> (i64, i64) {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
-    (ts.tv_sec, ts.tv_nsec)
-}
-
 /// Metadata of one entry of the grant at snapshot time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {
@@ -95,20 +75,10 @@ impl Snapshot {
     /// Records the grant folder `root` (same file system only: the overlay's
     /// lower layer does not show other mounts either).
     pub fn capture(root: &Path) -> Result<Snapshot, Error> {
-        super::with_deep_stack(|| Self::capture_here(root, None))
+        super::with_deep_stack(|| Self::capture_here(root))
     }
 
-    /// Records `root` as it was at `started` (from [`ctime_clock_now`]),
-    /// though the walk runs later, beside the task: an entry whose ctime is
-    /// not older than `started` changed meanwhile and is marked
-    /// [`CHANGED_SINCE_START`]. Entries gone meanwhile are simply missing,
-    /// which also never counts as unchanged. The agent itself cannot
-    /// change `root` (it writes into its own layer).
-    pub fn capture_since(root: &Path, started: (i64, i64)) -> Result<Snapshot, Error> {
-        super::with_deep_stack(|| Self::capture_here(root, Some(started)))
-    }
-
-    fn capture_here(root: &Path, since: Option<(i64, i64)>) -> Result<Snapshot, Error> {
+    fn capture_here(root: &Path) -> Result<Snapshot, Error> {
         let fd = fsx::open_dir_path(root).map_err(|e| Error::io(root, e))?;
         let st = fsx::fstat(fd.as_raw_fd()).map_err(|e| Error::io(root, e))?;
         let taken_s = crate::event::now_ms() as i64 / 1000;
@@ -116,18 +86,11 @@ impl Snapshot {
             entries: BTreeMap::new(),
             taken_s,
         };
-        snap.walk(root, &fd, Vec::new(), st.st_dev, since)?;
+        snap.walk(root, &fd, Vec::new(), st.st_dev)?;
         Ok(snap)
     }
 
-    fn walk(
-        &mut self,
-        root: &Path,
-        dir: &OwnedFd,
-        rel: Vec<u8>,
-        dev: u64,
-        since: Option<(i64, i64)>,
-    ) -> Result<(), Error> {
+    fn walk(&mut self, root: &Path, dir: &OwnedFd, rel: Vec<u8>, dev: u64) -> Result<(), Error> {
         if rel.iter().filter(|&&b| b == b'/').count() >= super::MAX_DEPTH {
             return Err(super::changes::too_deep(root, &rel));
         }
@@ -141,12 +104,9 @@ impl Snapshot {
                 Err(e) => return Err(Error::io(fsx::rel_display(root, &child), e)),
             };
             let mut meta = Meta::from_stat(&st);
-            if since.is_some_and(|s| meta.ctime >= s) {
-                meta.hash = Some(CHANGED_SINCE_START);
-            } else if fsx::is_reg(&st) && st.st_mtime >= self.taken_s - 1 {
-                // A file modified in the capture's own second could change
-                // again without its mtime moving: metadata cannot decide,
-                // hash it.
+            // A file modified in the capture's own second could change again
+            // without its mtime moving: metadata cannot decide, hash it.
+            if fsx::is_reg(&st) && st.st_mtime >= self.taken_s - 1 {
                 if let Ok(f) = fsx::open_file_at(dir.as_raw_fd(), &name) {
                     meta.hash = hash_reader(f).ok();
                 }
@@ -154,7 +114,7 @@ impl Snapshot {
             self.entries.insert(child.clone(), meta);
             if fsx::is_dir(&st) && st.st_dev == dev {
                 match fsx::open_subdir(dir.as_raw_fd(), &name) {
-                    Ok(sub) => self.walk(root, &sub, child, dev, since)?,
+                    Ok(sub) => self.walk(root, &sub, child, dev)?,
                     // An unreadable folder stays recorded by its metadata.
                     Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
                     Err(e) => return Err(Error::io(fsx::rel_display(root, &child), e)),
@@ -367,42 +327,5 @@ mod tests {
         let mut s2 = snap.clone();
         s2.remove_tree(b"sub");
         assert_eq!(s2.entries.len(), 1);
-    }
-
-    #[test]
-    fn a_snapshot_taken_late_marks_what_changed_after_the_start() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let g = d.path().join("g");
-        std::fs::create_dir_all(&g).unwrap();
-        std::fs::write(g.join("kept"), b"old").unwrap();
-        std::fs::write(g.join("edited"), b"old").unwrap();
-        std::fs::write(g.join("chmodded"), b"old").unwrap();
-        // Older than the start by more than a clock tick.
-        std::thread::sleep(std::time::Duration::from_millis(30));
-        let started = ctime_clock_now();
-        // The user works on while the task runs; the walk comes later.
-        std::fs::write(g.join("edited"), b"new").unwrap();
-        std::fs::set_permissions(g.join("chmodded"), std::fs::Permissions::from_mode(0o600))
-            .unwrap();
-        std::fs::write(g.join("created"), b"new").unwrap();
-        let snap = Snapshot::capture_since(&g, started).unwrap();
-        for changed in ["edited", "chmodded", "created"] {
-            assert_eq!(
-                snap.entries[changed.as_bytes()].hash,
-                Some(CHANGED_SINCE_START),
-                "{changed}"
-            );
-        }
-        assert_ne!(
-            snap.entries[&b"kept".to_vec()].hash,
-            Some(CHANGED_SINCE_START)
-        );
-        // Whatever the content, such an entry never counts as unchanged.
-        let root = fsx::open_dir_path(&g).unwrap();
-        let st = fsx::lstat_at(root.as_raw_fd(), b"edited").unwrap();
-        assert!(!snap.unchanged(b"edited", &st, || Some(hash_reader(&b"new"[..]).unwrap())));
-        let st = fsx::lstat_at(root.as_raw_fd(), b"kept").unwrap();
-        assert!(snap.unchanged(b"kept", &st, || Some(hash_reader(&b"old"[..]).unwrap())));
     }
 }
