@@ -908,35 +908,48 @@ for name, make in tries:
 #[test]
 fn escape_unix_sockets_through_an_allow_all_imported_profile() {
     let w = World::new();
-    let profile = w.path().join("allow-all.json");
-    std::fs::write(
-        &profile,
-        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}"#,
-    )
-    .unwrap();
-    chmod(&profile, 0o644);
-    let script = [
-        // socket(AF_UNIX, SOCK_STREAM, 0)
-        py_syscall(libc::SYS_socket, &[1, 1, 0]),
-        // io_uring_setup(8, NULL): EFAULT if it were allowed.
-        py_syscall(libc::SYS_io_uring_setup, &[8, 0]),
-    ]
-    .join("; ");
-    let o = w.run(
-        &[
-            "--grant",
-            &format!("{}:rw", w.project.display()),
-            "--seccomp-profile",
-            &profile.to_string_lossy(),
-        ],
-        &script,
+    // Allow by default, and deny by default while allowing every call by
+    // name (the shape of Docker's profiles): the added refusals of socket
+    // and io_uring must hold against the profile's own allow rules.
+    let names: Vec<String> = airlock::sandbox::seccomp::native_table()
+        .iter()
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect();
+    let by_name = format!(
+        r#"{{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{{"names": [{}], "action": "SCMP_ACT_ALLOW"}}]}}"#,
+        names.join(", ")
     );
-    let t = text(&o);
-    assert_eq!(
-        t.lines().filter(|l| l.starts_with("rc=-1 errno=1")).count(),
-        2,
-        "{t}"
-    );
+    let allow_all = r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}"#.to_string();
+    for (file, json) in [
+        ("allow-all.json", allow_all),
+        ("allow-by-name.json", by_name),
+    ] {
+        let profile = w.path().join(file);
+        std::fs::write(&profile, json).unwrap();
+        chmod(&profile, 0o644);
+        let script = [
+            // socket(AF_UNIX, SOCK_STREAM, 0)
+            py_syscall(libc::SYS_socket, &[1, 1, 0]),
+            // io_uring_setup(8, NULL): EFAULT if it were allowed.
+            py_syscall(libc::SYS_io_uring_setup, &[8, 0]),
+        ]
+        .join("; ");
+        let o = w.run(
+            &[
+                "--grant",
+                &format!("{}:rw", w.project.display()),
+                "--seccomp-profile",
+                &profile.to_string_lossy(),
+            ],
+            &script,
+        );
+        let t = text(&o);
+        assert_eq!(
+            t.lines().filter(|l| l.trim() == "rc=-1 errno=1").count(),
+            2,
+            "{file}: {t}"
+        );
+    }
 }
 
 /// What still works without unix sockets (pipes between the agent's own

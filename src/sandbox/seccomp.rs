@@ -464,11 +464,13 @@ pub fn compile(profile: &Profile) -> Result<Compiled, CompileError> {
                 unknown.push(name.clone());
                 continue;
             };
-            // A rule that only repeats the default changes nothing, unless
-            // it has conditions: then it narrows an allow rule for the same
-            // call (the stricter answer wins, as it does between filters).
+            // A rule that repeats a refusing default is not redundant: an
+            // allow rule for the same call would otherwise win (the default
+            // program lets through every call some rule allows). It gets a
+            // program of its own, and the stricter answer wins, as it does
+            // between filters. Repeating an allowing default changes nothing.
             if rule.action == profile.default_action {
-                if profile.default_action != Action::Allow && !conds.is_empty() {
+                if profile.default_action != Action::Allow {
                     add(by_action.entry(rule.action).or_default(), nr, &conds);
                 }
                 continue;
