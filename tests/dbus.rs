@@ -708,3 +708,33 @@ fn a_sandboxed_task_cannot_drive_the_service() {
     assert!(e.list().is_empty(), "the task submitted a task: {t}");
     assert!(!victim.join("x").exists(), "{t}");
 }
+
+/// The bus our own environment names is hidden from a task even when a
+/// grant holds its socket and the task may use unix sockets: it could
+/// otherwise read the service's properties or eavesdrop on the bus.
+#[test]
+fn the_session_bus_socket_is_hidden_inside_a_grant() {
+    let e = Env::new();
+    let rt = e.w.path().join("runtime");
+    let mut c = e.cmd(&[
+        "run",
+        "--local",
+        "--allow-unix-sockets",
+        "--grant",
+        &format!("{}:ro", rt.display()),
+        "--env",
+        &format!("DBUS_SESSION_BUS_ADDRESS={}", e.bus.address),
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "ls -l {}/bus 2>&1; gdbus introspect --session --dest {DEST} --object-path {SUP} 2>&1; echo rc=$?",
+            rt.display()
+        ),
+    ]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let o = common::output_within(c, Duration::from_secs(120));
+    let t = text(&o);
+    assert!(t.contains("rc=1"), "{t}");
+    assert!(!t.contains("io.github.airlock.Supervisor1"), "{t}");
+}

@@ -41,6 +41,45 @@ const TMP_PRIVATE: &[&str] = &[
     "krb5cc",
 ];
 
+/// The sockets our own environment names: the session bus, the ssh agent,
+/// a container engine, the sound server, the Wayland display. Hidden
+/// wherever a grant would show them: a task allowed unix sockets could
+/// otherwise use the bus (and eavesdrop on it) or the keys of the agent.
+fn env_sockets() -> Vec<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+    let mut v = Vec::new();
+    if let Some(addr) = var("DBUS_SESSION_BUS_ADDRESS") {
+        // unix:path=/run/user/1000/bus,guid=…;unix:path=… (several may follow)
+        for part in addr.split([';', ',']) {
+            if let Some(p) = part
+                .strip_prefix("unix:path=")
+                .or_else(|| part.strip_prefix("path="))
+            {
+                v.push(PathBuf::from(p));
+            }
+        }
+    }
+    for (key, prefix) in [
+        ("SSH_AUTH_SOCK", ""),
+        ("DOCKER_HOST", "unix://"),
+        ("PULSE_SERVER", "unix:"),
+    ] {
+        if let Some(p) = var(key).as_deref().and_then(|s| s.strip_prefix(prefix)) {
+            v.push(PathBuf::from(p));
+        }
+    }
+    if let Some(w) = var("WAYLAND_DISPLAY") {
+        let p = PathBuf::from(&w);
+        if p.is_absolute() {
+            v.push(p);
+        } else if let Some(rt) = var("XDG_RUNTIME_DIR") {
+            v.push(Path::new(&rt).join(p));
+        }
+    }
+    v.retain(|p| p.is_absolute());
+    v
+}
+
 /// What of the host's `/tmp` a grant of it must not show (see
 /// [`TMP_PRIVATE`]); the display's folders even when they do not exist yet.
 fn tmp_private_entries() -> Vec<PathBuf> {
@@ -239,6 +278,7 @@ pub fn plan(
     if seen.contains(Path::new("/tmp")) {
         deny.extend(tmp_private_entries());
     }
+    deny.extend(env_sockets());
     let mut expanded = BTreeSet::new();
     for d in deny {
         expanded.insert(crate::dirs::canonical_lenient(&d));
