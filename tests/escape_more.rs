@@ -1148,3 +1148,29 @@ fn escape_session_secrets_in_a_granted_tmp() {
     assert!(t.contains("end"), "{t}");
     assert_no_secret(&o);
 }
+
+/// An agent that leaves unreadable entries in its layer (`chmod 000`) must
+/// not make its whole review fail: the other changes stay reviewable and
+/// committable.
+#[test]
+fn escape_unreadable_entries_do_not_block_the_review() {
+    let w = World::new();
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "mkdir -p ok sub/deeper && echo a > ok/a && echo b > sub/deeper/f && \
+         chmod 000 sub/deeper/f && chmod 100 sub/deeper && chmod 000 sub && echo done",
+    );
+    assert!(text(&o).contains("done"), "{}", text(&o));
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_string_lossy().to_string();
+    let ch = output_within(w.cmd(&["changes", &id]), Duration::from_secs(60));
+    let t = text(&ch);
+    assert!(ch.status.success(), "{t}");
+    assert!(t.contains("ok/a") && t.contains("sub/deeper/f"), "{t}");
+    let c = output_within(w.cmd(&["commit", &id]), Duration::from_secs(60));
+    assert!(c.status.success(), "{}", text(&c));
+    assert_eq!(
+        std::fs::read_to_string(w.project.join("ok/a")).unwrap(),
+        "a\n"
+    );
+}

@@ -521,6 +521,18 @@ fn finish(
     status: i32,
     state: Option<TaskState>,
 ) {
+    let (opened, first) = make_reviewable(task_dir, layers);
+    if let Some(first) = first {
+        shared.emit(
+            id,
+            EventKind::Warning {
+                message: gettext_f(
+                    "the task left {n} entries its owner could not read (the first: {path}); they were made readable so that its changes can be reviewed",
+                    &[("n", &opened.to_string()), ("path", &first.display().to_string())],
+                ),
+            },
+        );
+    }
     let exit = write_exit(shared, id, task_dir, status);
     let changed = changed_files(task_dir, layers);
     shared.emit(
@@ -610,6 +622,82 @@ pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> UpperUsage {
 
 /// Entries in the upper layers that are not folders: a quick count of the
 /// files a review will show.
+/// Gives the owner read access (and search, for folders) to every entry of
+/// the task's layers that lacks it, once no process of the task is left:
+/// an agent that leaves `chmod 000` entries behind would otherwise make its
+/// whole review fail. Returns how many entries changed and the first one.
+/// Root reads them anyway, so only for an unprivileged supervisor.
+fn make_reviewable(task_dir: &TaskDir, layers: usize) -> (u64, Option<std::path::PathBuf>) {
+    use nix::dir::Dir;
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{fchmodat, fstatat, FchmodatFlags, Mode};
+    use std::os::fd::AsRawFd;
+    fn walk(
+        dir: &mut Dir,
+        path: &std::path::Path,
+        depth: usize,
+        out: &mut (u64, Option<std::path::PathBuf>),
+    ) {
+        let fd = dir.as_raw_fd();
+        let names: Vec<std::ffi::CString> = dir
+            .iter()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_bytes();
+                n != b"." && n != b".."
+            })
+            .map(|e| e.file_name().to_owned())
+            .collect();
+        for name in names {
+            let Ok(st) = fstatat(Some(fd), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let kind = st.st_mode & libc::S_IFMT;
+            let need = match kind {
+                libc::S_IFDIR => 0o500,
+                libc::S_IFREG => 0o400,
+                _ => continue,
+            };
+            let child = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            if st.st_mode & need != need && st.st_uid == nix::unistd::geteuid().as_raw() {
+                let mode = Mode::from_bits_truncate((st.st_mode & 0o7777) | need);
+                // No process of the task is left to swap the entry for a link.
+                if fchmodat(
+                    Some(fd),
+                    name.as_c_str(),
+                    mode,
+                    FchmodatFlags::FollowSymlink,
+                )
+                .is_ok()
+                {
+                    out.0 += 1;
+                    out.1.get_or_insert(child.clone());
+                }
+            }
+            if kind == libc::S_IFDIR && depth < MAX_DEPTH {
+                let flags =
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                if let Ok(mut sub) = Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
+                    walk(&mut sub, &child, depth + 1, out);
+                }
+            }
+        }
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = (0, None);
+    if nix::unistd::geteuid().is_root() {
+        return out;
+    }
+    for i in 0..layers {
+        let top = task_dir.upper(i);
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        if let Ok(mut d) = Dir::open(&top, flags, Mode::empty()) {
+            walk(&mut d, std::path::Path::new(""), 1, &mut out);
+        }
+    }
+    out
+}
+
 pub fn changed_files(task_dir: &TaskDir, layers: usize) -> u64 {
     upper_usage(task_dir, layers).files
 }
