@@ -572,12 +572,34 @@ pub const INODE_COST: u64 = 256;
 /// stopped, since what it wrote there could not be counted.
 pub const MAX_DEPTH: usize = 512;
 
-pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> UpperUsage {
+/// One entry of a task's upper layer, met by [`walk_layers`].
+struct LayerEntry<'a> {
+    /// The folder it is in, open.
+    dir: std::os::fd::RawFd,
+    name: &'a std::ffi::CStr,
+    st: &'a nix::sys::stat::FileStat,
+    /// The folder's path relative to the layer's root.
+    parent: &'a std::path::Path,
+    depth: usize,
+}
+
+/// Walks the task's upper layers with directory descriptors (no path is
+/// rebuilt, so a tree deeper than PATH_MAX is walked like any other), down
+/// to [`MAX_DEPTH`]. `visit` sees each entry before a folder is entered.
+/// Returns whether some folder could not be opened (one gone meanwhile
+/// does not count).
+fn walk_layers(task_dir: &TaskDir, layers: usize, visit: &mut dyn FnMut(&LayerEntry)) -> bool {
     use nix::dir::Dir;
     use nix::fcntl::{AtFlags, OFlag};
     use nix::sys::stat::{fstatat, Mode};
     use std::os::fd::AsRawFd;
-    fn walk(dir: &mut Dir, depth: usize, u: &mut UpperUsage) {
+    use std::os::unix::ffi::OsStrExt;
+    fn walk(
+        dir: &mut Dir,
+        parent: &std::path::Path,
+        depth: usize,
+        visit: &mut dyn FnMut(&LayerEntry),
+    ) -> bool {
         let fd = dir.as_raw_fd();
         let names: Vec<std::ffi::CString> = dir
             .iter()
@@ -588,116 +610,93 @@ pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> UpperUsage {
             })
             .map(|e| e.file_name().to_owned())
             .collect();
+        let mut unopened = false;
         for name in names {
             let Ok(st) = fstatat(Some(fd), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
                 continue;
             };
-            u.bytes += (st.st_blocks as u64 * 512).max(INODE_COST);
-            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                u.files += 1;
-                continue;
-            }
-            if depth >= MAX_DEPTH {
-                u.too_deep = true;
+            visit(&LayerEntry {
+                dir: fd,
+                name: &name,
+                st: &st,
+                parent,
+                depth,
+            });
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR || depth >= MAX_DEPTH {
                 continue;
             }
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             match Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
-                Ok(mut sub) => walk(&mut sub, depth + 1, u),
-                // Gone meanwhile: nothing to count.
+                Ok(mut sub) => {
+                    let path = parent.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+                    unopened |= walk(&mut sub, &path, depth + 1, visit);
+                }
                 Err(nix::errno::Errno::ENOENT) => {}
-                Err(_) => u.unreadable = true,
+                Err(_) => unopened = true,
             }
         }
+        unopened
     }
-    let mut u = UpperUsage::default();
+    let mut unopened = false;
     for i in 0..layers {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         if let Ok(mut d) = Dir::open(&task_dir.upper(i), flags, Mode::empty()) {
-            walk(&mut d, 1, &mut u);
+            unopened |= walk(&mut d, std::path::Path::new(""), 1, visit);
         }
     }
+    unopened
+}
+
+pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> UpperUsage {
+    let mut u = UpperUsage::default();
+    u.unreadable = walk_layers(task_dir, layers, &mut |e| {
+        u.bytes += (e.st.st_blocks as u64 * 512).max(INODE_COST);
+        if e.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            u.files += 1;
+        } else if e.depth >= MAX_DEPTH {
+            u.too_deep = true;
+        }
+    });
     u
 }
 
-/// Entries in the upper layers that are not folders: a quick count of the
-/// files a review will show.
 /// Gives the owner read access (and search, for folders) to every entry of
 /// the task's layers that lacks it, once no process of the task is left:
 /// an agent that leaves `chmod 000` entries behind would otherwise make its
 /// whole review fail. Returns how many entries changed and the first one.
 /// Root reads them anyway, so only for an unprivileged supervisor.
 fn make_reviewable(task_dir: &TaskDir, layers: usize) -> (u64, Option<std::path::PathBuf>) {
-    use nix::dir::Dir;
-    use nix::fcntl::{AtFlags, OFlag};
-    use nix::sys::stat::{fchmodat, fstatat, FchmodatFlags, Mode};
-    use std::os::fd::AsRawFd;
-    fn walk(
-        dir: &mut Dir,
-        path: &std::path::Path,
-        depth: usize,
-        out: &mut (u64, Option<std::path::PathBuf>),
-    ) {
-        let fd = dir.as_raw_fd();
-        let names: Vec<std::ffi::CString> = dir
-            .iter()
-            .flatten()
-            .filter(|e| {
-                let n = e.file_name().to_bytes();
-                n != b"." && n != b".."
-            })
-            .map(|e| e.file_name().to_owned())
-            .collect();
-        for name in names {
-            let Ok(st) = fstatat(Some(fd), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
-                continue;
-            };
-            let kind = st.st_mode & libc::S_IFMT;
-            let need = match kind {
-                libc::S_IFDIR => 0o500,
-                libc::S_IFREG => 0o400,
-                _ => continue,
-            };
-            let child = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-            if st.st_mode & need != need && st.st_uid == nix::unistd::geteuid().as_raw() {
-                let mode = Mode::from_bits_truncate((st.st_mode & 0o7777) | need);
-                // No process of the task is left to swap the entry for a link.
-                if fchmodat(
-                    Some(fd),
-                    name.as_c_str(),
-                    mode,
-                    FchmodatFlags::FollowSymlink,
-                )
-                .is_ok()
-                {
-                    out.0 += 1;
-                    out.1.get_or_insert(child.clone());
-                }
-            }
-            if kind == libc::S_IFDIR && depth < MAX_DEPTH {
-                let flags =
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-                if let Ok(mut sub) = Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
-                    walk(&mut sub, &child, depth + 1, out);
-                }
-            }
-        }
-    }
+    use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
     use std::os::unix::ffi::OsStrExt;
     let mut out = (0, None);
-    if nix::unistd::geteuid().is_root() {
+    let me = nix::unistd::geteuid();
+    if me.is_root() {
         return out;
     }
-    for i in 0..layers {
-        let top = task_dir.upper(i);
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        if let Ok(mut d) = Dir::open(&top, flags, Mode::empty()) {
-            walk(&mut d, std::path::Path::new(""), 1, &mut out);
+    walk_layers(task_dir, layers, &mut |e| {
+        let need = match e.st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => 0o500,
+            libc::S_IFREG => 0o400,
+            _ => return,
+        };
+        if e.st.st_mode & need == need || e.st.st_uid != me.as_raw() {
+            return;
         }
-    }
+        let mode = Mode::from_bits_truncate((e.st.st_mode & 0o7777) | need);
+        // No process of the task is left to swap the entry for a link.
+        if fchmodat(Some(e.dir), e.name, mode, FchmodatFlags::FollowSymlink).is_ok() {
+            out.0 += 1;
+            out.1.get_or_insert_with(|| {
+                e.parent
+                    .join(std::ffi::OsStr::from_bytes(e.name.to_bytes()))
+            });
+        }
+    });
     out
 }
 
+/// Entries in the upper layers that are not folders: a quick count of the
+/// files a review will show.
 pub fn changed_files(task_dir: &TaskDir, layers: usize) -> u64 {
     upper_usage(task_dir, layers).files
 }
