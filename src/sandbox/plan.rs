@@ -81,22 +81,20 @@ fn env_sockets() -> Vec<PathBuf> {
 }
 
 /// What of the host's `/tmp` a grant of it must not show (see
-/// [`TMP_PRIVATE`]); the display's folders even when they do not exist yet.
+/// [`TMP_PRIVATE`]). Only what exists: anything else is not in the grant.
 fn tmp_private_entries() -> Vec<PathBuf> {
-    let mut v = vec![
-        PathBuf::from("/tmp/.X11-unix"),
-        PathBuf::from("/tmp/.ICE-unix"),
-    ];
-    if let Ok(rd) = std::fs::read_dir("/tmp") {
-        for e in rd.flatten() {
+    let Ok(rd) = std::fs::read_dir("/tmp") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| {
             let name = e.file_name();
-            let n = name.to_string_lossy();
-            if TMP_PRIVATE.iter().any(|p| n.starts_with(p)) {
-                v.push(e.path());
-            }
-        }
-    }
-    v
+            TMP_PRIVATE
+                .iter()
+                .any(|p| name.to_string_lossy().starts_with(p))
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Environment variables passed through from the caller; everything else
