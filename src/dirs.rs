@@ -68,19 +68,46 @@ pub fn create_private_dir(path: &Path) -> Result<(), Error> {
 /// symlinked home (`/home` -> `/var/home`), `~/.ssh` and its real path are
 /// then both known before anything creates it.
 pub fn canonical_lenient(p: &Path) -> PathBuf {
-    let mut rest = Vec::new();
-    let mut cur = p;
-    loop {
-        if let Ok(real) = cur.canonicalize() {
-            return rest.iter().rev().fold(real, |acc, c| acc.join(c));
-        }
-        match (cur.parent(), cur.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                cur = parent;
+    Canonicalizer::default().resolve(p)
+}
+
+/// [`canonical_lenient`] for many paths that share ancestors (the hidden
+/// paths: a hundred names under a few folders). Each folder is resolved
+/// once, and a missing name costs one `lstat` instead of a full walk.
+#[derive(Default)]
+pub struct Canonicalizer {
+    known: std::collections::HashMap<PathBuf, Option<PathBuf>>,
+}
+
+impl Canonicalizer {
+    pub fn resolve(&mut self, p: &Path) -> PathBuf {
+        let mut rest = Vec::new();
+        let mut cur = p;
+        loop {
+            if let Some(real) = self.real(cur) {
+                return rest.iter().rev().fold(real, |acc, c| acc.join(c));
             }
-            _ => return p.to_path_buf(),
+            match (cur.parent(), cur.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    cur = parent;
+                }
+                _ => return p.to_path_buf(),
+            }
         }
+    }
+
+    fn real(&mut self, p: &Path) -> Option<PathBuf> {
+        if let Some(known) = self.known.get(p) {
+            return known.clone();
+        }
+        // Most hidden names do not exist; lstat says so in one call, where
+        // a failing realpath would first read every ancestor as a link.
+        let real = fs::symlink_metadata(p)
+            .ok()
+            .and_then(|_| p.canonicalize().ok());
+        self.known.insert(p.to_path_buf(), real.clone());
+        real
     }
 }
 
@@ -122,4 +149,42 @@ fn write_via_temp(path: &Path, data: &[u8], durable: bool) -> Result<(), Error> 
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn lenient_paths_resolve_through_symlinked_ancestors() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().canonicalize().unwrap();
+        fs::create_dir_all(base.join("var/home/me")).unwrap();
+        fs::create_dir_all(base.join("elsewhere/cfg")).unwrap();
+        symlink(base.join("var/home"), base.join("home")).unwrap();
+        symlink(base.join("elsewhere/cfg"), base.join("var/home/me/.config")).unwrap();
+        symlink("/nonexistent/target", base.join("var/home/me/.aws")).unwrap();
+        let home = base.join("home/me");
+        let cases = [
+            (home.join(".ssh"), base.join("var/home/me/.ssh")),
+            (
+                home.join(".ssh/id_rsa"),
+                base.join("var/home/me/.ssh/id_rsa"),
+            ),
+            (
+                home.join(".config/gcloud"),
+                base.join("elsewhere/cfg/gcloud"),
+            ),
+            (home.join(".config"), base.join("elsewhere/cfg")),
+            // A dangling link: its own name, under the real parent.
+            (home.join(".aws"), base.join("var/home/me/.aws")),
+            (home.clone(), base.join("var/home/me")),
+        ];
+        let mut shared = Canonicalizer::default();
+        for (p, want) in &cases {
+            assert_eq!(&canonical_lenient(p), want, "{}", p.display());
+            assert_eq!(&shared.resolve(p), want, "{} (shared)", p.display());
+        }
+    }
 }

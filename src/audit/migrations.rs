@@ -83,6 +83,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_last ON events(last_ms);
     CREATE INDEX tasks_updated ON tasks(updated_ms);
     "#,
+    // 3: every `airlock run` asks for the live tasks; without an index that
+    // read every task ever recorded, so each run grew slower with history.
+    r#"
+    CREATE INDEX tasks_live ON tasks(created_ms, id)
+        WHERE state IN ('queued', 'starting', 'running');
+    "#,
 ];
 
 /// The version a database has after all steps.

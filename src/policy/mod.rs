@@ -274,10 +274,8 @@ impl Policy {
             crate::dirs::config_dir(),
         ]);
         // Also by their real paths, existing or not (a symlinked home).
-        let real: Vec<PathBuf> = v
-            .iter()
-            .map(|p| crate::dirs::canonical_lenient(p))
-            .collect();
+        let mut canonical = crate::dirs::Canonicalizer::default();
+        let real: Vec<PathBuf> = v.iter().map(|p| canonical.resolve(p)).collect();
         v.extend(real);
         v.sort();
         v.dedup();

@@ -278,8 +278,9 @@ pub fn plan(
     }
     deny.extend(env_sockets());
     let mut expanded = BTreeSet::new();
+    let mut canonical = crate::dirs::Canonicalizer::default();
     for d in deny {
-        expanded.insert(crate::dirs::canonical_lenient(&d));
+        expanded.insert(canonical.resolve(&d));
         expanded.insert(d);
     }
 
