@@ -228,6 +228,7 @@ mod tests {
                     })
                     .collect(),
                 refuse_foreign_abi: false,
+                refuse_unknown: false,
             };
             assert!(crate::sandbox::seccomp::compile(&p).is_ok());
         }

@@ -290,6 +290,7 @@ pub fn import_str(name: &str, text: &str) -> Result<Profile, Error> {
         default_action,
         rules,
         refuse_foreign_abi: true,
+        refuse_unknown: false,
     })
 }
 

@@ -700,6 +700,7 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
                     default_action: seccomp::Action::Allow,
                     rules: m.deny_rules.clone(),
                     refuse_foreign_abi: false,
+                    refuse_unknown: false,
                 };
                 match seccomp::compile(&fallback).map(|c| seccomp::install(&c)) {
                     Ok(Ok(())) => layers.push(enforced(

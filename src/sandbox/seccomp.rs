@@ -86,6 +86,11 @@ pub struct Profile {
     /// Refuse x32 and foreign-architecture syscalls (always on for our
     /// default; an OCI profile's `architectures` decides for imports).
     pub refuse_foreign_abi: bool,
+    /// Answer `ENOSYS` to syscalls newer than this build's table (our
+    /// default: a call added to a later kernel has not been reviewed, so it
+    /// is not allowed by omission). Imported profiles say for themselves.
+    #[serde(default)]
+    pub refuse_unknown: bool,
 }
 
 const EPERM: u32 = libc::EPERM as u32;
@@ -292,6 +297,7 @@ pub fn default_profile() -> Profile {
         default_action: Action::Allow,
         rules,
         refuse_foreign_abi: true,
+        refuse_unknown: true,
     }
 }
 
@@ -483,10 +489,8 @@ pub fn compile(profile: &Profile) -> Result<Compiled, CompileError> {
     }
     let arch = native_arch();
     let mut programs = Vec::new();
-    if profile.refuse_foreign_abi {
-        if let Some(p) = foreign_abi_filter() {
-            programs.push(p);
-        }
+    if let Some(p) = abi_filter(profile.refuse_foreign_abi, profile.refuse_unknown) {
+        programs.push(p);
     }
     let build = |rules: BTreeMap<i64, Conds>, mismatch: SeccompAction, matched: SeccompAction| {
         let mut out = BTreeMap::new();
@@ -608,6 +612,7 @@ pub fn compile_monitored(profile: &Profile, watch: &[Rule]) -> Result<Monitored,
             })
             .collect(),
         refuse_foreign_abi: false,
+        refuse_unknown: false,
     };
     let mut rest = match compile(&notify_profile)?.programs.pop() {
         Some(p) => p,
@@ -881,25 +886,53 @@ impl RuleIndex {
     }
 }
 
-/// A hand-written filter for what seccompiler cannot say: on x86_64, refuse
-/// x32 syscalls (numbers with bit 30 set) and foreign-architecture calls
-/// (i386 `int 0x80`) with EPERM.
-fn foreign_abi_filter() -> Option<BpfProgram> {
+/// The highest syscall number of the native table: what this build knows.
+fn last_known_syscall() -> u32 {
     #[cfg(target_arch = "x86_64")]
-    {
-        Some(vec![
+    let table = super::syscalls::X86_64;
+    #[cfg(target_arch = "aarch64")]
+    let table = super::syscalls::AARCH64;
+    table.iter().map(|(_, nr)| *nr as u32).max().unwrap_or(0)
+}
+
+/// A hand-written filter for what seccompiler cannot say. `foreign`: on
+/// x86_64, refuse x32 syscalls (numbers with bit 30 set) and
+/// foreign-architecture calls (i386 `int 0x80`) with EPERM. `unknown`:
+/// answer ENOSYS to numbers above [`last_known_syscall`], as an older
+/// kernel would, so that libc falls back to what it used before.
+fn abi_filter(foreign: bool, unknown: bool) -> Option<BpfProgram> {
+    const JGT_K: u16 = 0x25;
+    let foreign = foreign && cfg!(target_arch = "x86_64");
+    let last = last_known_syscall();
+    match (foreign, unknown) {
+        (false, false) => None,
+        (true, false) => Some(vec![
             ins(LD_W_ABS, 0, 0, 4),              // A = arch
-            ins(JEQ_K, 0, 3, NATIVE_AUDIT_ARCH), // foreign → errno
+            ins(JEQ_K, 0, 3, NATIVE_AUDIT_ARCH), // foreign → EPERM
             ins(LD_W_ABS, 0, 0, 0),              // A = nr
-            ins(JGE_K, 1, 0, 0x4000_0000),       // x32 → errno
+            ins(JGE_K, 1, 0, 0x4000_0000),       // x32 → EPERM
             ins(RET_K, 0, 0, RET_ALLOW),
             ins(RET_K, 0, 0, RET_ERRNO | EPERM),
-        ])
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = JGE_K;
-        None
+        ]),
+        (true, true) => Some(vec![
+            ins(LD_W_ABS, 0, 0, 4),              // A = arch
+            ins(JEQ_K, 0, 5, NATIVE_AUDIT_ARCH), // foreign → EPERM
+            ins(LD_W_ABS, 0, 0, 0),              // A = nr
+            ins(JGE_K, 3, 0, 0x4000_0000),       // x32 → EPERM
+            ins(JGT_K, 1, 0, last),              // unknown → ENOSYS
+            ins(RET_K, 0, 0, RET_ALLOW),
+            ins(RET_K, 0, 0, RET_ERRNO | ENOSYS),
+            ins(RET_K, 0, 0, RET_ERRNO | EPERM),
+        ]),
+        // Another architecture's numbers are not ours to judge here.
+        (false, true) => Some(vec![
+            ins(LD_W_ABS, 0, 0, 4),              // A = arch
+            ins(JEQ_K, 0, 2, NATIVE_AUDIT_ARCH), // foreign → allow
+            ins(LD_W_ABS, 0, 0, 0),              // A = nr
+            ins(JGT_K, 1, 0, last),              // unknown → ENOSYS
+            ins(RET_K, 0, 0, RET_ALLOW),
+            ins(RET_K, 0, 0, RET_ERRNO | ENOSYS),
+        ]),
     }
 }
 
@@ -1055,6 +1088,11 @@ mod tests {
                 ("i386 mount".to_string(), 21, 0x4000_0003),
                 ("i386 getpid".to_string(), 20, 0x4000_0003),
             ]);
+            let last = last_known_syscall() as i64;
+            calls.extend([
+                ("unknown".to_string(), last + 1, NATIVE_AUDIT_ARCH),
+                ("unknown".to_string(), last + 5, NATIVE_AUDIT_ARCH),
+            ]);
             for (name, nr, arch) in &calls {
                 for a in &samples {
                     assert_eq!(
@@ -1074,6 +1112,54 @@ mod tests {
                 assert!(at.is_some_and(|at| at < 64), "{at:?}");
             }
         }
+    }
+
+    #[test]
+    fn syscalls_newer_than_the_table_get_enosys_under_the_default_only() {
+        let last = last_known_syscall() as i64;
+        // mseal (462) is the newest call both tables know.
+        assert!(last >= 462, "{last}");
+        let answer = |c: &Compiled, nr: i64, arch: u32| {
+            c.programs
+                .iter()
+                .map(|p| eval(p, nr, arch, &[0; 6]))
+                .min_by_key(|r| (r & 0xffff_0000) as i32)
+                .unwrap_or(RET_ALLOW)
+        };
+        let ours = compile(&default_profile()).unwrap();
+        let getpid = syscall_number("getpid").unwrap();
+        assert_eq!(answer(&ours, getpid, NATIVE_AUDIT_ARCH), RET_ALLOW);
+        assert_eq!(answer(&ours, last, NATIVE_AUDIT_ARCH), RET_ALLOW);
+        // open_tree_attr (467), file_setattr (469): not reviewed here.
+        for nr in [last + 1, 467, 469, 1000] {
+            assert_eq!(
+                answer(&ours, nr, NATIVE_AUDIT_ARCH),
+                RET_ERRNO | ENOSYS,
+                "{nr}"
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(
+                answer(&ours, 0x4000_0000 | 257, NATIVE_AUDIT_ARCH),
+                RET_ERRNO | EPERM
+            );
+            assert_ne!(answer(&ours, 20, 0x4000_0003), RET_ALLOW);
+        }
+        // An imported profile keeps its own meaning.
+        let mut allow_all = default_profile();
+        allow_all.rules.clear();
+        allow_all.refuse_unknown = false;
+        let theirs = compile(&allow_all).unwrap();
+        assert_eq!(answer(&theirs, last + 1, NATIVE_AUDIT_ARCH), RET_ALLOW);
+        allow_all.refuse_foreign_abi = false;
+        allow_all.refuse_unknown = true;
+        let unknown_only = compile(&allow_all).unwrap();
+        assert_eq!(
+            answer(&unknown_only, last + 1, NATIVE_AUDIT_ARCH),
+            RET_ERRNO | ENOSYS
+        );
+        assert_eq!(answer(&unknown_only, getpid, NATIVE_AUDIT_ARCH), RET_ALLOW);
     }
 
     #[test]
