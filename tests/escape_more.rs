@@ -1103,6 +1103,39 @@ fn escape_max_upper_with_an_unreadable_folder() {
     );
 }
 
+/// Empty files cost the host an inode each, and a disk runs out of inodes
+/// long before bytes (ext4: one per 16 KiB). `--max-upper` counts every
+/// entry as at least a block, so 40 MiB stops the task near 10,000 empty
+/// files; at an inode's own size it allowed 160,000.
+#[test]
+fn escape_inode_exhaustion_of_a_rw_grant() {
+    let w = World::new();
+    let o = w.run(
+        &[
+            "--grant",
+            &format!("{}:rw", w.project.display()),
+            "--max-upper",
+            "40M",
+        ],
+        "python3 -c 'import os, time
+os.mkdir(\"many\")
+for b in range(40):
+    for i in range(1000):
+        os.mknod(\"many/%d-%d\" % (b, i))
+    time.sleep(0.05)
+print(\"not stopped\")
+'",
+    );
+    let t = text(&o);
+    let made = std::fs::read_dir(upper(&w).join("many"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        !o.status.success() && !t.contains("not stopped") && made < 20_000,
+        "{made} empty files went past --max-upper 40M: {t}"
+    );
+}
+
 /// Without `--tty` the agent's stdio is the user's terminal; settings it
 /// changes there (echo off, raw mode) are put back when it ends, so the
 /// user is not left typing blind. Run under `script` for a real terminal.

@@ -566,8 +566,11 @@ pub struct UpperUsage {
     pub unreadable: bool,
 }
 
-/// What one entry costs at least (an ext4 inode).
-pub const INODE_COST: u64 = 256;
+/// What one entry costs at least: a block. The inode itself is 256 bytes,
+/// but inodes are the scarcer resource (ext4 makes one per 16 KiB of
+/// disk), so at 256 bytes the default 8 GiB let an agent use up some 32
+/// million of them; at 4 KiB it is two million.
+pub const INODE_COST: u64 = 4096;
 /// How deep the measurement goes; a task that builds deeper trees is
 /// stopped, since what it wrote there could not be counted.
 pub const MAX_DEPTH: usize = 512;
