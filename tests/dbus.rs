@@ -559,6 +559,63 @@ fn kill9_mid_task_then_restart_marks_it_interrupted_with_changes_kept() {
     );
 }
 
+/// The session ends: its bus goes away and nobody can reach the service.
+/// `airlock serve` stops as on SIGTERM (its running task is killed, every
+/// process of it gone, its changes kept for review) instead of lingering.
+#[test]
+fn the_service_stops_when_its_bus_goes_away() {
+    let mut e = Env::new();
+    let proj = project_with(&e, "x.txt", "x\n");
+    let policy = format!("{{'grants': <[('{}', true)]>}}", proj.display());
+    let path = e.submit(
+        &policy,
+        "['sh', '-c', 'echo changed > x.txt; touch ready; sleep 300']",
+    );
+    let id = e.prop(&path, "Id");
+    let task_dir = e.w.state().join("airlock/tasks").join(&id);
+    let start = Instant::now();
+    while !task_dir.join("upper/0/ready").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let helper: u32 = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(task_dir.join("owner.json")).unwrap(),
+    )
+    .unwrap()["helper_pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let _ = e.bus.child.kill();
+    let _ = e.bus.child.wait();
+    let mut serve = e.serve.take().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = serve.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = serve.kill();
+            panic!("airlock serve outlived its session bus");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("session bus went away"), "{stderr}");
+    let alive =
+        std::fs::read_to_string(format!("/proc/{helper}/stat")).is_ok_and(|s| !s.contains(") Z"));
+    assert!(!alive, "the task's sandbox outlived the service");
+    let store = airlock::audit::AuditStore::open(&e.audit()).unwrap();
+    let t = store.tasks(&Default::default()).unwrap();
+    // Killed, and waiting for review since it changed a file.
+    assert_eq!(t[0].state, airlock::task::TaskState::Reviewing, "{t:?}");
+    assert_eq!(t[0].exit.map(|x| x.code), Some(137), "{t:?}");
+    assert_eq!(
+        std::fs::read_to_string(task_dir.join("upper/0/x.txt")).unwrap(),
+        "changed\n"
+    );
+}
+
 #[test]
 fn kill9_mid_commit_then_restart_rolls_the_commit_back() {
     let mut e = Env::new();

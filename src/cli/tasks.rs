@@ -190,9 +190,24 @@ fn serve_inner(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // When the session bus goes away (the session ended), nobody can
+        // reach the service any more: it stops as on SIGTERM instead of
+        // lingering with its tasks. zbus ends every message stream of a
+        // connection whose socket failed.
+        let mut bus = zbus::MessageStream::from(&conn);
+        let bus_gone = async {
+            use zbus::export::futures_util::StreamExt;
+            while let Some(Ok(_)) = bus.next().await {}
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = bus_gone => {
+                eprintln!(
+                    "{}",
+                    gettext("airlock: the session bus went away; stopping the running tasks")
+                );
+            }
         }
         anyhow::Ok(())
     })?;
