@@ -722,8 +722,8 @@ fn escape_commit_of_setid_fifo_and_deep_paths() {
     );
 }
 
-/// The newer mount calls: open_tree_attr (6.15) is not in the syscall
-/// tables seccomp knows, so only the missing capability refuses it; the
+/// The newer mount calls: open_tree_attr (6.15) is newer than the syscall
+/// tables seccomp knows, so it answers ENOSYS like every such call; the
 /// others are refused by the filter.
 #[test]
 fn escape_new_mount_api_calls() {
@@ -741,7 +741,8 @@ fn escape_new_mount_api_calls() {
     ];
     let o = w.run(&[], &calls.join("; "));
     let t = text(&o);
-    assert_eq!(t.matches("rc=-1 errno=1").count(), calls.len(), "{t}");
+    assert_eq!(t.matches("rc=-1 errno=38\n").count(), 1, "{t}");
+    assert_eq!(t.matches("rc=-1 errno=1\n").count(), calls.len() - 1, "{t}");
 }
 
 /// An always-denied folder that does not exist yet is not covered: with
@@ -1136,19 +1137,156 @@ print(\"not stopped\")
     );
 }
 
-/// Without `--tty` the agent's stdio is the user's terminal; settings it
-/// changes there (echo off, raw mode) are put back when it ends, so the
-/// user is not left typing blind. Run under `script` for a real terminal.
+/// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
+/// naming the binary, at most 120 s.
+fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {
+    let mut c = Command::new(shell);
+    c.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", &w.home)
+        .env("LANG", "C.UTF-8")
+        .env("XDG_STATE_HOME", w.state())
+        .env("XDG_DATA_HOME", w.path().join("data"))
+        .env("XDG_CONFIG_HOME", w.path().join("config"))
+        .env("AIRLOCK", airlock_bin())
+        .current_dir(w.path());
+    match stdin {
+        None => {
+            c.args(["-c", script]).stdin(Stdio::null());
+            output_within(c, Duration::from_secs(120))
+        }
+        // The script comes on stdin, as with `curl … | sh`.
+        Some(text) => {
+            c.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn().expect("shell");
+            let mut input = child.stdin.take().unwrap();
+            std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
+            drop(input);
+            let _ = script;
+            child.wait_with_output().unwrap()
+        }
+    }
+}
+
+/// A shell reading a script from a pipe runs `airlock run`. Were the pipe
+/// the task's stdin, the task could reopen it for writing through
+/// /proc/self/fd/0 and append commands that the shell runs on the host
+/// after the task. The task's stdin is a pipe of its own instead.
 #[test]
-fn escape_terminal_settings_are_restored() {
+fn escape_through_the_stdin_pipe_of_a_shell() {
+    let w = World::new();
+    let mark = w.outside.join("INJECTED");
+    let script = format!(
+        "\"$AIRLOCK\" run --local -- sh -c 'printf \"%s\\n\" \"touch {m}\" > /proc/self/fd/0; printf \"%s\\n\" \"touch {m}\" > /dev/stdin; echo tried'\n",
+        m = mark.display()
+    );
+    let o = host_shell(&w, "bash", "", Some(&script));
+    let t = text(&o);
+    assert!(t.contains("tried"), "{t}");
+    assert!(
+        !mark.exists(),
+        "the host shell ran a command the task wrote: {t}"
+    );
+}
+
+/// A folder or file on the task's stdio: metadata calls (chmod, times,
+/// xattrs) are outside Landlock's reach, `..` leads on from a folder, and
+/// `>>` could lose its append flag. None of that reaches the host: the
+/// task's stdio is pipes that the helper relays.
+#[test]
+fn escape_through_a_folder_or_file_on_stdio() {
+    let w = World::new();
+    let dir = w.outside.join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o755);
+    plant(&dir.join("secret.txt"));
+    let log = w.outside.join("app.log");
+    std::fs::write(&log, "LINE 1\nLINE 2\n").unwrap();
+    chmod(&log, 0o644);
+    let before = std::fs::metadata(&log).unwrap();
+    let py = r#"import os, fcntl
+for fd in (0, 1):
+    for what, f in (("chmod", lambda: os.fchmod(fd, 0o777)), ("utime", lambda: os.utime(fd, (0, 0))),
+                    ("xattr", lambda: os.setxattr(fd, "user.planted", b"x"))):
+        try:
+            f(); print(what, fd, "done", flush=True)
+        except OSError as e:
+            print(what, fd, e.errno, flush=True)
+try:
+    d = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=0)
+    print("LISTED", os.listdir(d), flush=True)
+except OSError as e:
+    print("dotdot", e.errno, flush=True)
+try:
+    print(open("/proc/self/fd/0/secret.txt").read(), flush=True)
+except OSError as e:
+    print("read", e.errno, flush=True)
+fcntl.fcntl(1, fcntl.F_SETFL, fcntl.fcntl(1, fcntl.F_GETFL) & ~os.O_APPEND)
+for f in (lambda: os.lseek(1, 0, 0), lambda: os.ftruncate(1, 0)):
+    try:
+        f()
+    except OSError as e:
+        print("seek/truncate", e.errno, file=__import__("sys").stderr)
+os.write(1, b"FROM TASK\n")
+"#;
+    let script = format!(
+        "\"$AIRLOCK\" run --local -- python3 -c '{py}' < '{d}' >> '{l}'",
+        d = dir.display(),
+        l = log.display()
+    );
+    let o = host_shell(&w, "sh", &script, None);
+    let t = text(&o);
+    let content = std::fs::read_to_string(&log).unwrap();
+    assert!(content.starts_with("LINE 1\nLINE 2\n"), "{content}\n{t}");
+    assert!(content.ends_with("FROM TASK\n"), "{content}\n{t}");
+    assert!(
+        !content.contains("LISTED") && !content.contains(SECRET),
+        "{content}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let after = std::fs::metadata(&log).unwrap();
+    assert_eq!(after.permissions().mode() & 0o7777, 0o644, "{content}");
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    assert!(after.modified().unwrap() >= before.modified().unwrap());
+    let xattr = Command::new("getfattr")
+        .args(["-n", "user.planted"])
+        .arg(&log)
+        .output();
+    if let Ok(x) = xattr {
+        assert!(!String::from_utf8_lossy(&x.stdout).contains("planted"));
+    }
+}
+
+/// Without `--tty` the user's terminal is not the task's either: what a
+/// task does to its stdio (echo and canonical mode off, non-blocking,
+/// exclusive, output stopped, mode 0666) leaves the terminal as it was.
+/// Run under `script` for a real terminal.
+#[test]
+fn escape_the_users_terminal_is_not_the_tasks() {
     let w = World::new();
     if Command::new("script").arg("--version").output().is_err() {
         eprintln!("skipped: `script` (util-linux) is not installed");
         return;
     }
+    let py = r#"import os, fcntl, termios
+for fd in (0, 1, 2):
+    for f in (lambda: fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK),
+              lambda: fcntl.ioctl(fd, termios.TIOCEXCL), lambda: os.fchmod(fd, 0o666),
+              lambda: termios.tcflow(fd, termios.TCOOFF)):
+        try:
+            f()
+        except (OSError, termios.error):
+            pass
+"#;
     let line = format!(
-        "{} run --local -- stty -echo -icanon; stty -a",
-        airlock_bin().display()
+        "{} run --local -- sh -c 'stty -echo -icanon; python3 -c \"$0\"' '{}'; stty -a; stat -c MODE=%a \"$(tty)\"; python3 -c 'import fcntl, os; print(\"NONBLOCK\", bool(fcntl.fcntl(0, fcntl.F_GETFL) & os.O_NONBLOCK)); os.close(os.open(\"/dev/tty\", os.O_RDWR)); print(\"TTY-OPENS\")'; echo END",
+        airlock_bin().display(),
+        py.replace('\'', "'\\''")
     );
     let mut c = Command::new("script");
     c.args(["-qfec", &line, "/dev/null"])
@@ -1162,13 +1300,17 @@ fn escape_terminal_settings_are_restored() {
         .stdin(Stdio::null());
     let o = output_within(c, Duration::from_secs(120));
     let t = text(&o);
-    assert!(t.contains("exited with status 0"), "{t}");
+    assert!(t.contains("exited with status"), "{t}");
     let settings: Vec<&str> = t.split_whitespace().collect();
     assert!(settings.contains(&"echo"), "echo stayed off: {t}");
     assert!(
         settings.contains(&"icanon"),
         "canonical mode stayed off: {t}"
     );
+    assert!(!t.contains("MODE=666"), "{t}");
+    assert!(t.contains("NONBLOCK False"), "{t}");
+    assert!(t.contains("TTY-OPENS"), "{t}");
+    assert!(t.contains("END"), "output stayed stopped: {t}");
 }
 
 /// A grant of the host's /tmp hides what lives there for the session:

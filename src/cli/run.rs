@@ -372,39 +372,6 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// The settings of the terminal on our stdio, restored when dropped.
-struct TerminalSettings(Option<(std::os::fd::RawFd, nix::sys::termios::Termios)>);
-
-impl TerminalSettings {
-    fn save() -> TerminalSettings {
-        use std::os::fd::BorrowedFd;
-        for fd in 0..=2 {
-            // SAFETY: our own standard descriptors, open for the process's life.
-            let b = unsafe { BorrowedFd::borrow_raw(fd) };
-            if let Ok(t) = nix::sys::termios::tcgetattr(b) {
-                return TerminalSettings(Some((fd, t)));
-            }
-        }
-        TerminalSettings(None)
-    }
-}
-
-impl Drop for TerminalSettings {
-    fn drop(&mut self) {
-        if let Some((fd, t)) = &self.0 {
-            // SAFETY: as in `save`.
-            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
-            // Only in the foreground: from a background job tcsetattr would
-            // stop us (SIGTTOU).
-            let foreground = nix::unistd::tcgetpgrp(b).ok() == Some(nix::unistd::getpgrp());
-            let changed = nix::sys::termios::tcgetattr(b).is_ok_and(|now| now != *t);
-            if foreground && changed {
-                let _ = nix::sys::termios::tcsetattr(b, nix::sys::termios::SetArg::TCSANOW, t);
-            }
-        }
-    }
-}
-
 fn run_local(
     sup: SupervisorHandle,
     policy: Policy,
@@ -422,10 +389,6 @@ fn run_local(
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    // Without --tty the agent's stdio is the user's terminal: whatever
-    // settings it changes there (echo off, raw mode) are put back when it
-    // ends.
-    let _terminal = TerminalSettings::save();
     let mut sub = sup.subscribe();
     let prompt = (policy.net.mode == crate::policy::NetMode::Ask).then(|| {
         super::net::ConsentPrompt::start(

@@ -2,7 +2,8 @@
 //! builds the sandbox in the order the kernel needs and `exec`s the agent.
 //!
 //! ```text
-//! supervisor ── spawns ──▶ helper (outside; writes the id maps, forwards signals)
+//! supervisor ── spawns ──▶ helper (outside; writes the id maps, forwards signals,
+//!                            │        relays the task's stdio: see `stdio`)
 //!                            └─ clone(new user, mount, pid, net, ipc, uts, cgroup ns)
 //!                                 ▶ PID 1 (mounts, pivot_root; then reaps and forwards)
 //!                                      └─ fork ▶ agent (limits, no_new_privs, Landlock,
@@ -111,6 +112,15 @@ pub fn main() -> ! {
     } else {
         None
     };
+    // Without it, three pipes of the task's own (see `stdio`): the user's
+    // descriptors never enter the sandbox.
+    let stdio = match pty {
+        Some(_) => None,
+        None => match super::stdio::TaskStdio::new() {
+            Ok(s) => Some(s),
+            Err(e) => ctl.fail("create pipes for the task's stdio", e),
+        },
+    };
     let flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -130,6 +140,10 @@ pub fn main() -> ! {
     };
     if pid == 0 {
         drop(go_w);
+        let drained = match stdio.map(super::stdio::TaskStdio::enter).transpose() {
+            Ok(d) => d,
+            Err(e) => ctl.fail("attach the task's stdio", e),
+        };
         // Wait until the outside has written our id maps.
         let mut b = [0u8; 1];
         if nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&go_r), &mut b) != Ok(1) {
@@ -137,8 +151,9 @@ pub fn main() -> ! {
             unsafe { libc::_exit(SETUP_FAILED) }
         }
         drop(go_r);
-        pid1(spec, ctl);
+        pid1(spec, ctl, drained);
     }
+    let pipes = stdio.map(super::stdio::TaskStdio::leave);
     drop(go_r);
     if let Err(e) = write_id_maps(pid, &spec, outer_uid, outer_gid) {
         // SAFETY: killing our own child.
@@ -152,26 +167,16 @@ pub fn main() -> ! {
     drop(go_w);
     drop(ctl);
     forward_signals_to(pid);
-    if pty.is_none() {
-        // The task's stdio is PID 1's business now: holding on to it here
-        // would keep a reader of the output waiting for our own end.
-        if let Ok(null) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-        {
-            for fd in 0..=2 {
-                // SAFETY: replacing our own standard descriptors.
-                unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd) };
-            }
-        }
-    }
-    let status = match pty {
-        Some(p) => {
+    let status = match (pty, pipes) {
+        (Some(p), _) => {
             drop(p.slave);
             relay(p.master, pid)
         }
-        None => wait_for(pid),
+        (None, Some(r)) => {
+            r.run();
+            wait_for(pid)
+        }
+        (None, None) => wait_for(pid),
     };
     std::process::exit(status)
 }
@@ -347,7 +352,7 @@ fn wait_for(pid: libc::pid_t) -> i32 {
 }
 
 /// PID 1 of the sandbox.
-fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
+fn pid1(spec: SandboxSpec, mut ctl: Control, drained: Option<std::os::fd::OwnedFd>) -> ! {
     // SAFETY: prctl with integer arguments; PID 1 dies with the helper.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     if let Err(e) = mounts::build_root(&spec) {
@@ -425,6 +430,10 @@ fn pid1(spec: SandboxSpec, mut ctl: Control) -> ! {
             for fd in 0..=2 {
                 // SAFETY: closing descriptors PID 1 no longer uses.
                 unsafe { libc::close(fd) };
+            }
+            // Its last output is passed on before anyone hears it ended.
+            if let Some(d) = drained {
+                super::stdio::wait_drained(d);
             }
             let _ = nix::unistd::write(&tx, &status.to_ne_bytes());
         }

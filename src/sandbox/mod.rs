@@ -15,6 +15,7 @@ pub mod net;
 pub mod plan;
 pub mod seccomp;
 pub mod spec;
+mod stdio;
 mod sys;
 pub mod syscalls;
 

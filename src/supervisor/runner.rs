@@ -249,7 +249,11 @@ fn prepare(
         spec.persistent_home = Some(agent_home(agent, &spec)?);
     }
     for l in &layers {
-        Snapshot::capture(&l.path)?.save(&snapshot_path(task_dir, l.index))?;
+        let snap = Snapshot::capture(&l.path)?;
+        if let Some(message) = unmapped_owners(&snap, &l.path, &spec) {
+            shared.emit(id, EventKind::Warning { message });
+        }
+        snap.save(&snapshot_path(task_dir, l.index))?;
     }
     let manifest = TaskManifest {
         id: id.clone(),
@@ -265,6 +269,32 @@ fn prepare(
     task_dir.write_manifest(&manifest)?;
     shared.record(super::store::AuditMsg::Task(Box::new(manifest)));
     Ok((spec, layers))
+}
+
+/// A user namespace made without privileges maps only our own user and
+/// group, so the overlay cannot copy up an entry owned by anyone else: the
+/// agent's change fails with EOVERFLOW ("Value too large"). Said up front,
+/// naming the first such entry, instead of leaving the agent to fail.
+fn unmapped_owners(snap: &Snapshot, grant: &std::path::Path, spec: &SandboxSpec) -> Option<String> {
+    let (uids, gids) = if spec.outer_root {
+        ([0, spec.user.uid], [0, spec.user.gid])
+    } else {
+        ([spec.user.uid; 2], [spec.user.gid; 2])
+    };
+    let mut foreign = snap
+        .entries
+        .iter()
+        .filter(|(_, m)| !uids.contains(&m.uid) || !gids.contains(&m.gid));
+    let (first, _) = foreign.next()?;
+    let n = 1 + foreign.count();
+    Some(gettext_f(
+        "{n} entries in {grant} belong to another user or group (the first: {path}); the agent can read them but not change them, since a sandbox without privileges can only map your own user and group",
+        &[
+            ("n", &n.to_string()),
+            ("grant", &crate::workspace::names::escape_path(grant)),
+            ("path", &crate::workspace::names::escape(first)),
+        ],
+    ))
 }
 
 /// `$XDG_STATE_HOME/airlock/agents/NAME/home`, created on first use and
