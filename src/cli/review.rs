@@ -156,17 +156,26 @@ impl Review {
     /// Remembers the hashes of what was just shown, for the commit check.
     fn record_shown<'a>(&self, shown: impl IntoIterator<Item = (usize, &'a Change)>) -> Result<()> {
         let mut r = self.load_reviewed()?;
+        // Keyed by (layer, path), the newest hash winning (a retain over
+        // all entries per shown change made 200,000 changes take minutes).
+        let mut by_path: std::collections::BTreeMap<(usize, Vec<u8>), String> = r
+            .entries
+            .drain(..)
+            .map(|e| ((e.layer, e.path), e.sha256))
+            .collect();
         for (layer, c) in shown {
             if let Some(h) = c.hash {
-                r.entries
-                    .retain(|e| !(e.layer == layer && e.path == c.path));
-                r.entries.push(ReviewedEntry {
-                    layer,
-                    path: c.path.clone(),
-                    sha256: hex(h),
-                });
+                by_path.insert((layer, c.path.clone()), hex(h));
             }
         }
+        r.entries = by_path
+            .into_iter()
+            .map(|((layer, path), sha256)| ReviewedEntry {
+                layer,
+                path,
+                sha256,
+            })
+            .collect();
         let data = serde_json::to_vec(&r)?;
         crate::dirs::write_atomic(&self.reviewed_path(), &data)?;
         Ok(())
