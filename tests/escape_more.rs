@@ -722,6 +722,56 @@ fn escape_commit_of_setid_fifo_and_deep_paths() {
     );
 }
 
+/// Modes the agent chose with umask 0: a new folder 0777 (another local
+/// user could plant `.git/hooks` there) and a new file 0666 get the
+/// committing user's umask; an existing folder made 0777 is flagged in the
+/// review.
+#[test]
+fn escape_world_writable_modes_through_the_commit() {
+    let w = World::new();
+    let shared = w.project.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o755);
+    if is_root() {
+        // The agent runs as nobody then; the folder must be its to chmod.
+        std::os::unix::fs::chown(&shared, Some(65534), Some(65534)).unwrap();
+    }
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "umask 0; mkdir -p hooks/sub; echo x > hooks/sub/run; echo y > top.txt; \
+         chmod 0777 hooks hooks/sub; chmod 0666 hooks/sub/run top.txt; chmod 0777 shared; \
+         echo done",
+    );
+    assert!(text(&o).contains("done"), "{}", text(&o));
+    let id = w.tasks().pop().unwrap();
+    let id = id.file_name().unwrap().to_string_lossy().to_string();
+    let ch = output_within(w.cmd(&["changes", &id]), Duration::from_secs(60));
+    let cht = text(&ch);
+    assert!(cht.contains("becomes writable for other users"), "{cht}");
+    // The user's umask is 022, whatever the test runner's is.
+    let mut c = Command::new("sh");
+    c.args(["-c", "umask 022; exec \"$0\" commit \"$1\""])
+        .arg(airlock_bin())
+        .arg(&id);
+    let base = w.cmd(&[]);
+    c.env_clear();
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c.current_dir(w.path()).stdin(Stdio::null());
+    let ct = text(&output_within(c, Duration::from_secs(60)));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&w.project.join("hooks")), 0o755, "{ct}");
+    assert_eq!(mode(&w.project.join("hooks/sub")), 0o755, "{ct}");
+    assert_eq!(mode(&w.project.join("hooks/sub/run")), 0o644, "{ct}");
+    assert_eq!(mode(&w.project.join("top.txt")), 0o644, "{ct}");
+    // What the review showed and flagged is what lands.
+    assert_eq!(mode(&shared), 0o777, "{ct}");
+}
+
 /// The newer mount calls: open_tree_attr (6.15) is newer than the syscall
 /// tables seccomp knows, so it answers ENOSYS like every such call; the
 /// others are refused by the filter.

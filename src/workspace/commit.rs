@@ -20,7 +20,7 @@
 //! finish is completed. Every path in the grant is resolved with `openat2`
 //! beneath the grant without following any symlink.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -46,18 +46,39 @@ pub struct CommitOptions {
     /// Hashes of files as an earlier review showed them (path → SHA-256);
     /// a file whose content differs is refused.
     pub reviewed: BTreeMap<Vec<u8>, [u8; 32]>,
+    /// Permission bits taken away from what the commit creates (new files
+    /// and folders): the user's umask. The agent's own umask decided the
+    /// modes in its layer, and 0777 there must not become a folder other
+    /// users can write into. 0 keeps the agent's modes.
+    pub umask: u32,
 }
 
 impl CommitOptions {
-    /// Reads the crash-test hook from the environment.
+    /// Reads the crash-test hook from the environment, and our umask.
     pub fn from_env() -> CommitOptions {
         CommitOptions {
             stop_after: std::env::var("AIRLOCK_COMMIT_STOP_AFTER")
                 .ok()
                 .and_then(|v| v.parse().ok()),
             reviewed: BTreeMap::new(),
+            umask: process_umask(),
         }
     }
+}
+
+/// This process's umask, read without changing it (`umask(2)` can only
+/// set it, and other threads may be creating files): Linux 4.7 and later
+/// show it in /proc/self/status. 022 when it cannot be read.
+pub fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+        & 0o777
 }
 
 /// What a commit did.
@@ -623,7 +644,6 @@ impl<'a> Txn<'a> {
         let full = fsx::join(&op.path, &e.rel);
         let (uparent, uname) = parent_of(usub, &e.rel).map_err(|x| self.gerr(&full, x))?;
         let (tparent, tname) = parent_of(tfd, &e.rel).map_err(|x| self.gerr(&full, x))?;
-        let ust = fsx::lstat_at(uparent.as_raw_fd(), uname).map_err(|x| self.gerr(&full, x))?;
         let owner = self.new_owner;
         match e.kind {
             NodeKind::Dir => {
@@ -639,7 +659,8 @@ impl<'a> Txn<'a> {
                     source: op.source.clone(),
                     kind: op.kind,
                     orig: op.orig.clone(),
-                    perm: ust.st_mode & 0o777,
+                    // As reviewed, less the user's umask (see `plan`).
+                    perm: e.perm,
                     hash: e.hash,
                     tree: Vec::new(),
                     backed_up: op.backed_up,
@@ -1156,24 +1177,36 @@ fn plan(
     // made read-only does not refuse the changes inside it.
     let mut chmods: Vec<Op> = Vec::new();
     let mut merged = BTreeMap::new();
-    // Folders staged whole (their selected content goes inside) or skipped.
-    let mut staged: Vec<(Vec<u8>, usize)> = Vec::new();
-    let mut skipped: Vec<Vec<u8>> = Vec::new();
-    let under =
-        |p: &[u8], top: &[u8]| p.len() > top.len() && p.starts_with(top) && p[top.len()] == b'/';
+    // Folders staged whole (their selected content goes inside) or skipped,
+    // found by the ancestors of each path (a scan of the lists per change
+    // was quadratic in the number of new folders).
+    let mut staged: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut skipped: HashSet<Vec<u8>> = HashSet::new();
+    let ancestors = |p: &[u8]| -> Vec<usize> {
+        p.iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'/')
+            .map(|(i, _)| i)
+            .collect()
+    };
     for c in cs.changes.iter().filter(|c| c.kind == ChangeKind::Refused) {
         report.refused.push(c.path.clone());
     }
+    let new_mode = |perm: u32| perm & 0o777 & !opts.umask;
     for (c, choice) in picked {
-        if skipped.iter().any(|s| under(&c.path, s)) {
+        let ends = ancestors(&c.path);
+        if ends.iter().any(|&e| skipped.contains(&c.path[..e])) {
             continue;
         }
-        if let Some((top, i)) = staged.iter().find(|(t, _)| under(&c.path, t)) {
+        if let Some((top_len, i)) = ends
+            .iter()
+            .find_map(|&e| staged.get(&c.path[..e]).map(|i| (e, *i)))
+        {
             let kind = c.after.as_ref().map(|a| a.kind).unwrap_or(NodeKind::File);
-            ops[*i].tree.push(TreeEntry {
-                rel: c.path[top.len() + 1..].to_vec(),
+            ops[i].tree.push(TreeEntry {
+                rel: c.path[top_len + 1..].to_vec(),
                 kind,
-                perm: c.after.as_ref().map(|a| a.perm & 0o777).unwrap_or(0o755),
+                perm: c.after.as_ref().map(|a| new_mode(a.perm)).unwrap_or(0o755),
                 hash: c.hash,
             });
             report.committed.push(c.path.clone());
@@ -1186,7 +1219,7 @@ fn plan(
         };
         if conflict && !sel.keep_agent.contains(&c.path) {
             report.conflicts.push(c.path.clone());
-            skipped.push(c.path.clone());
+            skipped.insert(c.path.clone());
             continue;
         }
         if let (Some(h), Some(r)) = (c.hash, opts.reviewed.get(&c.path)) {
@@ -1201,6 +1234,7 @@ fn plan(
             .map_err(gerr)?
             .map(|st| orig_of(&st));
         let after = c.after.as_ref();
+        let is_new = orig.is_none();
         let mut op = Op {
             path: c.path.clone(),
             action: Action::Put,
@@ -1208,7 +1242,15 @@ fn plan(
             kind: after.map(|a| a.kind).unwrap_or(NodeKind::File),
             backed_up: orig.is_some(),
             orig,
-            perm: after.map(|a| a.perm & 0o777).unwrap_or(0),
+            perm: after
+                .map(|a| {
+                    if is_new {
+                        new_mode(a.perm)
+                    } else {
+                        a.perm & 0o777
+                    }
+                })
+                .unwrap_or(0),
             hash: c.hash,
             tree: Vec::new(),
         };
@@ -1229,7 +1271,9 @@ fn plan(
                 chmods.push(op);
                 continue;
             }
-            (_, Some(NodeKind::Dir)) => staged.push((c.path.clone(), ops.len())),
+            (_, Some(NodeKind::Dir)) => {
+                staged.insert(c.path.clone(), ops.len());
+            }
             _ => {}
         }
         if let FileChoice::Hunks(h) = &choice {

@@ -26,6 +26,10 @@ pub enum Risk {
     Truncation,
     /// A device node, fifo or socket: never committed.
     SpecialFile,
+    /// An existing file or folder becomes writable for its group or for
+    /// everyone (another user could then plant files or edit it). New
+    /// entries get the user's umask at commit instead.
+    OthersCanWrite,
 }
 
 impl Risk {
@@ -35,6 +39,7 @@ impl Risk {
         match self {
             Risk::RunsCode(why) => gettext_f("runs code later: {why}", &[("why", why)]),
             Risk::GainsExecutable => gettext("becomes executable"),
+            Risk::OthersCanWrite => gettext("becomes writable for other users"),
             Risk::SpecialBits => gettext("asks for set-uid/set-gid/sticky bits (they are removed)"),
             Risk::SymlinkOutside => gettext("symbolic link pointing outside the folder"),
             Risk::LargeDeletion => gettext("deletes a lot of data"),
@@ -192,6 +197,9 @@ pub fn assess(grant: &Path, c: &Change) -> Vec<Risk> {
             }
         }
         if let Some(b) = &c.before {
+            if a.kind != NodeKind::Symlink && a.perm & 0o022 & !b.perm != 0 {
+                r.push(Risk::OthersCanWrite);
+            }
             if b.kind == NodeKind::File
                 && a.kind == NodeKind::File
                 && b.size >= TRUNCATION_MIN
