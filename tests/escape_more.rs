@@ -1187,6 +1187,45 @@ print(\"not stopped\")
     );
 }
 
+/// Preallocation reserves disk faster than the --max-upper watchdog walks
+/// the layer: 150 files of just under the limit each once passed a 10 MiB
+/// limit 150 times over. fallocate answers EOPNOTSUPP, so glibc writes the
+/// blocks, and the watchdog stops the task near the limit.
+#[test]
+fn escape_max_upper_with_preallocated_files() {
+    let w = World::new();
+    let o = w.run(
+        &[
+            "--grant",
+            &format!("{}:rw", w.project.display()),
+            "--max-upper",
+            "10M",
+        ],
+        "python3 -c 'import os
+for i in range(150):
+    fd = os.open(\"big%d\" % i, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, 10 * 1024 * 1024 - 4096)
+    except OSError as e:
+        print(\"fallocate\", e.errno)
+    os.close(fd)
+print(\"not stopped\")
+'",
+    );
+    let t = text(&o);
+    use std::os::unix::fs::MetadataExt;
+    let used: u64 = walk(&upper(&w))
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .map(|m| m.blocks() * 512)
+        .sum();
+    assert!(
+        !t.contains("not stopped") && used < 200 << 20,
+        "{} MiB reserved past --max-upper 10M: {t}",
+        used >> 20
+    );
+}
+
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
 /// naming the binary, at most 120 s.
 fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {
