@@ -1226,6 +1226,33 @@ print(\"not stopped\")
     );
 }
 
+/// Deletions hidden behind a folder made anew: `rm -rf src; mkdir src`
+/// leaves only a folder in the upper layer. The summary, the task list and
+/// the state must still say there is something to review (the count once
+/// took only the upper layer's files, said 0, and left the task prunable).
+#[test]
+fn escape_deletions_under_a_replaced_folder_are_counted() {
+    let w = World::new();
+    let src = w.project.join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..3 {
+        std::fs::write(src.join(format!("f{i}.rs")), "code\n").unwrap();
+    }
+    chmod(&src, 0o777);
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "rm -rf src && mkdir src && echo replaced",
+    );
+    let t = text(&o);
+    assert!(t.contains("replaced"), "{t}");
+    assert!(!t.contains("0 files changed"), "{t}");
+    assert!(t.contains("waiting for review"), "{t}");
+    let tasks = text(&output_within(w.cmd(&["tasks"]), Duration::from_secs(60)));
+    assert!(tasks.contains("reviewing"), "{tasks}");
+    // The user's files are untouched until a commit.
+    assert_eq!(std::fs::read_dir(&src).unwrap().count(), 3);
+}
+
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
 /// naming the binary, at most 120 s.
 fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {

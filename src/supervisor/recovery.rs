@@ -261,7 +261,7 @@ fn interrupt(shared: &Shared, dir: &TaskDir, was: TaskState) {
     };
     let changed = dir
         .read_manifest()
-        .map(|m| super::runner::changed_files(dir, m.rw_layers.len()))
+        .map(|m| super::runner::changed_files(dir, &m.rw_layers))
         .unwrap_or(0);
     if was != TaskState::Queued && dir.path().exists() && !dir.path().join("exit.json").exists() {
         // The helper was killed by its parent-death signal (SIGKILL).

@@ -161,7 +161,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
         if stage == "run command" {
             shared.emit(id, EventKind::Warning { message: error });
             shared.transition(id, TaskState::Running);
-            return finish(shared, id, &task_dir, layers.len(), status, None);
+            return finish(shared, id, &task_dir, &layers, status, None);
         }
         if ctl.kill.load(Ordering::SeqCst) {
             write_exit(shared, id, &task_dir, status);
@@ -228,7 +228,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     if before_end {
         release(&mut running);
     }
-    finish(shared, id, &task_dir, layers.len(), status, end);
+    finish(shared, id, &task_dir, &layers, status, end);
     if !before_end {
         release(&mut running);
     }
@@ -547,11 +547,11 @@ fn finish(
     shared: &Shared,
     id: &TaskId,
     task_dir: &TaskDir,
-    layers: usize,
+    layers: &[RwLayer],
     status: i32,
     state: Option<TaskState>,
 ) {
-    let (opened, first) = make_reviewable(task_dir, layers);
+    let (opened, first) = make_reviewable(task_dir, layers.len());
     if let Some(first) = first {
         shared.emit(
             id,
@@ -728,8 +728,25 @@ fn make_reviewable(task_dir: &TaskDir, layers: usize) -> (u64, Option<std::path:
     out
 }
 
-/// Entries in the upper layers that are not folders: a quick count of the
-/// files a review will show.
-pub fn changed_files(task_dir: &TaskDir, layers: usize) -> u64 {
-    upper_usage(task_dir, layers).files
+/// How many changes a review of the task shows: what the agent wrote, and
+/// also what it deleted and folders it replaced (`rm -rf src; mkdir src`
+/// leaves only a folder in the upper layer, yet deletes what `src` held).
+/// Walks the upper layers and the entries they shadow, as `airlock
+/// changes` does; should that fail, the entries of the upper layers.
+pub fn changed_files(task_dir: &TaskDir, layers: &[RwLayer]) -> u64 {
+    let counted: Result<Vec<u64>, Error> = layers
+        .iter()
+        .map(|l| {
+            let upper = task_dir.upper(l.index);
+            if !upper.exists() {
+                return Ok(0);
+            }
+            crate::workspace::ChangeSet::compute(&l.path, &upper, None)
+                .map(|cs| cs.changes.len() as u64)
+        })
+        .collect();
+    match counted {
+        Ok(n) => n.iter().sum(),
+        Err(_) => upper_usage(task_dir, layers.len()).files,
+    }
 }
