@@ -1398,6 +1398,7 @@ for fd in (0, 1, 2):
             f()
         except (OSError, termios.error):
             pass
+print("\x1b[8m", end="")
 "#;
     let line = format!(
         "{} run --local -- sh -c 'stty -echo -icanon; python3 -c \"$0\"' '{}'; stty -a; stat -c MODE=%a \"$(tty)\"; python3 -c 'import fcntl, os; print(\"NONBLOCK\", bool(fcntl.fcntl(0, fcntl.F_GETFL) & os.O_NONBLOCK)); os.close(os.open(\"/dev/tty\", os.O_RDWR)); print(\"TTY-OPENS\")'; echo END",
@@ -1427,6 +1428,8 @@ for fd in (0, 1, 2):
     assert!(t.contains("NONBLOCK False"), "{t}");
     assert!(t.contains("TTY-OPENS"), "{t}");
     assert!(t.contains("END"), "output stayed stopped: {t}");
+    // Text made invisible (SGR 8) by the agent ends before the summary.
+    assert!(t.contains("\x1b[0m\x1b[?25hairlock: task"), "{t:?}");
 }
 
 /// A grant of the host's /tmp hides what lives there for the session:

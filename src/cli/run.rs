@@ -254,6 +254,13 @@ impl Follow {
             } => {
                 self.changed = Some(*changed_files);
                 self.code = Some(status.code);
+                // The agent's output may have left the terminal drawing
+                // invisible or recoloured text (SGR 8): this line must be
+                // seen as it is. Attributes reset, cursor shown.
+                // SAFETY: isatty only queries.
+                if unsafe { libc::isatty(2) } == 1 {
+                    eprint!("\x1b[0m\x1b[?25h");
+                }
                 eprintln!(
                     "{}",
                     gettext_f(
