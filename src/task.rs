@@ -72,7 +72,7 @@ impl fmt::Display for TaskId {
     }
 }
 
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+pub(crate) fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     // SAFETY: the kernel writes at most buf.len() bytes into buf.
     let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n as usize == buf.len() {

@@ -1253,6 +1253,59 @@ fn escape_deletions_under_a_replaced_folder_are_counted() {
     assert_eq!(std::fs::read_dir(&src).unwrap().count(), 3);
 }
 
+/// The commit's own temporaries and set-aside originals live beside their
+/// targets. Names an agent (or the user) could foresee were taken for the
+/// commit's: an approved new `.airlock-1-0.orig` was deleted at the end, a
+/// user's file of such a name likewise, and a new `.airlock-1-2.tmp` made
+/// every full commit fail. The names now carry a random part.
+#[test]
+fn escape_commit_temporary_names_cannot_be_foreseen() {
+    let w = World::new();
+    std::fs::write(w.project.join("a.txt"), "old\n").unwrap();
+    std::fs::write(w.project.join(".airlock-1-1.orig"), "the user's\n").unwrap();
+    chmod(&w.project.join("a.txt"), 0o666);
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "echo new > a.txt; for n in .airlock-1-0.orig .airlock-1-0.tmp .airlock-1-2.tmp .airlock-1-3.orig; \
+         do echo agent > $n; done; echo done",
+    );
+    assert!(text(&o).contains("done"), "{}", text(&o));
+    let id = w.tasks().pop().unwrap();
+    let id = id.file_name().unwrap().to_string_lossy().to_string();
+    let c = output_within(w.cmd(&["commit", &id]), Duration::from_secs(60));
+    let ct = text(&c);
+    assert!(c.status.success(), "{ct}");
+    assert_eq!(
+        std::fs::read_to_string(w.project.join("a.txt")).unwrap(),
+        "new\n"
+    );
+    for n in [
+        ".airlock-1-0.orig",
+        ".airlock-1-0.tmp",
+        ".airlock-1-2.tmp",
+        ".airlock-1-3.orig",
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(w.project.join(n)).unwrap_or_default(),
+            "agent\n",
+            "{n}: {ct}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(w.project.join(".airlock-1-1.orig")).unwrap_or_default(),
+        "the user's\n",
+        "{ct}"
+    );
+    // Nothing of the commit's own is left behind.
+    let left: Vec<String> = std::fs::read_dir(&w.project)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() > 20 && n.starts_with(".airlock-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
 /// naming the binary, at most 120 s.
 fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {

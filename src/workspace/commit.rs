@@ -192,6 +192,12 @@ struct Journal {
     stage: Stage,
     /// Inode of each prepared temporary (what the target becomes).
     temp_inos: Vec<Option<u64>>,
+    /// Random part of this transaction's temporary names, so that none
+    /// can be foreseen: an agent's file (or the user's) of such a name
+    /// would otherwise be taken for ours and removed at the end. 0 in
+    /// journals written before it existed.
+    #[serde(default)]
+    nonce: u64,
 }
 
 /// The record an undo reads: what a finished commit replaced and placed.
@@ -224,13 +230,30 @@ pub(crate) fn journal_path(task: &Path) -> PathBuf {
 pub(crate) fn commit_dir(task: &Path, seq: u64) -> PathBuf {
     task.join("commits").join(seq.to_string())
 }
-fn temp_name(seq: u64, k: usize) -> Vec<u8> {
-    format!(".airlock-{seq}-{k}.tmp").into_bytes()
+fn temp_name(j: &Journal, k: usize) -> Vec<u8> {
+    match j.nonce {
+        0 => format!(".airlock-{}-{k}.tmp", j.seq).into_bytes(),
+        n => format!(".airlock-{}-{k}-{n:016x}.tmp", j.seq).into_bytes(),
+    }
 }
 /// Where the original is set aside (same folder, same inode) between the
 /// apply and the finish, so a roll back is a rename and needs no space.
-fn aside_name(seq: u64, k: usize) -> Vec<u8> {
-    format!(".airlock-{seq}-{k}.orig").into_bytes()
+fn aside_name(j: &Journal, k: usize) -> Vec<u8> {
+    match j.nonce {
+        0 => format!(".airlock-{}-{k}.orig", j.seq).into_bytes(),
+        n => format!(".airlock-{}-{k}-{n:016x}.orig", j.seq).into_bytes(),
+    }
+}
+
+/// A nonce for [`Journal::nonce`] (never 0).
+fn nonce() -> u64 {
+    let mut b = [0u8; 8];
+    let n = match crate::task::getrandom(&mut b) {
+        Ok(()) => u64::from_ne_bytes(b),
+        // Unforeseeable enough for names without a random source.
+        Err(_) => crate::event::now_ms() ^ ((std::process::id() as u64) << 40),
+    };
+    n.max(1)
 }
 
 /// Counts durable steps for the crash-test hook.
@@ -510,7 +533,7 @@ impl<'a> Txn<'a> {
                 self.steps.step()?;
             }
             if op.action == Action::Put {
-                let tmp = temp_name(self.journal.seq, k);
+                let tmp = temp_name(&self.journal, k);
                 self.make_temp(k, &op, &dir, &tmp)?;
                 let st =
                     fsx::lstat_at(dir.as_raw_fd(), &tmp).map_err(|e| self.gerr(&op.path, e))?;
@@ -712,8 +735,8 @@ impl<'a> Txn<'a> {
                 });
             }
             let d = dir.as_raw_fd();
-            let aside = aside_name(self.journal.seq, k);
-            let tmp = temp_name(self.journal.seq, k);
+            let aside = aside_name(&self.journal, k);
+            let tmp = temp_name(&self.journal, k);
             let in_place =
                 matches!(&op.orig, Some(o) if o.kind != NodeKind::Dir) && op.kind != NodeKind::Dir;
             match op.action {
@@ -909,12 +932,12 @@ fn roll_back(task: &Path, j: &Journal, steps: &mut Steps) -> Result<(), Error> {
             Err(e) => return Err(err(e)),
         };
         let d = dir.as_raw_fd();
-        fsx::remove_tree_at(d, &temp_name(j.seq, k)).map_err(err)?;
+        fsx::remove_tree_at(d, &temp_name(j, k)).map_err(err)?;
         if !prepared {
             // Before `prepared` nothing but temporaries reached the grant.
             continue;
         }
-        let aside = aside_name(j.seq, k);
+        let aside = aside_name(j, k);
         let cur = fsx::lstat_opt(d, name).map_err(err)?;
         let kept = fsx::lstat_opt(d, &aside).map_err(err)?;
         let ours = cur.is_some_and(|st| Some(st.st_ino) == j.temp_inos[k]);
@@ -1051,7 +1074,7 @@ fn finish(task: &Path, j: &Journal, steps: &mut Steps) -> Result<(), Error> {
     for (k, op) in j.ops.iter().enumerate() {
         let err = |e| Error::io(fsx::rel_display(&j.grant, &op.path), e);
         if let Ok(dir) = cache.get(&root, &op.path) {
-            fsx::remove_tree_at(dir.as_raw_fd(), &aside_name(j.seq, k)).map_err(err)?;
+            fsx::remove_tree_at(dir.as_raw_fd(), &aside_name(j, k)).map_err(err)?;
         }
     }
     fsx::syncfs(root.as_raw_fd()).map_err(|e| Error::io(&j.grant, e))?;
@@ -1410,6 +1433,7 @@ pub(crate) fn run(
             ops,
             stage: Stage::Planned,
             temp_inos: vec![None; n],
+            nonce: nonce(),
         },
         steps: Steps { n: 0, stop_after },
         gcache: ParentCache::default(),
