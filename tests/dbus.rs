@@ -492,10 +492,10 @@ fn introspection_matches_the_shipped_xml() {
     assert!(live.contains("io.github.airlock.Task1 property ExitStatus"));
 }
 
-#[test]
-fn kill9_mid_task_then_restart_marks_it_interrupted_with_changes_kept() {
-    let mut e = Env::new();
-    let proj = project_with(&e, "x.txt", "x\n");
+/// A task that changes `x.txt` in a new project and then sleeps, seen
+/// running: (project, object path, task folder, helper pid).
+fn start_writing_task(e: &Env) -> (PathBuf, String, PathBuf, u32) {
+    let proj = project_with(e, "x.txt", "x\n");
     let policy = format!("{{'grants': <[('{}', true)]>}}", proj.display());
     let path = e.submit(
         &policy,
@@ -514,6 +514,13 @@ fn kill9_mid_task_then_restart_marks_it_interrupted_with_changes_kept() {
     .unwrap()["helper_pid"]
         .as_u64()
         .unwrap() as u32;
+    (proj, path, task_dir, helper)
+}
+
+#[test]
+fn kill9_mid_task_then_restart_marks_it_interrupted_with_changes_kept() {
+    let mut e = Env::new();
+    let (proj, path, task_dir, helper) = start_writing_task(&e);
     e.kill9();
     // The sandbox died with the service (parent-death signal).
     let start = Instant::now();
@@ -565,25 +572,7 @@ fn kill9_mid_task_then_restart_marks_it_interrupted_with_changes_kept() {
 #[test]
 fn the_service_stops_when_its_bus_goes_away() {
     let mut e = Env::new();
-    let proj = project_with(&e, "x.txt", "x\n");
-    let policy = format!("{{'grants': <[('{}', true)]>}}", proj.display());
-    let path = e.submit(
-        &policy,
-        "['sh', '-c', 'echo changed > x.txt; touch ready; sleep 300']",
-    );
-    let id = e.prop(&path, "Id");
-    let task_dir = e.w.state().join("airlock/tasks").join(&id);
-    let start = Instant::now();
-    while !task_dir.join("upper/0/ready").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let helper: u32 = serde_json::from_slice::<serde_json::Value>(
-        &std::fs::read(task_dir.join("owner.json")).unwrap(),
-    )
-    .unwrap()["helper_pid"]
-        .as_u64()
-        .unwrap() as u32;
+    let (_, _, task_dir, helper) = start_writing_task(&e);
     let _ = e.bus.child.kill();
     let _ = e.bus.child.wait();
     let mut serve = e.serve.take().unwrap();

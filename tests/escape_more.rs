@@ -749,18 +749,9 @@ fn escape_world_writable_modes_through_the_commit() {
     let cht = text(&ch);
     assert!(cht.contains("becomes writable for other users"), "{cht}");
     // The user's umask is 022, whatever the test runner's is.
-    let mut c = Command::new("sh");
-    c.args(["-c", "umask 022; exec \"$0\" commit \"$1\""])
-        .arg(airlock_bin())
+    let mut c = w.command("sh");
+    c.args(["-c", "umask 022; exec \"$AIRLOCK\" commit \"$0\""])
         .arg(&id);
-    let base = w.cmd(&[]);
-    c.env_clear();
-    for (k, v) in base.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    c.current_dir(w.path()).stdin(Stdio::null());
     let ct = text(&output_within(c, Duration::from_secs(60)));
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
@@ -1309,19 +1300,10 @@ fn escape_commit_temporary_names_cannot_be_foreseen() {
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
 /// naming the binary, at most 120 s.
 fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {
-    let mut c = Command::new(shell);
-    c.env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &w.home)
-        .env("LANG", "C.UTF-8")
-        .env("XDG_STATE_HOME", w.state())
-        .env("XDG_DATA_HOME", w.path().join("data"))
-        .env("XDG_CONFIG_HOME", w.path().join("config"))
-        .env("AIRLOCK", airlock_bin())
-        .current_dir(w.path());
+    let mut c = w.command(shell);
     match stdin {
         None => {
-            c.args(["-c", script]).stdin(Stdio::null());
+            c.args(["-c", script]);
             output_within(c, Duration::from_secs(120))
         }
         // The script comes on stdin, as with `curl … | sh`.
@@ -1458,16 +1440,8 @@ print("\x1b[8m", end="")
         airlock_bin().display(),
         py.replace('\'', "'\\''")
     );
-    let mut c = Command::new("script");
-    c.args(["-qfec", &line, "/dev/null"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &w.home)
-        .env("XDG_STATE_HOME", w.state())
-        .env("XDG_DATA_HOME", w.path().join("data"))
-        .env("XDG_CONFIG_HOME", w.path().join("config"))
-        .current_dir(w.path())
-        .stdin(Stdio::null());
+    let mut c = w.command("script");
+    c.args(["-qfec", &line, "/dev/null"]);
     let o = output_within(c, Duration::from_secs(120));
     let t = text(&o);
     assert!(t.contains("exited with status"), "{t}");

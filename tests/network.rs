@@ -685,16 +685,8 @@ fn ask_mode_prompts_on_the_terminal_and_always_lasts_for_the_task() {
         ev = ev.display(),
     );
     // `script` gives the run a terminal; the answer is typed ahead.
-    let mut c = Command::new("script");
+    let mut c = w.command("script");
     c.args(["-qec", &cmdline, "/dev/null"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", &w.home)
-        .env("LANG", "C.UTF-8")
-        .env("XDG_STATE_HOME", w.state())
-        .env("XDG_DATA_HOME", w.path().join("data"))
-        .env("XDG_CONFIG_HOME", w.path().join("config"))
-        .current_dir(w.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -65,15 +65,24 @@ impl World {
 
     /// A command for `airlock ARGS` in this world.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(airlock_bin());
-        c.args(args)
-            .env_clear()
+        let mut c = self.command(airlock_bin());
+        c.args(args);
+        c
+    }
+
+    /// `program` with this world's environment only (home, XDG folders,
+    /// `$AIRLOCK` naming the binary under test), run in its folder with
+    /// stdin from /dev/null.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &self.home)
             .env("LANG", "C.UTF-8")
             .env("XDG_STATE_HOME", self.state())
             .env("XDG_DATA_HOME", self.dir.path().join("data"))
             .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("AIRLOCK", airlock_bin())
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
         c
