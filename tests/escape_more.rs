@@ -1297,6 +1297,54 @@ fn escape_commit_temporary_names_cannot_be_foreseen() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// The relay reads stdin a page at a time and waits for room in the
+/// task's one-page pipe. A task that enlarged its pipe and left input in
+/// it made room without end: the helper, outside every limit, spun at
+/// 100 % CPU. Measured on the host: the CPU time of `airlock run` and its
+/// children while the task sleeps 2 s.
+#[test]
+fn escape_a_task_cannot_make_the_relay_spin() {
+    let w = World::new();
+    // F_SETPIPE_SZ; the input stays unread.
+    let script = r#"echo hi | "$AIRLOCK" run --local -- python3 -c 'import fcntl, os, time
+fcntl.fcntl(0, 1031, 1 << 20)
+time.sleep(2)
+print("slept")'; times"#;
+    let o = host_shell(&w, "sh", script, None);
+    let t = text(&o);
+    assert!(t.contains("slept"), "{t}");
+    // `times`: the shell's user and system time, then its children's.
+    let children = t
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) && l.contains("m"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{t}"));
+    let secs: f64 = children
+        .split_whitespace()
+        .filter_map(|f| {
+            let (m, s) = f.trim_end_matches('s').split_once('m')?;
+            Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+        })
+        .sum();
+    assert!(secs < 1.0, "{secs} s of CPU while the task slept 2 s: {t}");
+}
+
+/// Nobody reads `airlock run`'s standard error any more (`2>&1 | true`):
+/// it once panicked (status 101) and left its task recorded as running.
+/// It goes on, and ends with the task's own status and record.
+#[test]
+fn a_closed_stderr_does_not_lose_the_task() {
+    let w = World::new();
+    let script = r#""$AIRLOCK" run --local -- sh -c 'sleep 0.3; echo out; echo err >&2; exit 3' 2>&1 | true
+echo "status=${PIPESTATUS[0]}"
+"$AIRLOCK" tasks"#;
+    let o = host_shell(&w, "bash", script, None);
+    let t = text(&o);
+    assert!(t.contains("status=3"), "{t}");
+    assert!(t.contains("exited"), "{t}");
+    assert!(!t.contains("running"), "{t}");
+}
+
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
 /// naming the binary, at most 120 s.
 fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {

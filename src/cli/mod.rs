@@ -2,6 +2,17 @@
 //! this one only parses and dispatches. `airlock` with no subcommand opens
 //! the window.
 
+/// `eprintln!` that never panics: `airlock run` goes on (and records its
+/// task's end) when nobody reads its standard error any more
+/// (`2>&1 | head -1`).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+pub(crate) use say;
+
 pub mod doctor;
 pub mod log;
 pub mod net;

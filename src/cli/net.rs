@@ -96,7 +96,7 @@ impl ConsentPrompt {
                         let answer = if interactive {
                             ask_on_terminal(&host, port, left)
                         } else {
-                            eprintln!(
+                            super::say!(
                                 "airlock: {}",
                                 gettext_f(
                                     "denied {host}:{port}: the task asked to reach it, and there is no terminal to ask you on (use --allow-host {host}:{port}, or run in a terminal)",
@@ -126,7 +126,7 @@ fn ask_on_terminal(host: &str, port: u16, secs: u64) -> &'static str {
         .write(true)
         .open("/dev/tty")
     else {
-        eprintln!(
+        super::say!(
             "airlock: {}",
             gettext_f(
                 "denied {host}:{port}: the terminal (/dev/tty) cannot be opened to ask you",

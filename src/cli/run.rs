@@ -215,7 +215,7 @@ fn print_layers(layers: &[Enforced]) {
             .as_deref()
             .map(|n| format!(" — {n}"))
             .unwrap_or_default();
-        eprintln!("  {:<14} {:<28} [{}]{}", l.what, l.value, l.mechanism, note);
+        super::say!("  {:<14} {:<28} [{}]{}", l.what, l.value, l.mechanism, note);
     }
 }
 
@@ -236,15 +236,15 @@ impl Follow {
         self.sink.write(ev);
         match &ev.kind {
             EventKind::Enforcement { layers } if self.verbose => {
-                eprintln!("{}", gettext("Enforced in this sandbox:"));
+                super::say!("{}", gettext("Enforced in this sandbox:"));
                 print_layers(layers);
             }
-            EventKind::Warning { message } => eprintln!("airlock: {message}"),
+            EventKind::Warning { message } => super::say!("airlock: {message}"),
             EventKind::Failed { error } => {
-                eprintln!("airlock: {error}");
+                super::say!("airlock: {error}");
                 self.code = Some(sandbox::SETUP_FAILED);
             }
-            EventKind::LimitHit { detail, .. } => eprintln!(
+            EventKind::LimitHit { detail, .. } => super::say!(
                 "airlock: {}",
                 gettext_f("the task was stopped: it {detail}", &[("detail", detail)])
             ),
@@ -259,9 +259,12 @@ impl Follow {
                 // seen as it is. Attributes reset, cursor shown.
                 // SAFETY: isatty only queries.
                 if unsafe { libc::isatty(2) } == 1 {
-                    eprint!("\x1b[0m\x1b[?25h");
+                    {
+                        use std::io::Write as _;
+                        let _ = write!(std::io::stderr(), "\x1b[0m\x1b[?25h");
+                    }
                 }
-                eprintln!(
+                super::say!(
                     "{}",
                     gettext_f(
                         "airlock: task {id} exited with status {status}; {n} files changed, waiting for review",
@@ -294,7 +297,7 @@ pub fn main(args: RunArgs, verbose: bool) -> ExitCode {
     match run(args, verbose) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("airlock: {e:#}");
+            super::say!("airlock: {e:#}");
             ExitCode::from(sandbox::SETUP_FAILED as u8)
         }
     }
@@ -351,7 +354,7 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             }
             let code = remote?.unwrap_or(sandbox::SETUP_FAILED);
             if args.review {
-                eprintln!(
+                super::say!(
                     "airlock: {}",
                     gettext("the task ran in the Airlock window: review its changes there")
                 );
@@ -367,7 +370,7 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             let dir = crate::task::TaskDir::new(&crate::dirs::tasks_dir(), &id);
             super::review::interactive_review(&dir)?;
         } else {
-            eprintln!(
+            super::say!(
                 "airlock: {}",
                 gettext_f(
                     "--review needs a terminal; review later with `airlock changes {id}`",
@@ -428,7 +431,7 @@ fn run_local(
     sup.flush_audit_blocking();
     if verbose {
         for w in sup.warnings() {
-            eprintln!("airlock: {w}");
+            super::say!("airlock: {w}");
         }
     }
     Ok((code, id))

@@ -134,6 +134,17 @@ fn unread(fd: RawFd) -> usize {
     }
 }
 
+/// Whether the pipe of `fd` holds one page, shrinking it back when the
+/// task enlarged it and what it holds allows.
+fn one_page_pipe(fd: RawFd) -> bool {
+    // SAFETY: fcntl on a pipe end we own.
+    unsafe {
+        libc::fcntl(fd, libc::F_GETPIPE_SZ) == STDIN_CHUNK as libc::c_int
+            || libc::fcntl(fd, libc::F_SETPIPE_SZ, STDIN_CHUNK as libc::c_int)
+                == STDIN_CHUNK as libc::c_int
+    }
+}
+
 /// Whether reading `fd` now is ours to do: not a terminal we are in the
 /// background of (the read would stop us with SIGTTIN, and the task's
 /// output with us).
@@ -217,9 +228,18 @@ impl Relay {
             let wants_input =
                 user_stdin_open && pending.is_empty() && unread_now == Some(0) && may_read(0);
             // Room in the task's stdin: for what is pending, or (when the
-            // task has not taken the last page yet) for the next read.
-            let wants_room =
-                !pending.is_empty() || (user_stdin_open && unread_now.is_some_and(|n| n > 0));
+            // task has not taken the last page yet) for the next read. The
+            // latter only while the pipe holds one page, where room means
+            // empty: the task can enlarge its pipe, and then room with a
+            // byte left unread would wake us without end (we then look
+            // again at each timeout instead).
+            let one_page = || {
+                self.stdin
+                    .as_ref()
+                    .is_some_and(|w| one_page_pipe(w.as_raw_fd()))
+            };
+            let wants_room = !pending.is_empty()
+                || (user_stdin_open && unread_now.is_some_and(|n| n > 0) && one_page());
             let mut fds = [
                 pollfd(self.outputs[0].as_ref(), libc::POLLIN),
                 pollfd(self.outputs[1].as_ref(), libc::POLLIN),

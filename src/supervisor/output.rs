@@ -41,37 +41,91 @@ impl Ring {
     }
 }
 
-/// Copies `from` into the ring and appends it to `log` until end of file.
+/// Bytes of a task's output kept in its `output.log`. The log lives on
+/// the user's disk, outside every limit of the task (`--max-upper` counts
+/// only its layers): an agent printing without end would fill the disk.
+pub const LOG_BYTES: u64 = 64 << 20;
+
+/// Copies `from` into the ring and appends it to `log` until end of file,
+/// at most [`LOG_BYTES`] of it (then a line says what was left out).
 pub(crate) fn pump(
-    mut from: impl Read,
+    from: impl Read,
     ring: Arc<Mutex<Ring>>,
     log: Arc<Mutex<Option<std::fs::File>>>,
 ) {
+    pump_capped(from, ring, log, LOG_BYTES)
+}
+
+fn pump_capped(
+    mut from: impl Read,
+    ring: Arc<Mutex<Ring>>,
+    log: Arc<Mutex<Option<std::fs::File>>>,
+    cap: u64,
+) {
     let mut buf = vec![0u8; 16 << 10];
+    let mut logged = 0u64;
+    let mut left_out = 0u64;
+    let note = |log: &Arc<Mutex<Option<std::fs::File>>>, n: u64| {
+        if let Ok(mut l) = log.lock() {
+            if let Some(f) = l.as_mut() {
+                let _ = writeln!(
+                    f,
+                    "\n[airlock: {n} more bytes of output were not kept; the log stops at {} MiB]",
+                    cap >> 20
+                );
+            }
+        }
+    };
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            Err(_) => break,
         };
         if let Ok(mut r) = ring.lock() {
             r.push(&buf[..n]);
         }
+        let keep = (cap.saturating_sub(logged) as usize).min(n);
+        left_out += (n - keep) as u64;
+        logged += keep as u64;
+        if keep == 0 {
+            continue;
+        }
         if let Ok(mut l) = log.lock() {
             if let Some(f) = l.as_mut() {
-                if let Err(e) = f.write_all(&buf[..n]) {
+                if let Err(e) = f.write_all(&buf[..keep]) {
                     tracing::warn!("task output log: {e}");
                     *l = None;
                 }
             }
         }
     }
+    if left_out > 0 {
+        note(&log, left_out);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_stops_at_its_cap_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        let f = std::fs::File::create(&path).unwrap();
+        let log = Arc::new(Mutex::new(Some(f)));
+        let ring = Arc::new(Mutex::new(Ring::default()));
+        let input = vec![b'z'; 3 << 20];
+        pump_capped(&input[..], ring.clone(), log, 1 << 20);
+        let kept = std::fs::read(&path).unwrap();
+        assert!(kept.starts_with(&vec![b'z'; 1 << 20]));
+        let tail = String::from_utf8_lossy(&kept[1 << 20..]).into_owned();
+        assert!(tail.contains("2097152 more bytes"), "{tail}");
+        // The window still gets the newest output.
+        assert_eq!(ring.lock().unwrap().contents().len(), RING_BYTES);
+    }
 
     #[test]
     fn ring_keeps_the_last_bytes() {
