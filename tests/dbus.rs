@@ -392,11 +392,17 @@ fn airlock_run_goes_through_the_running_app() {
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     assert!(text(&o).contains("the task runs there"), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    // The agent's captured output is shown once it has ended.
-    assert!(stdout.lines().any(|l| l == "from-agent"), "{stdout}");
+    // The agent's captured output is shown once it has ended, before the
+    // summary line, and on stderr: stdout is the events' own.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let shown = stderr.find("from-agent\n");
+    let summary = stderr.find("exited with status 5");
+    assert!(
+        shown.is_some() && summary.is_some() && shown < summary,
+        "{stderr}"
+    );
     let events: Vec<serde_json::Value> = stdout
         .lines()
-        .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(events.iter().any(|e| e["type"] == "exited"), "{stdout}");

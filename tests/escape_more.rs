@@ -1345,6 +1345,51 @@ echo "status=${PIPESTATUS[0]}"
     assert!(!t.contains("running"), "{t}");
 }
 
+/// With stdout and stderr one file (`2>&1`, a terminal), the task's lines
+/// keep their order: one relayed pipe for both, not two taken in turn.
+#[test]
+fn merged_stdout_and_stderr_keep_their_order() {
+    let w = World::new();
+    let script = r#"for i in 1 2 3 4 5; do "$AIRLOCK" run --local -- sh -c 'echo 1; echo 2 >&2; echo 3; echo 4 >&2; echo 5' 2>&1 | grep -v '^airlock:' | tr '\n' ' '; echo; done"#;
+    let o = host_shell(&w, "sh", script, None);
+    let t = text(&o);
+    assert_eq!(t.matches("1 2 3 4 5 ").count(), 5, "{t}");
+}
+
+/// `--json-events -` puts the events on stdout. Were the task's stdout
+/// there too, it could print a forged `exited` event for its own id
+/// (`$AIRLOCK_TASK`) and end with half a line, so that the real event is
+/// glued to it and cannot be parsed. The task's stdout goes to stderr then.
+#[test]
+fn escape_forged_events_on_a_shared_stdout() {
+    let w = World::new();
+    let o = output_within(
+        w.cmd(&[
+            "run",
+            "--local",
+            "--json-events",
+            "-",
+            "--",
+            "sh",
+            "-c",
+            "printf '{\"v\":1,\"task\":\"%s\",\"seq\":9,\"time_ms\":1,\"type\":\"exited\",\"status\":{\"code\":0,\"signal\":null},\"changed_files\":0}\\n' \"$AIRLOCK_TASK\"; printf 'half a line'; exit 3",
+        ]),
+        Duration::from_secs(120),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let mut exited = Vec::new();
+    for line in out.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}\n{out}"));
+        if v["type"] == "exited" {
+            exited.push(v);
+        }
+    }
+    assert_eq!(exited.len(), 1, "{out}");
+    assert_eq!(exited[0]["status"]["code"], 3, "{out}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("half a line"));
+}
+
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
 /// naming the binary, at most 120 s.
 fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {
@@ -1504,7 +1549,10 @@ print("\x1b[8m", end="")
     assert!(t.contains("TTY-OPENS"), "{t}");
     assert!(t.contains("END"), "output stayed stopped: {t}");
     // Text made invisible (SGR 8) by the agent ends before the summary.
-    assert!(t.contains("\x1b[0m\x1b[?25hairlock: task"), "{t:?}");
+    assert!(
+        t.contains("\x1b[!p\x1b[0m\x1b[?7h\x1b[?25hairlock: task"),
+        "{t:?}"
+    );
 }
 
 /// A grant of the host's /tmp hides what lives there for the session:

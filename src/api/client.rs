@@ -158,12 +158,25 @@ impl Remote {
         })
     }
 
+    /// Writes what the app captured of task `path`'s output.
+    async fn show_output(&self, path: &str, to_stderr: bool) -> anyhow::Result<()> {
+        let out: Vec<u8> = self.call(path, TASK_IFACE, "Output", &()).await?;
+        let mut sink: Box<dyn std::io::Write> = match to_stderr {
+            true => Box::new(std::io::stderr().lock()),
+            false => Box::new(std::io::stdout().lock()),
+        };
+        let _ = sink.write_all(&out);
+        let _ = sink.flush();
+        Ok(())
+    }
+
     /// Submits a task and calls `on_event` with each of its events until it
     /// returns an exit code.
     pub fn submit_and_follow(
         &self,
         policy: &Policy,
         argv: &[String],
+        output_to_stderr: bool,
         on_event: &mut dyn FnMut(&Event) -> Option<i32>,
     ) -> anyhow::Result<i32> {
         let cwd = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
@@ -216,12 +229,17 @@ impl Remote {
                 if Some(&ev.task) != id.as_ref() {
                     continue;
                 }
+                // The agent's output was captured by the app: shown before
+                // the line that says how the task ended, which must come
+                // last (output after it could overwrite it).
+                let ends = matches!(ev.kind, crate::event::EventKind::Exited { .. });
+                if ends {
+                    self.show_output(path.as_str(), output_to_stderr).await?;
+                }
                 if let Some(code) = on_event(&ev) {
-                    // The agent's output was captured by the app: show it now.
-                    let out: Vec<u8> = self.call(path.as_str(), TASK_IFACE, "Output", &()).await?;
-                    let mut stdout = std::io::stdout().lock();
-                    let _ = std::io::Write::write_all(&mut stdout, &out);
-                    let _ = std::io::Write::flush(&mut stdout);
+                    if !ends {
+                        self.show_output(path.as_str(), output_to_stderr).await?;
+                    }
                     return Ok(code);
                 }
             }
@@ -233,9 +251,12 @@ impl Remote {
 }
 
 /// `airlock run` over the app when it is running: `None` when it is not.
+/// The task's captured output goes to our stdout, or to our stderr when
+/// `output_to_stderr` (our stdout carries `--json-events -`).
 pub fn run_remote(
     policy: &Policy,
     argv: &[String],
+    output_to_stderr: bool,
     on_event: &mut dyn FnMut(&Event) -> Option<i32>,
 ) -> anyhow::Result<Option<i32>> {
     let Some(remote) = Remote::connect() else {
@@ -247,5 +268,7 @@ pub fn run_remote(
             "airlock: the Airlock app is running; the task runs there (use --local to run it here)"
         )
     );
-    remote.submit_and_follow(policy, argv, on_event).map(Some)
+    remote
+        .submit_and_follow(policy, argv, output_to_stderr, on_event)
+        .map(Some)
 }

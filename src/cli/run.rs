@@ -54,7 +54,8 @@ pub struct RunArgs {
     /// Use a Docker/OCI seccomp profile instead of Airlock's default.
     #[arg(long, value_name = "FILE.json")]
     pub seccomp_profile: Option<PathBuf>,
-    /// Write lifecycle events as JSON lines to FILE (`-` for stdout).
+    /// Write lifecycle events as JSON lines to FILE (`-` for stdout; the
+    /// task's own stdout then goes to stderr).
     #[arg(long, value_name = "FILE")]
     pub json_events: Option<String>,
     /// When the task has ended, review its changes here on the terminal
@@ -255,13 +256,16 @@ impl Follow {
                 self.changed = Some(*changed_files);
                 self.code = Some(status.code);
                 // The agent's output may have left the terminal drawing
-                // invisible or recoloured text (SGR 8): this line must be
-                // seen as it is. Attributes reset, cursor shown.
+                // invisible or recoloured text (SGR 8), without line wrap,
+                // or in a scrolling region: this line must be seen as it
+                // is. A soft reset (DECSTR, which keeps the screen and the
+                // cursor's place), then attributes, wrap and cursor again
+                // for terminals without it.
                 // SAFETY: isatty only queries.
                 if unsafe { libc::isatty(2) } == 1 {
                     {
                         use std::io::Write as _;
-                        let _ = write!(std::io::stderr(), "\x1b[0m\x1b[?25h");
+                        let _ = write!(std::io::stderr(), "\x1b[!p\x1b[0m\x1b[?7h\x1b[?25h");
                     }
                 }
                 super::say!(
@@ -332,9 +336,15 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     // the supervisor's; it waits for its plan meanwhile. From this thread,
     // which outlives the task (the helper's parent-death signal is tied to
     // it). Should it fail, the task starts one the usual way.
-    let helper = crate::sandbox::helper_exe()
-        .and_then(|exe| crate::sandbox::prestart(&exe))
-        .ok();
+    // `--json-events -`: our stdout carries the events, so the task's own
+    // stdout goes to our stderr, and a helper with our stdio is no use.
+    let events_on_stdout = args.json_events.as_deref() == Some("-");
+    let helper = match events_on_stdout {
+        true => None,
+        false => crate::sandbox::helper_exe()
+            .and_then(|exe| crate::sandbox::prestart(&exe))
+            .ok(),
+    };
     let local = move || -> anyhow::Result<SupervisorHandle> {
         match local {
             Ok(h) => match h.join() {
@@ -345,7 +355,9 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         }
     };
     if !args.local {
-        let remote = crate::api::client::run_remote(&policy, &argv, &mut |ev| follow.event(ev));
+        let remote = crate::api::client::run_remote(&policy, &argv, events_on_stdout, &mut |ev| {
+            follow.event(ev)
+        });
         if !matches!(remote, Ok(None)) {
             drop(helper);
             // What the local start recovered must be on disk before we exit.
@@ -362,7 +374,12 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             return Ok(code);
         }
     }
-    let (code, id) = run_local(local()?, policy, argv, helper, follow, verbose)?;
+    let output = if events_on_stdout {
+        OutputMode::InheritStdoutToStderr
+    } else {
+        OutputMode::Inherit
+    };
+    let (code, id) = run_local(local()?, policy, argv, helper, output, follow, verbose)?;
     // SAFETY: isatty on our own standard descriptors.
     let terminal = unsafe { libc::isatty(0) == 1 && libc::isatty(2) == 1 };
     if args.review {
@@ -387,6 +404,7 @@ fn run_local(
     policy: Policy,
     argv: Vec<String>,
     helper: Option<crate::sandbox::Prestarted>,
+    output: OutputMode,
     mut follow: Follow,
     verbose: bool,
 ) -> anyhow::Result<(i32, TaskId)> {
@@ -411,7 +429,7 @@ fn run_local(
         argv,
         policy,
         requested_by: "cli".into(),
-        output: OutputMode::Inherit,
+        output,
         helper,
     })?;
     if let Some(p) = &prompt {

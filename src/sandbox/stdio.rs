@@ -34,8 +34,9 @@ const STDIN_CHUNK: usize = 4096;
 pub struct TaskStdio {
     /// The task's ends: stdin's read end, stdout's and stderr's write ends.
     inside: [OwnedFd; 3],
-    /// Ours: stdin's write end, stdout's and stderr's read ends.
-    outside: [OwnedFd; 3],
+    /// Ours: stdin's write end, stdout's and stderr's read ends (none of
+    /// its own when both go into one pipe).
+    outside: (OwnedFd, OwnedFd, Option<OwnedFd>),
     /// PID 1 reads this before it reports the exit status, so that the
     /// task's last output is out before `airlock run` says it ended.
     drained_r: OwnedFd,
@@ -58,11 +59,19 @@ impl TaskStdio {
             )
         };
         let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
+        // Where our stdout and stderr are one file (a terminal, `2>&1`),
+        // the task writes both into one pipe: two would be relayed in turn
+        // and mix up the order of its lines.
+        let (err_r, err_w) = if same_file(1, 2) {
+            (None, out_w.try_clone()?)
+        } else {
+            let (r, w) = pipe()?;
+            (Some(r), w)
+        };
         let (drained_r, drained_w) = pipe()?;
         Ok(TaskStdio {
             inside: [in_r, out_w, err_w],
-            outside: [in_w, out_r, err_r],
+            outside: (in_w, out_r, err_r),
             drained_r,
             drained_w,
         })
@@ -84,10 +93,10 @@ impl TaskStdio {
 
     /// In the helper, once PID 1 exists: our ends only.
     pub fn leave(self) -> Relay {
-        let [in_w, out_r, err_r] = self.outside;
+        let (in_w, out_r, err_r) = self.outside;
         Relay {
             stdin: Some(in_w),
-            outputs: [Some(out_r), Some(err_r)],
+            outputs: [Some(out_r), err_r],
             drained: self.drained_w,
         }
     }
@@ -121,6 +130,16 @@ fn set_nonblocking(fd: RawFd) {
             libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
     }
+}
+
+/// Whether descriptors `a` and `b` are the same file.
+fn same_file(a: RawFd, b: RawFd) -> bool {
+    let st = |fd| {
+        // SAFETY: fstat fills the struct we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino, st.st_rdev))
+    };
+    matches!((st(a), st(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Bytes in the pipe that the task has not read yet.

@@ -88,6 +88,10 @@ pub enum OutputMode {
     Capture,
     /// The supervisor process's own stdio (the terminal of `airlock run`).
     Inherit,
+    /// As `Inherit`, but the task's stdout goes to our stderr: our stdout
+    /// carries `--json-events -`, which the task must not be able to forge
+    /// or break.
+    InheritStdoutToStderr,
 }
 
 /// A task to run.

@@ -418,8 +418,16 @@ impl Pumps {
 type Stdios = (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>, Pumps);
 
 fn stdio(mode: OutputMode, task_dir: &TaskDir, ring: Arc<Mutex<Ring>>) -> Result<Stdios, Error> {
-    if mode == OutputMode::Inherit {
-        return Ok((None, None, None, Pumps(Vec::new())));
+    match mode {
+        OutputMode::Inherit => return Ok((None, None, None, Pumps(Vec::new()))),
+        OutputMode::InheritStdoutToStderr => {
+            // SAFETY: borrowing our own stderr for the duration of the dup.
+            let err = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) }
+                .try_clone_to_owned()
+                .map_err(|e| Error::io("stderr", e))?;
+            return Ok((None, Some(err), None, Pumps(Vec::new())));
+        }
+        OutputMode::Capture => {}
     }
     let path = task_dir.output_log();
     let log = std::fs::OpenOptions::new()
