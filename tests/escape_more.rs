@@ -1184,15 +1184,21 @@ print(\"not stopped\")
 /// blocks, and the watchdog stops the task near the limit.
 #[test]
 fn escape_max_upper_with_preallocated_files() {
-    let w = World::new();
-    let o = w.run(
-        &[
-            "--grant",
-            &format!("{}:rw", w.project.display()),
-            "--max-upper",
-            "10M",
-        ],
-        "python3 -c 'import os
+    // Under our profile, and under an imported allow-all one: the rule
+    // that keeps the limit enforceable is added to any profile.
+    for imported in [false, true] {
+        let w = World::new();
+        let profile = w.path().join("allow-all.json");
+        std::fs::write(&profile, r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#).unwrap();
+        let grant = format!("{}:rw", w.project.display());
+        let mut args = vec!["--grant", &grant, "--max-upper", "10M"];
+        let profile_arg = profile.display().to_string();
+        if imported {
+            args.extend(["--seccomp-profile", &profile_arg]);
+        }
+        let o = w.run(
+            &args,
+            "python3 -c 'import os
 for i in range(150):
     fd = os.open(\"big%d\" % i, os.O_CREAT | os.O_WRONLY, 0o644)
     try:
@@ -1202,19 +1208,20 @@ for i in range(150):
     os.close(fd)
 print(\"not stopped\")
 '",
-    );
-    let t = text(&o);
-    use std::os::unix::fs::MetadataExt;
-    let used: u64 = walk(&upper(&w))
-        .iter()
-        .filter_map(|p| std::fs::symlink_metadata(p).ok())
-        .map(|m| m.blocks() * 512)
-        .sum();
-    assert!(
-        !t.contains("not stopped") && used < 200 << 20,
-        "{} MiB reserved past --max-upper 10M: {t}",
-        used >> 20
-    );
+        );
+        let t = text(&o);
+        use std::os::unix::fs::MetadataExt;
+        let used: u64 = walk(&upper(&w))
+            .iter()
+            .filter_map(|p| std::fs::symlink_metadata(p).ok())
+            .map(|m| m.blocks() * 512)
+            .sum();
+        assert!(
+            !t.contains("not stopped") && used < 200 << 20,
+            "{} MiB reserved past --max-upper 10M (imported profile: {imported}): {t}",
+            used >> 20
+        );
+    }
 }
 
 /// Deletions hidden behind a folder made anew: `rm -rf src; mkdir src`

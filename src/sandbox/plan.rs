@@ -334,7 +334,9 @@ pub fn plan(
         SeccompChoice::Default => seccomp::default_profile(),
         SeccompChoice::OciFile(path) => crate::policy::oci::import_file(path)?,
     };
-    // Whatever the profile, unless the policy allows unix sockets.
+    // Whatever the profile: the rules Airlock's limits rely on, and unless
+    // the policy allows them, the unix-socket rules.
+    seccomp_profile.rules.extend(seccomp::limit_rules());
     if !policy.unix_sockets {
         seccomp_profile.rules.extend(seccomp::unix_socket_rules());
     }

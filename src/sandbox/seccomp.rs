@@ -209,19 +209,6 @@ pub fn default_profile() -> Profile {
             "new namespaces would let the agent gain capabilities and attack the kernel",
         ));
     }
-    // Preallocation reserves gigabytes in one call, faster than the
-    // watchdog of --max-upper (a walk every 100 ms) can see: 150 files of
-    // just under the limit each passed it 150 times over. EOPNOTSUPP makes
-    // glibc's posix_fallocate write the blocks instead, at a pace the
-    // watchdog keeps up with.
-    rules.push(Rule {
-        names: vec!["fallocate".into()],
-        action: Action::Errno(libc::EOPNOTSUPP as u32),
-        args: vec![],
-        reason:
-            "preallocation fills the disk faster than the size limit of a task's writes is checked"
-                .into(),
-    });
     // clone3 passes its flags in memory, which seccomp cannot read: answer
     // ENOSYS so that libc falls back to clone, whose flags we can inspect.
     rules.push(Rule {
@@ -315,6 +302,23 @@ pub fn default_profile() -> Profile {
 }
 
 pub const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
+
+/// What keeps Airlock's own limits enforceable, added to whichever profile
+/// a task runs under (ours or an imported one). Preallocation reserves
+/// gigabytes in one call, faster than the watchdog of `--max-upper` (a
+/// walk every 100 ms) can see: 150 files of just under the limit each
+/// passed it 150 times over. EOPNOTSUPP makes glibc's posix_fallocate
+/// write the blocks instead, at a pace the watchdog keeps up with.
+pub fn limit_rules() -> Vec<Rule> {
+    vec![Rule {
+        names: vec!["fallocate".into()],
+        action: Action::Errno(libc::EOPNOTSUPP as u32),
+        args: vec![],
+        reason:
+            "preallocation fills the disk faster than the size limit of a task's writes is checked"
+                .into(),
+    }]
+}
 
 /// Unix sockets, refused unless the policy allows them: added to whichever
 /// profile the task uses. A socket file is reachable wherever it is
