@@ -1397,6 +1397,27 @@ fn escape_forged_events_on_a_shared_stdout() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("half a line"));
 }
 
+/// `airlock diff ID | head -1`: the reader goes away early. The review
+/// commands end as other Unix tools do (SIGPIPE), not with a panic.
+#[test]
+fn review_commands_end_quietly_when_their_reader_does() {
+    let w = World::new();
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "seq 1 20000 > big.txt; for i in $(seq 1 200); do echo $i > f$i; done",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let id = w.tasks().pop().unwrap();
+    let id = id.file_name().unwrap().to_string_lossy().to_string();
+    let script = format!(
+        "for c in diff changes; do \"$AIRLOCK\" $c {id} | head -1 >/dev/null; echo \"$c=${{PIPESTATUS[0]}}\"; done"
+    );
+    let o = host_shell(&w, "bash", &script, None);
+    let t = text(&o);
+    assert!(!t.contains("panicked"), "{t}");
+    assert!(!t.contains("=101"), "{t}");
+}
+
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
 /// naming the binary, at most 120 s.
 fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {

@@ -124,6 +124,17 @@ pub fn main() -> ExitCode {
     crate::i18n::init();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    if matches!(
+        cli.command,
+        Some(Command::Changes(_) | Command::Diff(_) | Command::Log(_) | Command::Tasks(_))
+    ) {
+        // Commands that only print end quietly when their reader does
+        // (`airlock diff ID | head`), as other Unix tools do, instead of
+        // panicking on the broken pipe. Not the others: a commit must
+        // finish what it started.
+        // SAFETY: restoring the default disposition in our own process.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Some(Command::Run(args)) => run::main(*args, cli.verbose),
         Some(Command::Doctor(args)) => doctor::main(args, cli.verbose),
