@@ -1418,6 +1418,109 @@ fn review_commands_end_quietly_when_their_reader_does() {
     assert!(!t.contains("=101"), "{t}");
 }
 
+fn sh_ok(cmd: &str) {
+    let o = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(o.status.success(), "{cmd}: {}", text(&o));
+}
+
+fn host_out(cmd: &str) -> String {
+    text(&Command::new("sh").args(["-c", cmd]).output().unwrap())
+}
+
+/// ACLs and extended attributes at commit. A folder whose default ACL
+/// keeps group and others out: what the commit creates there stays private
+/// (a chmod to the umask's 0644 had opened it). A file the user guarded
+/// with an ACL and an attribute keeps both after the agent's edit is
+/// committed (the new content goes in a new inode), and after undo.
+#[test]
+fn acls_and_attributes_survive_the_commit() {
+    if Command::new("setfacl").arg("--version").output().is_err() {
+        eprintln!("skipped: setfacl (package acl) is not installed");
+        return;
+    }
+    let w = World::new();
+    let private = w.project.join("private");
+    std::fs::create_dir(&private).unwrap();
+    let guarded = w.project.join("guarded.txt");
+    std::fs::write(&guarded, "v1\n").unwrap();
+    chmod(&guarded, 0o640);
+    if is_root() {
+        // The agent runs as nobody then: these must be its to write.
+        for p in [&private, &guarded] {
+            std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+        }
+        chmod(&guarded, 0o660);
+    }
+    chmod(&private, 0o770);
+    let q = |p: &Path| format!("'{}'", p.display());
+    sh_ok(&format!(
+        "setfacl -d -m u::rwx,g::---,o::--- {}",
+        q(&private)
+    ));
+    sh_ok(&format!("setfacl -m g:users:r {}", q(&guarded)));
+    let cpath = std::ffi::CString::new(guarded.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: setxattr with buffers we own.
+    let r = unsafe {
+        libc::setxattr(
+            cpath.as_ptr(),
+            c"user.note".as_ptr(),
+            b"keep".as_ptr().cast(),
+            4,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let acl_before = host_out(&format!("getfacl -cp {}", q(&guarded)));
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "umask 0; echo secret > private/new.txt; mkdir private/sub; \
+         chmod 0666 private/new.txt; chmod 0777 private/sub; echo v2 >> guarded.txt; echo done",
+    );
+    assert!(text(&o).contains("done"), "{}", text(&o));
+    let id = w.tasks().pop().unwrap();
+    let id = id.file_name().unwrap().to_string_lossy().to_string();
+    let mut c = w.command("sh");
+    c.args(["-c", "umask 022; exec \"$AIRLOCK\" commit \"$0\""])
+        .arg(&id);
+    let ct = text(&output_within(c, Duration::from_secs(60)));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&private.join("new.txt")), 0o600, "{ct}");
+    assert_eq!(mode(&private.join("sub")), 0o700, "{ct}");
+    assert_eq!(
+        std::fs::read_to_string(&guarded).unwrap(),
+        "v1\nv2\n",
+        "{ct}"
+    );
+    let xattr = |p: &Path| {
+        let cp = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let mut buf = [0u8; 16];
+        // SAFETY: getxattr writes at most buf.len() bytes into buf.
+        let n = unsafe {
+            libc::getxattr(
+                cp.as_ptr(),
+                c"user.note".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        (n > 0).then(|| buf[..n as usize].to_vec())
+    };
+    let acl_after = host_out(&format!("getfacl -cp {}", q(&guarded)));
+    assert_eq!(acl_after, acl_before, "{ct}");
+    assert!(acl_after.contains("group:users:r--"), "{acl_after}");
+    assert_eq!(xattr(&guarded).as_deref(), Some(&b"keep"[..]), "{ct}");
+    // Undo puts the first version back, ACL and attribute included.
+    let u = output_within(w.cmd(&["undo", &id]), Duration::from_secs(60));
+    assert!(u.status.success(), "{}", text(&u));
+    assert_eq!(std::fs::read_to_string(&guarded).unwrap(), "v1\n");
+    assert_eq!(
+        host_out(&format!("getfacl -cp {}", q(&guarded))),
+        acl_before
+    );
+    assert_eq!(xattr(&guarded).as_deref(), Some(&b"keep"[..]));
+}
+
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
 /// naming the binary, at most 120 s.
 fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {

@@ -628,6 +628,27 @@ impl<'a> Txn<'a> {
             }
             Source::None => {}
         }
+        // A file the agent edited keeps the user's ACL and extended
+        // attributes (the new content goes in a new inode): an ACL that kept
+        // other users out must still keep them out. The agent's own
+        // attributes never come along. The ACL only while the mode is the
+        // one it was made for.
+        if let (Some(o), Source::Upper | Source::Merged) = (&op.orig, &op.source) {
+            if o.kind == NodeKind::File && op.kind == NodeKind::File {
+                let name = fsx::split_last(&op.path).1;
+                let orig = fsx::open_file_at(dir.as_raw_fd(), name);
+                let new = fsx::open_file_at(dir.as_raw_fd(), tmp);
+                // An original we cannot open (mode 0200) has nothing we
+                // could read back either.
+                if let (Ok(orig), Ok(new)) = (orig, new) {
+                    fsx::copy_xattrs(
+                        orig.as_raw_fd(),
+                        new.as_raw_fd(),
+                        op.perm & 0o777 == o.perm & 0o777,
+                    );
+                }
+            }
+        }
         Ok(())
     }
 
@@ -893,6 +914,9 @@ pub(crate) fn copy_node(
             copy_sparse(&mut src, &mut f)?;
             chown_ok(fsx::lchown_at(ddir, dname, st.st_uid, st.st_gid))?;
             fsx::fchmod(f.as_raw_fd(), perm)?;
+            // Backups and what undo restores from them keep ACLs and
+            // extended attributes.
+            fsx::copy_xattrs(src.as_raw_fd(), f.as_raw_fd(), perm_override.is_none());
             fsx::set_times_at(ddir, dname, &st)
         }
         NodeKind::Symlink => {
@@ -910,6 +934,7 @@ pub(crate) fn copy_node(
             }
             chown_ok(fsx::lchown_at(ddir, dname, st.st_uid, st.st_gid))?;
             fsx::fchmod(d.as_raw_fd(), perm)?;
+            fsx::copy_xattrs(s.as_raw_fd(), d.as_raw_fd(), perm_override.is_none());
             fsx::set_times_at(ddir, dname, &st)
         }
         // Special files are never part of a grant we write; skip them.
@@ -1203,7 +1228,7 @@ fn plan(
     // Folders staged whole (their selected content goes inside) or skipped,
     // found by the ancestors of each path (a scan of the lists per change
     // was quadratic in the number of new folders).
-    let mut staged: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut staged: HashMap<Vec<u8>, (usize, u32)> = HashMap::new();
     let mut skipped: HashSet<Vec<u8>> = HashSet::new();
     let ancestors = |p: &[u8]| -> Vec<usize> {
         p.iter()
@@ -1215,21 +1240,28 @@ fn plan(
     for c in cs.changes.iter().filter(|c| c.kind == ChangeKind::Refused) {
         report.refused.push(c.path.clone());
     }
-    let new_mode = |perm: u32| perm & 0o777 & !opts.umask;
+    // The bits a new entry may have: what the user's umask leaves, or in a
+    // folder with a default ACL, what that ACL leaves (the kernel ignores
+    // the umask there; its chmod must not undo the ACL's restrictions).
+    let allowed_in = |dir: RawFd| fsx::default_acl_mode(dir).unwrap_or(!opts.umask & 0o777);
     for (c, choice) in picked {
         let ends = ancestors(&c.path);
         if ends.iter().any(|&e| skipped.contains(&c.path[..e])) {
             continue;
         }
-        if let Some((top_len, i)) = ends
+        if let Some((top_len, i, allowed)) = ends
             .iter()
-            .find_map(|&e| staged.get(&c.path[..e]).map(|i| (e, *i)))
+            .find_map(|&e| staged.get(&c.path[..e]).map(|(i, a)| (e, *i, *a)))
         {
             let kind = c.after.as_ref().map(|a| a.kind).unwrap_or(NodeKind::File);
             ops[i].tree.push(TreeEntry {
                 rel: c.path[top_len + 1..].to_vec(),
                 kind,
-                perm: c.after.as_ref().map(|a| new_mode(a.perm)).unwrap_or(0o755),
+                perm: c
+                    .after
+                    .as_ref()
+                    .map(|a| a.perm & allowed)
+                    .unwrap_or(0o755 & allowed),
                 hash: c.hash,
             });
             report.committed.push(c.path.clone());
@@ -1258,6 +1290,7 @@ fn plan(
             .map(|st| orig_of(&st));
         let after = c.after.as_ref();
         let is_new = orig.is_none();
+        let allowed = allowed_in(dir.as_raw_fd());
         let mut op = Op {
             path: c.path.clone(),
             action: Action::Put,
@@ -1268,7 +1301,7 @@ fn plan(
             perm: after
                 .map(|a| {
                     if is_new {
-                        new_mode(a.perm)
+                        a.perm & allowed
                     } else {
                         a.perm & 0o777
                     }
@@ -1295,7 +1328,7 @@ fn plan(
                 continue;
             }
             (_, Some(NodeKind::Dir)) => {
-                staged.insert(c.path.clone(), ops.len());
+                staged.insert(c.path.clone(), (ops.len(), allowed));
             }
             _ => {}
         }

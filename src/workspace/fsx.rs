@@ -300,6 +300,76 @@ pub fn fchmod(fd: RawFd, mode: u32) -> io::Result<()> {
     cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(|_| ())
 }
 
+/// The permission bits a folder's default ACL leaves to what is created in
+/// it (its owner, mask or group, and other entries), or `None` when it has
+/// none. The kernel ignores the umask there and gives a new entry the
+/// default ACL cut down by the mode asked for.
+pub fn default_acl_mode(dir: RawFd) -> Option<u32> {
+    let name = c"system.posix_acl_default";
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: fgetxattr writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::fgetxattr(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 4 {
+        return None;
+    }
+    // posix_acl_xattr: a 4-byte version, then entries of tag (u16), perm
+    // (u16) and id (u32).
+    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
+    for e in buf[4..n as usize].chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]) as u32 & 0o7;
+        match tag {
+            0x01 => user = Some(perm),
+            0x04 => group = Some(perm),
+            0x10 => mask = Some(perm),
+            0x20 => other = Some(perm),
+            _ => {}
+        }
+    }
+    Some((user? << 6) | (mask.or(group)? << 3) | other?)
+}
+
+/// Copies the extended attributes of `src` onto `dst`, the ACL
+/// (`system.posix_acl_access`) only when `with_acl`. Best effort: an
+/// attribute this user may not set (a security label) is left out.
+pub fn copy_xattrs(src: RawFd, dst: RawFd, with_acl: bool) {
+    let mut names = vec![0u8; 4096];
+    let n = loop {
+        // SAFETY: flistxattr writes at most names.len() bytes into names.
+        let n = unsafe { libc::flistxattr(src, names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        if io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) && names.len() < 1 << 20
+        {
+            names.resize(names.len() * 4, 0);
+            continue;
+        }
+        return;
+    };
+    for name in names[..n].split(|b| *b == 0).filter(|x| !x.is_empty()) {
+        if !with_acl && name == b"system.posix_acl_access" {
+            continue;
+        }
+        let Ok(cname) = std::ffi::CString::new(name) else {
+            continue;
+        };
+        // SAFETY: a size query, then a read into a buffer of that size.
+        let size = unsafe { libc::fgetxattr(src, cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            continue;
+        }
+        let mut value = vec![0u8; size as usize];
+        let got =
+            unsafe { libc::fgetxattr(src, cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if got < 0 {
+            continue;
+        }
+        // SAFETY: fsetxattr reads `got` bytes of value.
+        unsafe { libc::fsetxattr(dst, cname.as_ptr(), value.as_ptr().cast(), got as usize, 0) };
+    }
+}
+
 /// `fchownat(AT_SYMLINK_NOFOLLOW)`: also sets a symlink's own owner.
 pub fn lchown_at(dir: RawFd, name: &[u8], uid: u32, gid: u32) -> io::Result<()> {
     let c = cstr(name)?;
