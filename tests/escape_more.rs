@@ -1521,6 +1521,41 @@ fn acls_and_attributes_survive_the_commit() {
     assert_eq!(xattr(&guarded).as_deref(), Some(&b"keep"[..]));
 }
 
+/// The agent replaced the user's file `b.txt` with a folder holding `one`.
+/// Committing only `b.txt/one` needs that folder, which deletes the user's
+/// file: it once did so unasked. Now it is refused until `b.txt` is named.
+#[test]
+fn a_partial_commit_does_not_replace_an_unnamed_file() {
+    let w = World::new();
+    let b = w.project.join("b.txt");
+    std::fs::write(&b, "the user's\n").unwrap();
+    chmod(&b, 0o666);
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "rm b.txt && mkdir b.txt && echo agent > b.txt/one && echo done",
+    );
+    assert!(text(&o).contains("done"), "{}", text(&o));
+    let id = w.tasks().pop().unwrap();
+    let id = id.file_name().unwrap().to_string_lossy().to_string();
+    let inner = b.join("one").display().to_string();
+    let c = output_within(
+        w.cmd(&["commit", &id, "--only", &inner]),
+        Duration::from_secs(60),
+    );
+    let ct = text(&c);
+    assert!(!c.status.success(), "{ct}");
+    assert!(ct.contains("in place of your file"), "{ct}");
+    assert_eq!(std::fs::read_to_string(&b).unwrap(), "the user's\n", "{ct}");
+    // Named too, the replacement is what the user chose.
+    let both = b.display().to_string();
+    let c = output_within(
+        w.cmd(&["commit", &id, "--only", &both, "--only", &inner]),
+        Duration::from_secs(60),
+    );
+    assert!(c.status.success(), "{}", text(&c));
+    assert_eq!(std::fs::read_to_string(b.join("one")).unwrap(), "agent\n");
+}
+
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`
 /// naming the binary, at most 120 s.
 fn host_shell(w: &World, shell: &str, script: &str, stdin: Option<&str>) -> std::process::Output {

@@ -208,13 +208,31 @@ fn run_case(init: &[Edit], edits: &[Edit], pick: Option<&[bool]>) -> Result<(), 
     );
     let sel = match pick {
         None => Selection::all(),
-        Some(bits) => Selection::only(
-            cs.changes
+        Some(bits) => {
+            let mut picked: std::collections::BTreeSet<Vec<u8>> = cs
+                .changes
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| bits[i % bits.len()])
-                .map(|(_, c)| c.path.clone()),
-        ),
+                .map(|(_, c)| c.path.clone())
+                .collect();
+            // A path inside a folder that replaced a user's file is only
+            // committed with that folder named too (the commit refuses to
+            // delete the file unasked): pick such folders along.
+            for p in picked.clone() {
+                let mut a: &[u8] = &p;
+                while let Some(k) = a.iter().rposition(|&b| b == b'/') {
+                    a = &a[..k];
+                    if cs.get(a).is_some_and(|c| {
+                        c.kind == ChangeKind::TypeChanged
+                            && c.before.as_ref().is_some_and(|b| b.kind != NodeKind::Dir)
+                    }) {
+                        picked.insert(a.to_vec());
+                    }
+                }
+            }
+            Selection::only(picked)
+        }
     };
     // The expected result, built from the plain trees.
     let mut want = before.clone();

@@ -97,6 +97,26 @@ impl Selection {
                     &[("path", &super::names::escape(p))],
                 )));
             }
+            // A path inside a folder the agent made where the user had a
+            // file: committing it needs that folder, which deletes the
+            // user's file. Only when the user names the folder too.
+            let mut a: &[u8] = p;
+            while let Some(k) = a.iter().rposition(|&b| b == b'/') {
+                a = &a[..k];
+                let replaces_file = cs.get(a).is_some_and(|c| {
+                    c.kind == ChangeKind::TypeChanged
+                        && c.before.as_ref().is_some_and(|b| b.kind != NodeKind::Dir)
+                });
+                if replaces_file && !files.contains_key(a) {
+                    return Err(Error::Invalid(crate::i18n::gettext_f(
+                        "{path} is in {folder}, which the agent made a folder in place of your file: name {folder} too to replace that file, or leave {path} out",
+                        &[
+                            ("path", &super::names::escape(p)),
+                            ("folder", &super::names::escape(a)),
+                        ],
+                    )));
+                }
+            }
             if let FileChoice::Hunks(h) = ch {
                 let c = cs.get(p).filter(|c| {
                     c.kind == ChangeKind::Modified
