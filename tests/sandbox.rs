@@ -923,6 +923,11 @@ fn run_review_commits_what_was_approved_on_the_terminal() {
     let t = String::from_utf8_lossy(&out);
     assert_eq!(std::fs::read_to_string(&keep).unwrap(), "new\n", "{t}");
     assert!(!w.project.join("skipped.txt").exists(), "{t}");
+    // The audit log knows: one file was left out, so partly committed.
+    let o = output_within(w.cmd(&["tasks", "--json"]), Duration::from_secs(60));
+    let task: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(task["state"], "partly_committed", "{task}");
 }
 
 #[test]

@@ -134,3 +134,48 @@ fn a_killed_local_run_is_reviewable_at_once() {
         "changed\n"
     );
 }
+
+/// Commit, undo and reject from the command line reach the audit log, as
+/// they do through the app: `airlock tasks` shows the state the files are
+/// in, and the log holds the commit and marks it undone.
+#[test]
+fn review_decisions_on_the_command_line_are_recorded() {
+    let w = World::new();
+    std::fs::write(w.project.join("a.txt"), "one\n").unwrap();
+    common::chmod(&w.project.join("a.txt"), 0o666);
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "echo two >> a.txt",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let id = w.tasks().pop().unwrap();
+    let id = id.file_name().unwrap().to_string_lossy().to_string();
+    let state = || {
+        let o = output_within(w.cmd(&["tasks", "--json"]), Duration::from_secs(60));
+        let t: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap())
+                .unwrap();
+        t["state"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(state(), "reviewing");
+    let c = output_within(w.cmd(&["commit", &id]), Duration::from_secs(60));
+    assert!(c.status.success(), "{}", text(&c));
+    assert_eq!(state(), "committed");
+    let audit = w.path().join("data/airlock/audit.db");
+    let store = airlock::audit::AuditStore::open(&audit).unwrap();
+    let task = airlock::task::TaskId::parse(&id).unwrap();
+    let commits = store.commits(&task).unwrap();
+    assert_eq!(commits.len(), 1, "{commits:?}");
+    assert_eq!(commits[0].file_count, 1);
+    assert!(commits[0].undone_ms.is_none());
+    drop(store);
+    let u = output_within(w.cmd(&["undo", &id]), Duration::from_secs(60));
+    assert!(u.status.success(), "{}", text(&u));
+    assert_eq!(state(), "reviewing");
+    let store = airlock::audit::AuditStore::open(&audit).unwrap();
+    assert!(store.commits(&task).unwrap()[0].undone_ms.is_some());
+    drop(store);
+    let r = output_within(w.cmd(&["reject", &id]), Duration::from_secs(60));
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(state(), "rejected");
+}

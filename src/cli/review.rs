@@ -11,8 +11,10 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::CommitFile;
+use crate::event::EventKind;
 use crate::i18n::{gettext, gettext_f};
-use crate::task::{TaskDir, TaskId, TaskManifest};
+use crate::task::{TaskDir, TaskId, TaskManifest, TaskState};
 use crate::workspace::changes::{hex, unhex, Change, ChangeKind, ChangeSet, NodeKind};
 use crate::workspace::diff::{self, FileDiff, Tag};
 use crate::workspace::names::{escape, escape_path, escape_text};
@@ -599,6 +601,10 @@ fn commit_inner(args: CommitArgs) -> Result<ExitCode> {
         }
     }
     let mut conflicts = 0;
+    // What the log records: each grant's commit, and whether anything was
+    // left out (a selection, a conflict, a refused special file).
+    let mut commits = Vec::new();
+    let mut partial = !args.only.is_empty() || !hunks.is_empty();
     for (index, cs, snap) in sets {
         let known = |p: &Vec<u8>| {
             let prefix = [p.as_slice(), b"/"].concat();
@@ -656,12 +662,109 @@ fn commit_inner(args: CommitArgs) -> Result<ExitCode> {
             );
         }
         conflicts += rep.conflicts.len();
+        partial |= !rep.conflicts.is_empty() || !rep.refused.is_empty();
+        if !rep.committed.is_empty() || !rep.conflicts.is_empty() {
+            commits.push(commit_entry(&rep));
+        }
     }
+    let to = if partial {
+        TaskState::PartlyCommitted
+    } else {
+        TaskState::Committed
+    };
+    record_decision(&r.manifest.id, to, commits, false);
     Ok(if conflicts > 0 {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One grant's commit as the audit log keeps it: files committed and in
+/// conflict, and each file's decision.
+fn commit_entry(rep: &ws::CommitReport) -> (u64, u64, Vec<CommitFile>) {
+    let files = rep
+        .committed
+        .iter()
+        .map(|p| (p, "approved"))
+        .chain(rep.conflicts.iter().map(|p| (p, "conflict")))
+        .map(|(p, d)| CommitFile {
+            path: escape(p),
+            decision: d.into(),
+        })
+        .collect();
+    (
+        rep.committed.len() as u64,
+        rep.conflicts.len() as u64,
+        files,
+    )
+}
+
+/// Records a decision taken here in the audit log, as the app records its
+/// own: each commit with its files, an undo, the task's new state. The
+/// files are done by then, so a log that cannot be written is only said.
+fn record_decision(
+    id: &TaskId,
+    to: TaskState,
+    commits: Vec<(u64, u64, Vec<CommitFile>)>,
+    undone: bool,
+) {
+    let result = (|| -> Result<(), crate::Error> {
+        let path = crate::supervisor::Config::new()?.audit_path;
+        let mut store = crate::audit::AuditStore::open(&path)?;
+        let filter = crate::audit::Filter {
+            task: Some(id.clone()),
+            since_ms: None,
+        };
+        // A task the log never knew (its database was moved away): nothing
+        // to bring up to date.
+        let Some(rec) = store.tasks(&filter)?.into_iter().next() else {
+            return Ok(());
+        };
+        let mut seq = crate::supervisor::next_seq(&store, id)?;
+        for (files, conflicts, list) in commits {
+            let outcome = if conflicts == 0 {
+                "committed"
+            } else {
+                "partly_committed"
+            };
+            let kind = EventKind::Committed {
+                files,
+                conflicts,
+                outcome: outcome.into(),
+            };
+            store.record_event(&crate::event::Event::new(id.clone(), seq, kind))?;
+            store.record_commit_files(id, seq, &list)?;
+            seq += 1;
+        }
+        if undone {
+            let last = store
+                .commits(id)?
+                .into_iter()
+                .rev()
+                .find(|c| c.undone_ms.is_none());
+            if let Some(c) = last {
+                store.mark_commit_undone(id, c.seq, crate::event::now_ms())?;
+            }
+        }
+        if rec.state != to {
+            let kind = EventKind::StateChanged {
+                from: Some(rec.state),
+                to,
+            };
+            store.record_event(&crate::event::Event::new(id.clone(), seq, kind))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        crate::cli::say!(
+            "airlock: {}",
+            gettext_f(
+                "the audit log was not brought up to date: {error}",
+                &[("error", &e.to_string())]
+            )
+        );
+    }
 }
 
 /// Makes a tree removable (overlay leaves `work/work` with mode 000).
@@ -697,6 +800,7 @@ fn reject_inner(args: TaskArg) -> Result<ExitCode> {
         }
     }
     let _ = std::fs::remove_file(r.reviewed_path());
+    record_decision(&r.manifest.id, TaskState::Rejected, Vec::new(), false);
     println!(
         "{}",
         gettext_f(
@@ -716,6 +820,7 @@ fn undo_inner(args: TaskArg) -> Result<ExitCode> {
     let finished = || r.finished();
     let stop = CommitOptions::from_env().stop_after;
     let rep = ws::undo::undo(&r.dir, &finished, stop)?;
+    record_decision(&r.manifest.id, TaskState::Reviewing, Vec::new(), true);
     println!(
         "{}",
         gettext_f(
@@ -755,6 +860,8 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
     };
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    let mut commits = Vec::new();
+    let mut partial = false;
     for (index, cs, snap) in r.change_sets()? {
         if cs.changes.is_empty() {
             continue;
@@ -807,6 +914,12 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
             }
         }
         r.record_shown(shown)?;
+        let reviewable = cs
+            .changes
+            .iter()
+            .filter(|c| c.kind != ChangeKind::Refused)
+            .count();
+        partial |= approved.len() < reviewable;
         if approved.is_empty() {
             continue;
         }
@@ -820,7 +933,9 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
             &sel,
             snap.as_ref(),
             &finished,
-            &CommitOptions::default(),
+            // The user's umask for what the commit creates, as for
+            // `airlock commit`.
+            &CommitOptions::from_env(),
         )?;
         println!(
             "{}",
@@ -835,6 +950,16 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
                 gettext_f("conflict, left as it is: {path}", &[("path", &escape(p))])
             );
         }
+        partial |= !rep.conflicts.is_empty();
+        commits.push(commit_entry(&rep));
+    }
+    if !commits.is_empty() {
+        let to = if partial {
+            TaskState::PartlyCommitted
+        } else {
+            TaskState::Committed
+        };
+        record_decision(&r.manifest.id, to, commits, false);
     }
     Ok(())
 }
