@@ -870,13 +870,9 @@ fn escape_creating_credentials_under_a_symlinked_home() {
 #[test]
 fn escape_max_upper_with_a_tree_deeper_than_path_max() {
     let w = World::new();
-    let o = w.run(
-        &[
-            "--grant",
-            &format!("{}:rw", w.project.display()),
-            "--max-upper",
-            "8M",
-        ],
+    let o = run_with_max_upper(
+        &w,
+        "8M",
         "python3 -c 'import os, time
 d = \"x\" * 200
 for i in range(30):
@@ -1129,13 +1125,9 @@ fn escape_grant_replaced_between_planning_and_mounting() {
 #[test]
 fn escape_max_upper_with_an_unreadable_folder() {
     let w = World::new();
-    let o = w.run(
-        &[
-            "--grant",
-            &format!("{}:rw", w.project.display()),
-            "--max-upper",
-            "8M",
-        ],
+    let o = run_with_max_upper(
+        &w,
+        "8M",
         "mkdir d && chmod 300 d && for i in 1 2 3 4 5; do head -c 6000000 /dev/zero > d/big$i; done; echo wrote; sleep 5; echo not stopped",
     );
     let t = text(&o);
@@ -1152,13 +1144,9 @@ fn escape_max_upper_with_an_unreadable_folder() {
 #[test]
 fn escape_inode_exhaustion_of_a_rw_grant() {
     let w = World::new();
-    let o = w.run(
-        &[
-            "--grant",
-            &format!("{}:rw", w.project.display()),
-            "--max-upper",
-            "40M",
-        ],
+    let o = run_with_max_upper(
+        &w,
+        "40M",
         "python3 -c 'import os, time
 os.mkdir(\"many\")
 for b in range(40):
@@ -1554,6 +1542,12 @@ fn a_partial_commit_does_not_replace_an_unnamed_file() {
     );
     assert!(c.status.success(), "{}", text(&c));
     assert_eq!(std::fs::read_to_string(b.join("one")).unwrap(), "agent\n");
+}
+
+/// `airlock run` with the project granted read-write and `--max-upper`.
+fn run_with_max_upper(w: &World, limit: &str, script: &str) -> std::process::Output {
+    let grant = format!("{}:rw", w.project.display());
+    w.run(&["--grant", &grant, "--max-upper", limit], script)
 }
 
 /// `sh -c SCRIPT` on the host with this world's environment and `$AIRLOCK`

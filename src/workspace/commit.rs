@@ -1290,7 +1290,13 @@ fn plan(
             .map(|st| orig_of(&st));
         let after = c.after.as_ref();
         let is_new = orig.is_none();
-        let allowed = allowed_in(dir.as_raw_fd());
+        // Read only where it decides something: new entries, and folders
+        // whose contents are staged new (an edited file keeps its mode).
+        let allowed = if is_new || after.is_some_and(|a| a.kind == NodeKind::Dir) {
+            allowed_in(dir.as_raw_fd())
+        } else {
+            0o777
+        };
         let mut op = Op {
             path: c.path.clone(),
             action: Action::Put,
