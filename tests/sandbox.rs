@@ -99,7 +99,11 @@ fn real_folder_is_byte_for_byte_unchanged() {
     );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(before, tree(&w.project), "the real folder changed");
-    assert!(text(&o).contains("files changed"), "{}", text(&o));
+    assert!(
+        text(&o).contains(" files changed, waiting for review"),
+        "{}",
+        text(&o)
+    );
     let task = w.tasks().pop().expect("a task folder");
     assert!(task.join("upper/0/new/n.txt").exists());
     assert!(task.join("exit.json").exists());

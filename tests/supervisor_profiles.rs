@@ -122,3 +122,61 @@ fn a_broken_profile_names_file_line_and_column() {
     );
     assert!(text(&o).contains("missing.toml"), "{}", text(&o));
 }
+
+/// A persistent home outlives its tasks, so what an agent keeps there
+/// counts against `--max-upper` like its writes in grants: a task that
+/// fills its home is stopped, and the next one does not start in a home
+/// already over the limit until the user has cleared it.
+#[test]
+fn a_persistent_home_counts_against_max_upper() {
+    let w = World::new();
+    write_profile(
+        &w,
+        "hoarder",
+        "command = [\"sh\", \"-c\"]\npersistent_home = true\n\n[limits]\nmax_upper = \"10M\"\n",
+    );
+    let run = |script: &str| {
+        output_within(
+            w.cmd(&["run", "--local", "--agent", "hoarder", "--", script]),
+            Duration::from_secs(120),
+        )
+    };
+    let home = w.state().join("airlock/agents/hoarder/home");
+    let o = run("for i in 1 2 3 4 5 6 7 8; do head -c 4000000 /dev/zero > $HOME/big$i; sleep 0.3; done; echo not stopped");
+    let t = text(&o);
+    let kept: u64 = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        !o.status.success() && !t.contains("not stopped") && kept < 20_000_000,
+        "{kept} bytes went into a home under --max-upper 10M: {t}"
+    );
+    assert!(t.contains("more than the 10 MiB allowed"), "{t}");
+    // The next task is refused, naming the home and what to do.
+    let o = run("echo started");
+    let t = text(&o);
+    assert!(
+        !o.status.success() && !t.contains("started") && t.contains(&home.display().to_string()),
+        "{t}"
+    );
+    for e in std::fs::read_dir(&home).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let o = run("echo started");
+    assert!(
+        o.status.success() && text(&o).contains("started"),
+        "{}",
+        text(&o)
+    );
+    // A folder the last task locked (as the user, the watchdog stops that
+    // task, since it cannot measure the folder) is opened again for the
+    // next one rather than shutting the agent out.
+    run("mkdir $HOME/locked && echo x > $HOME/locked/f && chmod 000 $HOME/locked; sleep 1");
+    let o = run("cat $HOME/locked/f 2>/dev/null; echo started");
+    assert!(
+        o.status.success() && text(&o).contains("started"),
+        "{}",
+        text(&o)
+    );
+}

@@ -268,14 +268,24 @@ impl Follow {
                         let _ = write!(std::io::stderr(), "\x1b[!p\x1b[0m\x1b[?7h\x1b[?25h");
                     }
                 }
+                let changes = if *changed_files == 0 {
+                    gettext("no files changed")
+                } else {
+                    gettextrs::ngettext(
+                        "{n} file changed, waiting for review",
+                        "{n} files changed, waiting for review",
+                        u32::try_from(*changed_files).unwrap_or(u32::MAX),
+                    )
+                    .replace("{n}", &changed_files.to_string())
+                };
                 super::say!(
                     "{}",
                     gettext_f(
-                        "airlock: task {id} exited with status {status}; {n} files changed, waiting for review",
+                        "airlock: task {id} exited with status {status}; {changes}",
                         &[
                             ("id", ev.task.as_str()),
                             ("status", &status.code.to_string()),
-                            ("n", &changed_files.to_string())
+                            ("changes", &changes)
                         ]
                     )
                 );

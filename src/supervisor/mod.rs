@@ -21,6 +21,7 @@ mod recovery;
 mod review;
 mod runner;
 mod store;
+mod usage;
 pub(crate) use store::next_seq;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::output::{pump, Ring};
-use super::{recovery, OutputMode, Shared, TaskCtl, TaskRequest};
+use super::{recovery, usage, OutputMode, Shared, TaskCtl, TaskRequest};
 use crate::event::{Enforced, EventKind, ExitStatus};
 use crate::i18n::{gettext, gettext_f};
 use crate::netproxy::session::NetSession;
@@ -132,13 +132,12 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     if ctl.kill.load(Ordering::SeqCst) {
         running.kill();
     }
-    let watchdog = Watchdog::start(
-        ctl.clone(),
-        task_dir.clone(),
-        layers.len(),
-        &req.policy,
-        started,
-    );
+    let mut written = usage::layer_roots(&task_dir, &layers);
+    written.extend(spec.persistent_home.iter().map(|h| usage::Root {
+        dir: h.clone(),
+        shown: h.clone(),
+    }));
+    let watchdog = Watchdog::start(ctl.clone(), written, &req.policy, started);
     // The monitor's denials join the task's event stream as they happen.
     let monitor_events = running.take_events().map(|rx| {
         let (shared, id) = (shared.clone(), id.clone());
@@ -246,7 +245,7 @@ fn prepare(
     crate::dirs::create_private_dir(task_dir.path())?;
     let (mut spec, layers) = sandbox::plan::plan(&req.policy, &req.argv, task_dir)?;
     if let Some(agent) = &req.policy.persistent_home {
-        spec.persistent_home = Some(agent_home(agent, &spec)?);
+        spec.persistent_home = Some(agent_home(agent, &spec, req.policy.limits.max_upper)?);
     }
     for l in &layers {
         let snap = Snapshot::capture(&l.path)?;
@@ -298,8 +297,14 @@ fn unmapped_owners(snap: &Snapshot, grant: &std::path::Path, spec: &SandboxSpec)
 }
 
 /// `$XDG_STATE_HOME/airlock/agents/NAME/home`, created on first use and
-/// owned by the uid the agent runs as.
-fn agent_home(agent: &str, spec: &SandboxSpec) -> Result<std::path::PathBuf, Error> {
+/// owned by the uid the agent runs as. What it holds counts against
+/// `--max-upper`, so a home already over the limit is refused up front
+/// (earlier tasks would otherwise grow it without bound).
+fn agent_home(
+    agent: &str,
+    spec: &SandboxSpec,
+    max_upper: u64,
+) -> Result<std::path::PathBuf, Error> {
     if agent.is_empty()
         || !agent
             .bytes()
@@ -320,7 +325,43 @@ fn agent_home(agent: &str, spec: &SandboxSpec) -> Result<std::path::PathBuf, Err
         std::os::unix::fs::chown(&home, Some(spec.user.uid), Some(spec.user.gid))
             .map_err(|e| Error::io(&home, e))?;
     }
-    Ok(home)
+    let root = [usage::Root {
+        dir: home.clone(),
+        shown: home.clone(),
+    }];
+    // No task runs in it now (tasks of one agent may overlap, and then
+    // this only restores what the owner may anyway).
+    usage::make_readable(&root);
+    let held = usage::measure(&root);
+    let problem = if held.unreadable {
+        Some(gettext("has a folder that cannot be read"))
+    } else if held.too_deep {
+        Some(gettext_f(
+            "has folders deeper than {n} levels",
+            &[("n", &usage::MAX_DEPTH.to_string())],
+        ))
+    } else {
+        (held.bytes > max_upper).then(|| {
+            gettext_f(
+                "holds {size}, more than the {limit} a task may keep on disk (--max-upper)",
+                &[
+                    ("size", &crate::policy::format_size(held.bytes)),
+                    ("limit", &crate::policy::format_size(max_upper)),
+                ],
+            )
+        })
+    };
+    match problem {
+        None => Ok(home),
+        Some(problem) => Err(Error::Invalid(gettext_f(
+            "the persistent home of agent {name} ({path}) {problem}; remove what the agent no longer needs there, or raise --max-upper",
+            &[
+                ("name", agent),
+                ("path", &crate::workspace::names::escape_path(&home)),
+                ("problem", &problem),
+            ],
+        ))),
+    }
 }
 
 /// The helper's layers plus what the supervisor itself enforces. A limit
@@ -458,18 +499,18 @@ struct Watchdog {
 impl Watchdog {
     fn start(
         ctl: Arc<TaskCtl>,
-        td: TaskDir,
-        layers: usize,
+        written: Vec<usage::Root>,
         policy: &Policy,
         started: Instant,
     ) -> Watchdog {
         let (stop, rx) = std::sync::mpsc::channel::<()>();
         let limits = policy.limits.clone();
         let thread = std::thread::spawn(move || {
-            // Wakes every 100 ms to check, or at once when the task ends.
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                rx.recv_timeout(Duration::from_millis(100))
-            {
+            // Wakes every 100 ms to check, or at once when the task ends. A
+            // big persistent home takes a while to walk: the wait grows so
+            // that walking takes at most a tenth of a core.
+            let mut wait = Duration::from_millis(100);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
                 let reason = if limits.timeout_secs > 0
                     && started.elapsed() >= Duration::from_secs(limits.timeout_secs)
                 {
@@ -477,18 +518,21 @@ impl Watchdog {
                         "timeout".to_string(),
                         format!("ran longer than {} s", limits.timeout_secs),
                     ))
-                } else if layers > 0 {
-                    let used = upper_usage(&td, layers);
+                } else if !written.is_empty() {
+                    let walk = Instant::now();
+                    let used = usage::measure(&written);
+                    wait = (walk.elapsed() * 9).max(Duration::from_millis(100));
                     if used.unreadable {
                         Some((
                             "max-upper".to_string(),
-                            "made a folder in its grants unreadable, so what it wrote there cannot be checked".to_string(),
+                            "made a folder in its grants or its home unreadable, so what it wrote there cannot be checked".to_string(),
                         ))
                     } else if used.too_deep {
                         Some((
                             "max-upper".to_string(),
                             format!(
-                                "built a folder tree deeper than {MAX_DEPTH} levels in its grants, whose size cannot be checked"
+                                "built a folder tree deeper than {} levels in its grants or its home, whose size cannot be checked",
+                                usage::MAX_DEPTH
                             ),
                         ))
                     } else {
@@ -496,7 +540,7 @@ impl Watchdog {
                             (
                                 "max-upper".to_string(),
                                 format!(
-                                    "wrote {} into its grants, more than the {} allowed",
+                                    "wrote {} into its grants and its home, more than the {} allowed",
                                     crate::policy::format_size(used.bytes),
                                     crate::policy::format_size(limits.max_upper)
                                 ),
@@ -559,7 +603,7 @@ fn finish(
     status: i32,
     state: Option<TaskState>,
 ) {
-    let (opened, first) = make_reviewable(task_dir, layers.len());
+    let (opened, first) = usage::make_readable(&usage::layer_roots(task_dir, layers));
     if let Some(first) = first {
         shared.emit(
             id,
@@ -587,155 +631,6 @@ fn finish(
     tracing::debug!(task = %id, status, changed, "task ended");
 }
 
-/// What a task wrote into its upper layers, measured by walking them with
-/// directory descriptors (no path is ever rebuilt, so a tree deeper than
-/// PATH_MAX is measured like any other).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct UpperUsage {
-    /// Bytes, counting every entry at least [`INODE_COST`]: empty files
-    /// still cost the host an inode.
-    pub bytes: u64,
-    /// Entries that are not folders: what a review will show.
-    pub files: u64,
-    /// Deeper than [`MAX_DEPTH`] folders: not measured below that.
-    pub too_deep: bool,
-    /// A folder the task made unreadable (`chmod 300`): what it holds
-    /// cannot be measured.
-    pub unreadable: bool,
-}
-
-/// What one entry costs at least: a block. The inode itself is 256 bytes,
-/// but inodes are the scarcer resource (ext4 makes one per 16 KiB of
-/// disk), so at 256 bytes the default 8 GiB let an agent use up some 32
-/// million of them; at 4 KiB it is two million.
-pub const INODE_COST: u64 = 4096;
-/// How deep the measurement goes; a task that builds deeper trees is
-/// stopped, since what it wrote there could not be counted.
-pub const MAX_DEPTH: usize = 512;
-
-/// One entry of a task's upper layer, met by [`walk_layers`].
-struct LayerEntry<'a> {
-    /// The folder it is in, open.
-    dir: std::os::fd::RawFd,
-    name: &'a std::ffi::CStr,
-    st: &'a nix::sys::stat::FileStat,
-    /// The folder's path relative to the layer's root.
-    parent: &'a std::path::Path,
-    depth: usize,
-}
-
-/// Walks the task's upper layers with directory descriptors (no path is
-/// rebuilt, so a tree deeper than PATH_MAX is walked like any other), down
-/// to [`MAX_DEPTH`]. `visit` sees each entry before a folder is entered.
-/// Returns whether some folder could not be opened (one gone meanwhile
-/// does not count).
-fn walk_layers(task_dir: &TaskDir, layers: usize, visit: &mut dyn FnMut(&LayerEntry)) -> bool {
-    use nix::dir::Dir;
-    use nix::fcntl::{AtFlags, OFlag};
-    use nix::sys::stat::{fstatat, Mode};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    fn walk(
-        dir: &mut Dir,
-        parent: &std::path::Path,
-        depth: usize,
-        visit: &mut dyn FnMut(&LayerEntry),
-    ) -> bool {
-        let fd = dir.as_raw_fd();
-        let names: Vec<std::ffi::CString> = dir
-            .iter()
-            .flatten()
-            .filter(|e| {
-                let n = e.file_name().to_bytes();
-                n != b"." && n != b".."
-            })
-            .map(|e| e.file_name().to_owned())
-            .collect();
-        let mut unopened = false;
-        for name in names {
-            let Ok(st) = fstatat(Some(fd), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
-                continue;
-            };
-            visit(&LayerEntry {
-                dir: fd,
-                name: &name,
-                st: &st,
-                parent,
-                depth,
-            });
-            if st.st_mode & libc::S_IFMT != libc::S_IFDIR || depth >= MAX_DEPTH {
-                continue;
-            }
-            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-            match Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
-                Ok(mut sub) => {
-                    let path = parent.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-                    unopened |= walk(&mut sub, &path, depth + 1, visit);
-                }
-                Err(nix::errno::Errno::ENOENT) => {}
-                Err(_) => unopened = true,
-            }
-        }
-        unopened
-    }
-    let mut unopened = false;
-    for i in 0..layers {
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        if let Ok(mut d) = Dir::open(&task_dir.upper(i), flags, Mode::empty()) {
-            unopened |= walk(&mut d, std::path::Path::new(""), 1, visit);
-        }
-    }
-    unopened
-}
-
-pub fn upper_usage(task_dir: &TaskDir, layers: usize) -> UpperUsage {
-    let mut u = UpperUsage::default();
-    u.unreadable = walk_layers(task_dir, layers, &mut |e| {
-        u.bytes += (e.st.st_blocks as u64 * 512).max(INODE_COST);
-        if e.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            u.files += 1;
-        } else if e.depth >= MAX_DEPTH {
-            u.too_deep = true;
-        }
-    });
-    u
-}
-
-/// Gives the owner read access (and search, for folders) to every entry of
-/// the task's layers that lacks it, once no process of the task is left:
-/// an agent that leaves `chmod 000` entries behind would otherwise make its
-/// whole review fail. Returns how many entries changed and the first one.
-/// Root reads them anyway, so only for an unprivileged supervisor.
-fn make_reviewable(task_dir: &TaskDir, layers: usize) -> (u64, Option<std::path::PathBuf>) {
-    use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = (0, None);
-    let me = nix::unistd::geteuid();
-    if me.is_root() {
-        return out;
-    }
-    walk_layers(task_dir, layers, &mut |e| {
-        let need = match e.st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => 0o500,
-            libc::S_IFREG => 0o400,
-            _ => return,
-        };
-        if e.st.st_mode & need == need || e.st.st_uid != me.as_raw() {
-            return;
-        }
-        let mode = Mode::from_bits_truncate((e.st.st_mode & 0o7777) | need);
-        // No process of the task is left to swap the entry for a link.
-        if fchmodat(Some(e.dir), e.name, mode, FchmodatFlags::FollowSymlink).is_ok() {
-            out.0 += 1;
-            out.1.get_or_insert_with(|| {
-                e.parent
-                    .join(std::ffi::OsStr::from_bytes(e.name.to_bytes()))
-            });
-        }
-    });
-    out
-}
-
 /// How many changes a review of the task shows: what the agent wrote, and
 /// also what it deleted and folders it replaced (`rm -rf src; mkdir src`
 /// leaves only a folder in the upper layer, yet deletes what `src` held).
@@ -755,6 +650,6 @@ pub fn changed_files(task_dir: &TaskDir, layers: &[RwLayer]) -> u64 {
         .collect();
     match counted {
         Ok(n) => n.iter().sum(),
-        Err(_) => upper_usage(task_dir, layers.len()).files,
+        Err(_) => usage::measure(&usage::layer_roots(task_dir, layers)).files,
     }
 }

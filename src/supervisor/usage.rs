@@ -1,0 +1,172 @@
+//! What a task keeps on the host's disk: the upper layers of its read-write
+//! grants and, when it has one, its agent's persistent home. Both count
+//! against `--max-upper`; the watchdog measures them while the task runs,
+//! and a persistent home is measured before the next task starts in it.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fchmodat, fstatat, FchmodatFlags, FileStat, Mode};
+
+use crate::task::{RwLayer, TaskDir};
+
+/// What a task wrote, measured by walking with directory descriptors (no
+/// path is ever rebuilt, so a tree deeper than PATH_MAX is measured like
+/// any other).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UpperUsage {
+    /// Bytes, counting every entry at least [`INODE_COST`]: empty files
+    /// still cost the host an inode.
+    pub bytes: u64,
+    /// Entries that are not folders: what a review will show.
+    pub files: u64,
+    /// Deeper than [`MAX_DEPTH`] folders: not measured below that.
+    pub too_deep: bool,
+    /// A folder the task made unreadable (`chmod 300`): what it holds
+    /// cannot be measured.
+    pub unreadable: bool,
+}
+
+/// What one entry costs at least: a block. The inode itself is 256 bytes,
+/// but inodes are the scarcer resource (ext4 makes one per 16 KiB of
+/// disk), so at 256 bytes the default 8 GiB let an agent use up some 32
+/// million of them; at 4 KiB it is two million.
+pub const INODE_COST: u64 = 4096;
+/// How deep the measurement goes; a task that builds deeper trees is
+/// stopped, since what it wrote there could not be counted.
+pub const MAX_DEPTH: usize = 512;
+
+/// A folder whose whole content counts: `dir` is walked, `shown` is how
+/// messages name it (the grant a layer belongs to, or the home itself).
+#[derive(Debug, Clone)]
+pub struct Root {
+    pub dir: PathBuf,
+    pub shown: PathBuf,
+}
+
+/// The task's upper layers, each shown as its grant.
+pub fn layer_roots(task_dir: &TaskDir, layers: &[RwLayer]) -> Vec<Root> {
+    layers
+        .iter()
+        .map(|l| Root {
+            dir: task_dir.upper(l.index),
+            shown: l.path.clone(),
+        })
+        .collect()
+}
+
+/// One entry met by [`walk`].
+struct Entry<'a> {
+    /// The folder it is in, open.
+    dir: RawFd,
+    name: &'a CStr,
+    st: &'a FileStat,
+    /// The folder's path as messages show it.
+    parent: &'a Path,
+    depth: usize,
+}
+
+/// Walks the roots with directory descriptors down to [`MAX_DEPTH`].
+/// `visit` sees each entry before a folder is entered. Returns whether some
+/// folder could not be opened (one gone meanwhile does not count; a root
+/// that does not exist yet holds nothing).
+fn walk(roots: &[Root], visit: &mut dyn FnMut(&Entry)) -> bool {
+    fn folder(dir: &mut Dir, parent: &Path, depth: usize, visit: &mut dyn FnMut(&Entry)) -> bool {
+        let fd = dir.as_raw_fd();
+        let names: Vec<CString> = dir
+            .iter()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_bytes();
+                n != b"." && n != b".."
+            })
+            .map(|e| e.file_name().to_owned())
+            .collect();
+        let mut unopened = false;
+        for name in names {
+            let Ok(st) = fstatat(Some(fd), name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            visit(&Entry {
+                dir: fd,
+                name: &name,
+                st: &st,
+                parent,
+                depth,
+            });
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR || depth >= MAX_DEPTH {
+                continue;
+            }
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            match Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
+                Ok(mut sub) => {
+                    let path = parent.join(OsStr::from_bytes(name.to_bytes()));
+                    unopened |= folder(&mut sub, &path, depth + 1, visit);
+                }
+                Err(nix::errno::Errno::ENOENT) => {}
+                Err(_) => unopened = true,
+            }
+        }
+        unopened
+    }
+    let mut unopened = false;
+    for root in roots {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match Dir::open(&root.dir, flags, Mode::empty()) {
+            Ok(mut d) => unopened |= folder(&mut d, &root.shown, 1, visit),
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(_) => unopened = true,
+        }
+    }
+    unopened
+}
+
+/// What the roots hold.
+pub fn measure(roots: &[Root]) -> UpperUsage {
+    let mut u = UpperUsage::default();
+    u.unreadable = walk(roots, &mut |e| {
+        u.bytes += (e.st.st_blocks as u64 * 512).max(INODE_COST);
+        if e.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            u.files += 1;
+        } else if e.depth >= MAX_DEPTH {
+            u.too_deep = true;
+        }
+    });
+    u
+}
+
+/// Gives the owner read access (and search, for folders) to every entry
+/// that lacks it, once no process of a task is left: an agent that leaves
+/// `chmod 000` entries behind would otherwise make its whole review fail,
+/// or its home unmeasurable. Returns how many entries changed and the first
+/// one. Root reads them anyway, so only for an unprivileged supervisor.
+pub fn make_readable(roots: &[Root]) -> (u64, Option<PathBuf>) {
+    let mut out = (0, None);
+    let me = nix::unistd::geteuid();
+    if me.is_root() {
+        return out;
+    }
+    walk(roots, &mut |e| {
+        let need = match e.st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => 0o500,
+            libc::S_IFREG => 0o400,
+            _ => return,
+        };
+        if e.st.st_mode & need == need || e.st.st_uid != me.as_raw() {
+            return;
+        }
+        let mode = Mode::from_bits_truncate((e.st.st_mode & 0o7777) | need);
+        // Never through a link: another task of the same agent may be
+        // running in its home and swap the entry for one.
+        if fchmodat(Some(e.dir), e.name, mode, FchmodatFlags::NoFollowSymlink).is_ok() {
+            out.0 += 1;
+            out.1
+                .get_or_insert_with(|| e.parent.join(OsStr::from_bytes(e.name.to_bytes())));
+        }
+    });
+    out
+}
