@@ -799,6 +799,25 @@ fn bad_input_gets_a_clear_error() {
         .output()
         .unwrap();
     assert!(text(&o).contains("lots"), "{}", text(&o));
+    // Limits no task could run under are refused before a task exists,
+    // not left to crash the agent or fail the sandbox's setup.
+    let before = w.tasks().len();
+    for (flag, value) in [
+        ("--memory", "1K"),
+        ("--pids", "0"),
+        ("--nofile", "3"),
+        ("--nofile", "99999999999"),
+    ] {
+        let o = w.cmd(&["run", flag, value, "--", "true"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+        assert!(
+            text(&o).contains(&format!("{flag}: {value}"))
+                || text(&o).contains(&format!("{flag}: 1 KiB")),
+            "{}",
+            text(&o)
+        );
+    }
+    assert_eq!(w.tasks().len(), before);
     let prof = w.path().join("p.json");
     std::fs::write(&prof, "{\n \"defaultAction\": \"SCMP_ACT_ALLOW\",\n \"syscalls\": [\n  {\"names\": [\"ptrace\"], \"action\": \"SCMP_ACT_NOTIFY\"}\n ]\n}").unwrap();
     let o = w

@@ -206,6 +206,9 @@ pub fn policy_from_dict(
     if argv.is_empty() || argv[0].is_empty() {
         return Err(bad("argv", "no command to run"));
     }
+    if let Some((key, why)) = p.limits.problem() {
+        return Err(bad(key, &why));
+    }
     Ok((p, argv))
 }
 
@@ -312,6 +315,10 @@ mod tests {
         for (k, v) in [
             ("memory", Value::from("lots")),
             ("pids", Value::from(-1i32)),
+            ("pids", Value::from(0u32)),
+            ("memory", Value::from("100K")),
+            ("nofile", Value::from(3u32)),
+            ("nofile", Value::from(u64::MAX)),
             ("cpu", Value::from(0.0f64)),
             ("grants", Value::from(vec!["relative:rw".to_string()])),
             ("watch", Value::from("some")),

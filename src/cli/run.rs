@@ -150,6 +150,9 @@ pub fn policy_onto(mut p: Policy, a: &RunArgs) -> Result<Policy, crate::Error> {
     if let Some(s) = &a.max_upper {
         l.max_upper = parse_size(s)?;
     }
+    if let Some((key, why)) = l.problem() {
+        return Err(crate::Error::Invalid(format!("--{key}: {why}")));
+    }
     p.limits = l;
     for r in &a.require {
         match r.as_str() {

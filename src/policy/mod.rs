@@ -128,13 +128,79 @@ pub struct Limits {
     pub max_upper: u64,
 }
 
+/// Below this no program starts (the dynamic loader alone maps more).
+pub const MIN_MEMORY: u64 = 4 << 20;
+/// Below this the sandbox cannot be set up (Landlock, seccomp and the
+/// relay each hold a descriptor while the limit already applies).
+pub const MIN_NOFILE: u64 = 8;
+
+impl Limits {
+    /// The first limit no task could run under, or that this system cannot
+    /// grant: its key (as an agent profile spells it) and why, so that a
+    /// mistyped value is an error up front rather than a task that crashes
+    /// or a sandbox that fails to start.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        use crate::i18n::gettext_f;
+        if self.memory < MIN_MEMORY {
+            return Some((
+                "memory",
+                gettext_f(
+                    "{size} is too little for any program to start; give at least {min}",
+                    &[
+                        ("size", &format_size(self.memory)),
+                        ("min", &format_size(MIN_MEMORY)),
+                    ],
+                ),
+            ));
+        }
+        if self.pids == 0 {
+            return Some((
+                "pids",
+                crate::i18n::gettext("0 processes leave none to run the command; give at least 1"),
+            ));
+        }
+        if self.nofile < MIN_NOFILE {
+            return Some((
+                "nofile",
+                gettext_f(
+                    "{n} open files are too few to set up the sandbox; give at least {min}",
+                    &[
+                        ("n", &self.nofile.to_string()),
+                        ("min", &MIN_NOFILE.to_string()),
+                    ],
+                ),
+            ));
+        }
+        let hard = nofile_hard_limit();
+        if self.nofile > hard {
+            return Some((
+                "nofile",
+                gettext_f(
+                    "{n} open files are more than this system allows a process ({hard}, see `ulimit -Hn`)",
+                    &[("n", &self.nofile.to_string()), ("hard", &hard.to_string())],
+                ),
+            ));
+        }
+        None
+    }
+}
+
+/// The most open files a process may have here. Not even root may raise
+/// it from inside the sandbox's user namespace.
+fn nofile_hard_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(u64::MAX)
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory: 4 << 30,
             pids: 512,
             cpu: 1.0,
-            nofile: 4096,
+            // Where a process may not have that many, as many as it may.
+            nofile: nofile_hard_limit().clamp(MIN_NOFILE, 4096),
             tmp_size: 1 << 30,
             timeout_secs: 0,
             max_upper: 8 << 30,
@@ -286,6 +352,24 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_no_task_could_run_under_are_named() {
+        assert_eq!(Limits::default().problem(), None);
+        let with = |f: fn(&mut Limits)| {
+            let mut l = Limits::default();
+            f(&mut l);
+            l.problem().map(|(k, _)| k)
+        };
+        assert_eq!(with(|l| l.memory = 0), Some("memory"));
+        assert_eq!(with(|l| l.memory = MIN_MEMORY), None);
+        assert_eq!(with(|l| l.pids = 0), Some("pids"));
+        assert_eq!(with(|l| l.pids = 1), None);
+        assert_eq!(with(|l| l.nofile = MIN_NOFILE - 1), Some("nofile"));
+        assert_eq!(with(|l| l.nofile = u64::MAX), Some("nofile"));
+        // Zero means none for the sizes that allow it.
+        assert_eq!(with(|l| l.timeout_secs = 0), None);
+    }
 
     #[test]
     fn grant_suffixes() {

@@ -72,9 +72,9 @@ struct RawNetwork {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     memory: Option<Spanned<String>>,
-    pids: Option<u64>,
+    pids: Option<Spanned<u64>>,
     cpu: Option<Spanned<f64>>,
-    nofile: Option<u64>,
+    nofile: Option<Spanned<u64>>,
     tmp_size: Option<Spanned<String>>,
     /// Seconds; 0 = none.
     timeout: Option<u64>,
@@ -206,8 +206,8 @@ pub fn parse(name: &str, file: &str, text: &str, home: &Path) -> Result<Profile,
         if let Some(v) = &l.memory {
             p.limits.memory = ctx.size(v)?;
         }
-        if let Some(v) = l.pids {
-            p.limits.pids = v;
+        if let Some(v) = &l.pids {
+            p.limits.pids = *v.get_ref();
         }
         if let Some(v) = &l.cpu {
             let c = *v.get_ref();
@@ -222,8 +222,8 @@ pub fn parse(name: &str, file: &str, text: &str, home: &Path) -> Result<Profile,
             }
             p.limits.cpu = c;
         }
-        if let Some(v) = l.nofile {
-            p.limits.nofile = v;
+        if let Some(v) = &l.nofile {
+            p.limits.nofile = *v.get_ref();
         }
         if let Some(v) = &l.tmp_size {
             p.limits.tmp_size = ctx.size(v)?;
@@ -233,6 +233,14 @@ pub fn parse(name: &str, file: &str, text: &str, home: &Path) -> Result<Profile,
         }
         if let Some(v) = &l.max_upper {
             p.limits.max_upper = ctx.size(v)?;
+        }
+        if let Some((key, why)) = p.limits.problem() {
+            let span = match key {
+                "memory" => l.memory.as_ref().map(|v| v.span()),
+                "pids" => l.pids.as_ref().map(|v| v.span()),
+                _ => l.nofile.as_ref().map(|v| v.span()),
+            };
+            return Err(ctx.err(span.unwrap_or(0..0), format!("{key}: {why}")));
         }
     }
     if let Some(w) = raw.watch {
@@ -439,6 +447,16 @@ EDITOR = "true"
         let (l, _, m) =
             pos(p("command = [\"x\"]\n[network]\nallow_hosts = [\"exa mple.com\"]\n").unwrap_err());
         assert_eq!(l, 3, "{m}");
+        // Limits no task could run under point at their own line.
+        for (text, line, key) in [
+            ("[limits]\nmemory = \"1K\"\n", 4, "memory"),
+            ("[limits]\ntimeout = 5\npids = 0\n", 5, "pids"),
+            ("[limits]\nnofile = 2\n", 4, "nofile"),
+        ] {
+            let (l, c, m) = pos(p(&format!("command = [\"x\"]\n\n{text}")).unwrap_err());
+            assert_eq!((l, c), (line, key.len() + 4), "{m}");
+            assert!(m.starts_with(key), "{m}");
+        }
     }
 
     #[test]

@@ -170,6 +170,9 @@ pub fn plan(
     if argv.is_empty() || argv[0].is_empty() {
         return Err(Error::Invalid("no command to run".into()));
     }
+    if let Some((key, why)) = policy.limits.problem() {
+        return Err(Error::Invalid(format!("{key}: {why}")));
+    }
     let outer_root = nix::unistd::geteuid().is_root();
     let real_home = crate::dirs::home_dir();
     let user = if outer_root {
