@@ -105,11 +105,21 @@ enum Outcome {
 
 type Key = (Host, u16);
 
+/// Questions one task may have open at once. More would bury the user in
+/// dialogs, and a flood of them invites a reflexive "Allow".
+pub const MAX_OPEN_QUESTIONS: usize = 3;
+/// Questions one task may ask in all; after that, hosts not yet answered
+/// are refused without asking, and the user is told once. This also
+/// bounds what the task's answers take in memory.
+pub const MAX_QUESTIONS: u32 = 30;
+
 #[derive(Default)]
 struct State {
     /// true = allowed for the task, false = denied for the task.
     remembered: HashMap<Key, bool>,
     pending: HashMap<Key, watch::Receiver<Option<Outcome>>>,
+    /// Questions asked so far.
+    asked: u32,
 }
 
 /// The network policy of one task, with the memory of its consent answers.
@@ -189,7 +199,28 @@ impl Gate {
             }
             match st.pending.get(&key) {
                 Some(rx) => rx.clone(),
+                None if st.asked >= MAX_QUESTIONS => {
+                    return Err(gettext_f(
+                        "the task already asked about {n} hosts; add the ones it needs to the allow-list",
+                        &[("n", &MAX_QUESTIONS.to_string())],
+                    ));
+                }
+                None if st.pending.len() >= MAX_OPEN_QUESTIONS => {
+                    return Err(gettext_f(
+                        "the task already has {n} questions open",
+                        &[("n", &MAX_OPEN_QUESTIONS.to_string())],
+                    ));
+                }
                 None => {
+                    st.asked += 1;
+                    if st.asked == MAX_QUESTIONS {
+                        let _ = self.events.send(EventKind::Warning {
+                            message: gettext_f(
+                                "the task has asked about {n} hosts; any further host is refused without asking (add the hosts it needs to the allow-list)",
+                                &[("n", &MAX_QUESTIONS.to_string())],
+                            ),
+                        });
+                    }
                     let (tx, rx) = watch::channel(None);
                     st.pending.insert(key.clone(), rx.clone());
                     // The question lives on its own, so a client that hangs
@@ -399,6 +430,55 @@ mod tests {
             g.verdict(&h("slow.example"), 80),
             Verdict::Denied(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_questions_is_bounded() {
+        let (g, mut crx, mut erx) = gate(NetMode::Ask, 5_000);
+        let ask = |name: String| {
+            let g = g.clone();
+            tokio::spawn(async move { g.ask(&Host::Name(name), 443).await })
+        };
+        // Three open at once; a fourth host is refused without a question.
+        let open: Vec<_> = (0..MAX_OPEN_QUESTIONS)
+            .map(|i| ask(format!("h{i}.example")))
+            .collect();
+        let mut held = Vec::new();
+        for _ in 0..MAX_OPEN_QUESTIONS {
+            held.push(crx.recv().await.unwrap());
+        }
+        let extra = ask("more.example".into()).await.unwrap();
+        assert!(extra.unwrap_err().contains("questions open"));
+        assert!(crx.try_recv().is_err());
+        for r in held {
+            r.answer(ConsentAnswer::Deny);
+        }
+        for t in open {
+            assert!(t.await.unwrap().is_err());
+        }
+        // In all, MAX_QUESTIONS questions; the rest are refused, with one
+        // warning.
+        let mut asked = MAX_OPEN_QUESTIONS as u32;
+        loop {
+            let t = ask(format!("n{asked}.example"));
+            match crx.recv().await {
+                Some(r) if asked < MAX_QUESTIONS => r.answer(ConsentAnswer::AllowOnce),
+                other => panic!("question {asked}: {other:?}"),
+            }
+            assert!(t.await.unwrap().is_ok());
+            asked += 1;
+            if asked == MAX_QUESTIONS {
+                break;
+            }
+        }
+        let refused = ask("last.example".into()).await.unwrap();
+        assert!(refused.unwrap_err().contains("allow-list"));
+        assert!(crx.try_recv().is_err());
+        let mut warnings = 0;
+        while let Ok(e) = erx.try_recv() {
+            warnings += matches!(e, EventKind::Warning { .. }) as u32;
+        }
+        assert_eq!(warnings, 1);
     }
 
     #[tokio::test]
