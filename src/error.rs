@@ -26,6 +26,11 @@ pub enum Error {
     },
     #[error("invalid option: {0}")]
     Invalid(String),
+    /// A request that cannot be carried out as things are (a commit
+    /// running elsewhere, a full agent home); the message says why and
+    /// what to do.
+    #[error("{0}")]
+    Refused(String),
     #[error("the sandbox could not be set up: {0}")]
     Sandbox(String),
     #[error("{0}")]

@@ -172,10 +172,66 @@ fn undo_stopped_after_every_step_recovers_to_committed_or_original() {
             Err(e) => panic!("undo step {k}: {e}"),
         }
         ws::recover(&f.task).unwrap();
-        assert_whole(&f, &old, &new, &format!("undo step {k}"));
+        if assert_whole(&f, &old, &new, &format!("undo step {k}")) {
+            // The undo was rolled back: the commit can still be undone
+            // (setting its files aside and back must not look like a
+            // change by the user).
+            ws::undo::undo(&f.task, &|| true, None)
+                .unwrap_or_else(|e| panic!("undo after a rolled-back undo (step {k}): {e}"));
+            assert!(tree(&f.grant) == old, "undo step {k}: not the original");
+        }
         k += 1;
         assert!(k < 500);
     }
+}
+
+/// A commit that is running holds the task's commit lock. Recovery from
+/// another process (a `diff` in a second terminal, the window) must leave
+/// its journal alone: rolling it back underneath the running commit
+/// deleted the user's originals.
+#[test]
+fn a_running_commit_is_never_rolled_back_from_elsewhere() {
+    use std::os::fd::AsRawFd;
+    let (old, new) = reference_states();
+    let f = scenario();
+    // Halfway through its renames, as if still running.
+    let total = (1..500)
+        .find(|&k| commit_stopping(&scenario(), Some(k)).is_ok())
+        .unwrap();
+    assert!(matches!(
+        commit_stopping(&f, Some(total / 2)),
+        Err(airlock::Error::CommitStopped(_))
+    ));
+    let mid = tree(&f.grant);
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(f.task.path().join("commit.lock"))
+        .unwrap();
+    // SAFETY: flock on our own descriptor.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    assert_eq!(ws::recover(&f.task).unwrap(), RecoveryOutcome::Busy);
+    for cmd in ["changes", "diff", "commit", "undo", "reject"] {
+        let o = airlock(&f).args([cmd, f.id.as_str()]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("is running"),
+            "{cmd}: {err}"
+        );
+    }
+    assert!(
+        tree(&f.grant) == mid,
+        "the running commit's files were touched"
+    );
+    assert!(f.task.path().join("commit.journal").exists());
+    drop(lock);
+    // Once it is gone for good, recovery finishes the job.
+    assert!(matches!(
+        ws::recover(&f.task).unwrap(),
+        RecoveryOutcome::RolledBack { .. } | RecoveryOutcome::Completed { .. }
+    ));
+    assert_whole(&f, &old, &new, "after the lock was released");
 }
 
 /// A small xorshift generator: the seed is printed so a failure repeats.
@@ -248,6 +304,7 @@ fn sigkill_at_random_times_never_leaves_a_half_commit() {
             RecoveryOutcome::Clean => clean += 1,
             RecoveryOutcome::RolledBack { .. } => rolled_back += 1,
             RecoveryOutcome::Completed { .. } => completed += 1,
+            RecoveryOutcome::Busy => panic!("the killed commit still holds its lock"),
         }
         if assert_whole(
             &f,

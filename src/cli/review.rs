@@ -81,7 +81,15 @@ fn open(task: &str) -> Result<Review> {
             )
         );
     }
-    match ws::recover(&dir)? {
+    recover_commit(&dir)?;
+    Ok(Review { dir, manifest })
+}
+
+/// Finishes or rolls back the task's interrupted commit, if any; refuses
+/// while a commit or undo of the task is running elsewhere, whose files
+/// are in motion.
+fn recover_commit(dir: &TaskDir) -> Result<()> {
+    match ws::recover(dir)? {
         ws::RecoveryOutcome::Clean => {}
         ws::RecoveryOutcome::RolledBack { seq } => eprintln!(
             "{}",
@@ -97,8 +105,15 @@ fn open(task: &str) -> Result<Review> {
                 &[("seq", &seq.to_string())]
             )
         ),
+        ws::RecoveryOutcome::Busy => {
+            return Err(crate::Error::Refused(gettext_f(
+                "a commit or undo of this task is running (in the Airlock window or another terminal); try again when it has finished ({path} is locked)",
+                &[("path", &escape_path(&dir.path().join("commit.lock")))],
+            ))
+            .into())
+        }
     }
-    Ok(Review { dir, manifest })
+    Ok(())
 }
 
 impl Review {
@@ -849,7 +864,7 @@ fn report(r: Result<ExitCode>) -> ExitCode {
 /// commits nothing). Approved changes are committed at the end.
 pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
     let manifest = task_dir.read_manifest()?;
-    ws::recover(task_dir)?;
+    recover_commit(task_dir)?;
     let r = Review {
         dir: task_dir.clone(),
         manifest,

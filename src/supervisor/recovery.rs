@@ -4,7 +4,6 @@
 //! does not know (reported, never deleted).
 
 use std::collections::HashSet;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -115,26 +114,13 @@ fn recover_commit(shared: &Shared, dir: &TaskDir) {
     if !dir.path().join("commit.journal").exists() {
         return;
     }
-    let lock = dir.path().join("commit.lock");
-    let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-    else {
-        return;
-    };
-    // SAFETY: flock on our own fd; released when `f` is closed.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return;
-    }
     let id = dir
         .path()
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     match ws::recover(dir) {
-        Ok(RecoveryOutcome::Clean) => {}
+        Ok(RecoveryOutcome::Clean | RecoveryOutcome::Busy) => {}
         Ok(RecoveryOutcome::RolledBack { seq }) => shared.warn(gettext_f(
             "task {id}: an interrupted commit ({seq}) was rolled back; your files are as they were before it",
             &[("id", &id), ("seq", &seq.to_string())],
@@ -148,7 +134,6 @@ fn recover_commit(shared: &Shared, dir: &TaskDir) {
             &[("id", &id), ("error", &e.to_string())],
         )),
     }
-    drop(f);
 }
 
 /// All of recovery: retention, every recorded task into the supervisor's

@@ -353,7 +353,7 @@ fn agent_home(
     };
     match problem {
         None => Ok(home),
-        Some(problem) => Err(Error::Invalid(gettext_f(
+        Some(problem) => Err(Error::Refused(gettext_f(
             "the persistent home of agent {name} ({path}) {problem}; remove what the agent no longer needs there, or raise --max-upper",
             &[
                 ("name", agent),

@@ -102,6 +102,9 @@ pub enum RecoveryOutcome {
     RolledBack { seq: u64 },
     /// A commit past its commit point was finished.
     Completed { seq: u64 },
+    /// A commit or undo of the task is running in another process: its
+    /// journal is live, and was left alone.
+    Busy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +223,10 @@ pub(crate) struct Placed {
     pub mode: u32,
     pub size: u64,
     pub ctime: (i64, i64),
+    /// Not compared by undo; tells a rename back (ctime moves, mtime does
+    /// not) from an edit. Absent in records of older versions.
+    #[serde(default)]
+    pub mtime: Option<(i64, i64)>,
     /// For a folder: (relative path, ino, ctime) of everything beneath.
     pub beneath: Vec<(Vec<u8>, u64, (i64, i64))>,
 }
@@ -296,7 +303,7 @@ pub(crate) fn lock(task: &Path) -> Result<Lock, Error> {
         .map_err(|e| Error::io(&p, e))?;
     // SAFETY: flock on our own fd.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::Invalid(crate::i18n::gettext_f(
+        return Err(Error::Refused(crate::i18n::gettext_f(
             "another commit or undo of this task is running ({path} is locked)",
             &[("path", &p.display().to_string())],
         )));
@@ -998,6 +1005,9 @@ fn roll_back(task: &Path, j: &Journal, steps: &mut Steps) -> Result<(), Error> {
     }
     fsx::syncfs(root.as_raw_fd()).map_err(|e| Error::io(grant, e))?;
     refresh_snapshot_ctimes(task, j, &root)?;
+    if let Some(orig) = j.undo_of {
+        refresh_record_ctimes(task, orig, j, &root)?;
+    }
     // The copies of this transaction are not needed: nothing was replaced.
     let cdir = commit_dir(task, j.seq);
     if cdir.exists() {
@@ -1050,6 +1060,49 @@ fn refresh_snapshot_ctimes(task: &Path, j: &Journal, root: &OwnedFd) -> Result<(
     Ok(())
 }
 
+/// An undo rolled back has set what commit `orig` placed aside and back,
+/// which moved their ctimes: its record follows for entries that are
+/// still the same inode with the same mode, size and mtime, or every later
+/// undo would see a change that nobody made.
+fn refresh_record_ctimes(task: &Path, orig: u64, j: &Journal, root: &OwnedFd) -> Result<(), Error> {
+    let rp = commit_dir(task, orig).join("record.json");
+    let Ok(data) = std::fs::read(&rp) else {
+        return Ok(());
+    };
+    let mut rec: Record = serde_json::from_slice(&data).map_err(|e| Error::Manifest {
+        path: rp.clone(),
+        message: e.to_string(),
+    })?;
+    let mut changed = false;
+    for (op, placed) in rec.ops.iter().zip(rec.placed.iter_mut()) {
+        let Some(p) = placed else { continue };
+        if !j.ops.iter().any(|u| u.path == op.path) {
+            continue;
+        }
+        let Ok((dir, name)) = parent_of(root, &op.path) else {
+            continue;
+        };
+        let Ok(Some(st)) = fsx::lstat_opt(dir.as_raw_fd(), name) else {
+            continue;
+        };
+        if st.st_ino == p.ino
+            && st.st_mode == p.mode
+            && st.st_size as u64 == p.size
+            && p.mtime == Some((st.st_mtime, st.st_mtime_nsec))
+            && p.ctime != (st.st_ctime, st.st_ctime_nsec)
+        {
+            p.ctime = (st.st_ctime, st.st_ctime_nsec);
+            changed = true;
+        }
+    }
+    if changed {
+        let data =
+            serde_json::to_vec(&rec).map_err(|e| Error::io(&rp, std::io::Error::other(e)))?;
+        crate::dirs::write_atomic(&rp, &data)?;
+    }
+    Ok(())
+}
+
 /// What a path holds now, for the undo record.
 fn placed_at(
     cache: &mut ParentCache,
@@ -1070,6 +1123,7 @@ fn placed_at(
         mode: st.st_mode,
         size: st.st_size as u64,
         ctime: (st.st_ctime, st.st_ctime_nsec),
+        mtime: Some((st.st_mtime, st.st_mtime_nsec)),
         beneath,
     }))
 }
@@ -1175,6 +1229,15 @@ fn add_tree(snap: &mut Snapshot, dir: RawFd, name: &[u8], rel: &[u8]) {
 /// supervisor calls it at start for every task folder; the CLI before each
 /// review command.
 pub fn recover(task_dir: &TaskDir) -> Result<RecoveryOutcome, Error> {
+    if !journal_path(task_dir.path()).exists() {
+        return Ok(RecoveryOutcome::Clean);
+    }
+    // Only under the commit lock: the journal may belong to a commit that
+    // is running in another process (the window, a second terminal), and
+    // rolling that back underneath it would delete the user's originals.
+    let Ok(_lock) = lock(task_dir.path()) else {
+        return Ok(RecoveryOutcome::Busy);
+    };
     super::with_deep_stack(|| {
         recover_with(
             task_dir.path(),
