@@ -684,7 +684,8 @@ fn ask_mode_prompts_on_the_terminal_and_always_lasts_for_the_task() {
         bin = common::airlock_bin().display(),
         ev = ev.display(),
     );
-    // `script` gives the run a terminal; the answer is typed ahead.
+    // `script` gives the run a terminal; the answer is typed once the
+    // question is there (keys typed earlier do not count).
     let mut c = w.command("script");
     c.args(["-qec", &cmdline, "/dev/null"])
         .stdin(Stdio::piped())
@@ -693,7 +694,31 @@ fn ask_mode_prompts_on_the_terminal_and_always_lasts_for_the_task() {
     let mut child = c.spawn().unwrap();
     // Kept open until the end: an early end of input would end the terminal.
     let mut typing = child.stdin.take().unwrap();
-    typing.write_all(b"a\n").unwrap();
+    let mut shown = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut told = false;
+        while let Ok(n) = shown.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if !told && String::from_utf8_lossy(&all).contains("(d in 60s)? ") {
+                let _ = tx.send(());
+                told = true;
+            }
+        }
+        all
+    });
+    let typist = std::thread::spawn(move || {
+        if rx.recv_timeout(Duration::from_secs(100)).is_ok() {
+            std::thread::sleep(Duration::from_millis(700));
+            let _ = typing.write_all(b"a\n");
+        }
+        typing
+    });
     let pid = child.id();
     let guard = std::thread::spawn(move || {
         let start = Instant::now();
@@ -707,8 +732,10 @@ fn ask_mode_prompts_on_the_terminal_and_always_lasts_for_the_task() {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     });
     let o = child.wait_with_output().unwrap();
-    drop(typing);
+    drop(typist.join());
     let _ = guard.join();
+    let mut o = o;
+    o.stdout = reader.join().unwrap();
     let out = text(&o);
     assert!(out.contains("wants to reach"), "{out}");
     assert!(out.contains("[d]eny (d in 60s)"), "{out}");
@@ -762,5 +789,126 @@ fn ask_mode_always_is_saved_to_the_agent_profile() {
     assert!(
         evs.iter().any(|e| matches!(e, EventKind::Warning { message } if message.contains("for this task only"))),
         "{evs:?}"
+    );
+}
+
+/// Starts `c` on a new pseudo-terminal that is its controlling terminal
+/// (so `/dev/tty` is it, as in a terminal window); returns the child and
+/// the terminal's main side.
+fn spawn_on_controlling_pty(mut c: Command) -> (Child, std::fs::File) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::process::CommandExt;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave.as_raw_fd();
+    // SAFETY: duplicates of a descriptor we own, for the child's stdio;
+    // setsid and TIOCSCTTY are async-signal-safe.
+    unsafe {
+        c.stdin(Stdio::from_raw_fd(libc::dup(slave)))
+            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
+            .stderr(Stdio::from_raw_fd(libc::dup(slave)))
+            .pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+    }
+    let child = c.spawn().unwrap();
+    drop(pty.slave);
+    (child, std::fs::File::from(pty.master))
+}
+
+/// Pass 8B: the agent printed a question of its own ("Apply [a]ll?") and
+/// opened a connection once the user had typed "a": the waiting key
+/// answered Airlock's question with "always". And output printed while
+/// the question was open could draw over it. Keys typed before the
+/// question now count for nothing, and the task's output waits until the
+/// question is answered.
+#[test]
+fn an_answer_typed_before_the_network_question_does_not_count() {
+    let w = World::new();
+    let (name, addr) = host_name_and_addr();
+    let port = serve_dir(www(&w, "www", "must-not-be-read\n"), addr);
+    let by_ip = format!("{addr}:{port}");
+    let script = format!(
+        "unset NO_PROXY no_proxy; echo 'Agent: Apply [a]ll / [n]one?'; sleep 1; \
+         (sleep 1; echo DRAWN-WHILE-ASKED) & \
+         echo code=$(curl -s -o /dev/null -w '%{{http_code}}' http://{name}:{port}/index.html); wait"
+    );
+    let c = w.cmd(&[
+        "run",
+        "--local",
+        "--net",
+        "ask",
+        "--allow-host",
+        &by_ip,
+        "--consent-timeout",
+        "4",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let (mut child, mut master) = spawn_on_controlling_pty(c);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let mut typed = false;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(100)) {
+            out.extend_from_slice(&b);
+        }
+        let t = String::from_utf8_lossy(&out).into_owned();
+        if !typed && t.contains("Apply [a]ll") {
+            // The user answers the agent's question.
+            master.write_all(b"a\n").unwrap();
+            typed = true;
+        }
+        if t.contains("code=") || child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.wait();
+    while let Ok(b) = rx.recv_timeout(Duration::from_millis(300)) {
+        out.extend_from_slice(&b);
+    }
+    let t = String::from_utf8_lossy(&out).into_owned();
+    assert!(t.contains("wants to reach"), "no question: {t}");
+    assert!(
+        t.contains("no answer in time: denied") && t.contains("code=403"),
+        "{t}"
+    );
+    assert!(!t.contains("allowed"), "{t}");
+    // The agent's output waited for the question to be answered.
+    let asked = t.find("wants to reach").unwrap();
+    let denied = t.find("no answer in time").unwrap();
+    let drawn = t.find("DRAWN-WHILE-ASKED").expect("the held output");
+    assert!(drawn > denied && denied > asked, "{t}");
+    // With --tty the agent reads this terminal itself: questions cannot
+    // share it, so the combination is refused before anything runs.
+    let c = w.cmd(&[
+        "run", "--local", "--tty", "--net", "ask", "--", "echo", "RAN",
+    ]);
+    let (mut child, mut master) = spawn_on_controlling_pty(c);
+    let status = child.wait().unwrap();
+    let mut t = String::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        t.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        !status.success() && t.contains("--allow-host") && !t.contains("RAN"),
+        "{t}"
     );
 }

@@ -935,6 +935,9 @@ fn run_review_commits_what_was_approved_on_the_terminal() {
             } else {
                 "a\n"
             };
+            // As a person would: after reading the question (keys typed
+            // within the first moments of it are dropped).
+            std::thread::sleep(Duration::from_millis(600));
             master.write_all(line.as_bytes()).unwrap();
             answered = prompts;
         }
@@ -951,6 +954,72 @@ fn run_review_commits_what_was_approved_on_the_terminal() {
     let task: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(task["state"], "partly_committed", "{task}");
+}
+
+/// Pass 8B: the agent asked "Apply [a]?" once per change it made, and
+/// the user's answers, unread while the task ran, then approved the
+/// review. Only keys typed after a review question count.
+#[test]
+fn keys_typed_while_the_task_ran_never_answer_the_review() {
+    let w = World::new();
+    let keep = w.project.join("keep.txt");
+    std::fs::write(&keep, "old\n").unwrap();
+    chmod(&keep, 0o666);
+    let c = w.cmd(&[
+        "run",
+        "--local",
+        "--review",
+        "--grant",
+        &format!("{}:rw", w.project.display()),
+        "--",
+        "sh",
+        "-c",
+        "echo tampered > keep.txt; echo 'Agent: step ready. Apply [a] / skip [s]?'; sleep 2",
+    ]);
+    let (mut child, mut master) = spawn_on_pty(c);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let (mut typed_ahead, mut quit) = (false, None);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(100)) {
+            out.extend_from_slice(&b);
+        }
+        let t = String::from_utf8_lossy(&out).into_owned();
+        if !typed_ahead && t.contains("Apply [a]") {
+            master.write_all(b"a\na\n").unwrap();
+            typed_ahead = true;
+        }
+        // The review question: the user looks, then leaves.
+        if quit.is_none() && t.contains("[q]uit?") {
+            quit = Some(std::time::Instant::now());
+        }
+        if quit.is_some_and(|q| q.elapsed() > Duration::from_secs(2)) {
+            master.write_all(b"q\n").unwrap();
+            quit = Some(std::time::Instant::now() + Duration::from_secs(3600));
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    while let Ok(b) = rx.recv_timeout(Duration::from_millis(300)) {
+        out.extend_from_slice(&b);
+    }
+    let t = String::from_utf8_lossy(&out);
+    assert!(typed_ahead && t.contains("[q]uit?"), "{t}");
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "old\n", "{t}");
+    assert!(t.contains("Nothing was committed"), "{t}");
 }
 
 #[test]

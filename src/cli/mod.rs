@@ -19,6 +19,7 @@ pub mod net;
 pub mod review;
 pub mod run;
 pub mod tasks;
+pub mod terminal;
 
 use std::process::ExitCode;
 

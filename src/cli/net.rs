@@ -4,14 +4,14 @@
 //! D-Bus use.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use crate::event::{now_ms, EventKind};
 use crate::i18n::{gettext, gettext_f};
 use crate::netproxy::hosts::AllowList;
 use crate::policy::{NetMode, Policy};
-use crate::supervisor::SupervisorHandle;
+use crate::supervisor::{SupervisorHandle, TerminalHold};
 use crate::task::TaskId;
 use crate::Error;
 
@@ -69,7 +69,12 @@ pub struct ConsentPrompt {
 impl ConsentPrompt {
     /// Subscribes now (before the task is submitted, so no question is
     /// missed). `interactive`: ask on the terminal; otherwise deny at once.
-    pub fn start(sup: &SupervisorHandle, timeout_secs: u64, interactive: bool) -> ConsentPrompt {
+    pub fn start(
+        sup: &SupervisorHandle,
+        timeout_secs: u64,
+        interactive: bool,
+        hold: Option<TerminalHold>,
+    ) -> ConsentPrompt {
         let (task_tx, task_rx) = std::sync::mpsc::channel::<TaskId>();
         let mut sub = sup.subscribe();
         let sup = sup.clone();
@@ -94,6 +99,9 @@ impl ConsentPrompt {
                         let waited = now_ms().saturating_sub(asked_ms) / 1000;
                         let left = timeout_secs.saturating_sub(waited);
                         let answer = if interactive {
+                            // The task's output waits while the question
+                            // is on the terminal.
+                            let _turn = hold.as_ref().map(TerminalHold::hold);
                             ask_on_terminal(&host, port, left)
                         } else {
                             super::say!(
@@ -139,20 +147,20 @@ fn ask_on_terminal(host: &str, port: u16, secs: u64) -> &'static str {
         "airlock: the task wants to reach {host} port {port}. Allow [o]nce / for this [t]ask / [a]lways / [d]eny (d in {secs}s)? ",
         &[("host", host), ("port", &port.to_string()), ("secs", &secs.to_string())],
     );
+    // On a line of its own: the agent's output may have left the cursor
+    // anywhere.
+    let question = format!("\r\n{question}");
     let _ = tty.write_all(question.as_bytes());
     let _ = tty.flush();
-    let mut fds = [libc::pollfd {
-        fd: tty.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    let ms = Duration::from_secs(secs).as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: poll on one descriptor we own.
-    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) } > 0;
-    let mut line = String::new();
-    if ready {
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
-    }
+    let mut out = &tty;
+    let line = super::terminal::answer(
+        tty.as_fd(),
+        &mut out,
+        &question,
+        Some(Duration::from_secs(secs)),
+    );
+    let ready = line.is_some();
+    let line = line.unwrap_or_default();
     let (answer, said) = match line.trim().chars().next().map(|c| c.to_ascii_lowercase()) {
         Some('o') => ("allow_once", gettext("allowed once")),
         Some('t') => ("allow_task", gettext("allowed for this task")),

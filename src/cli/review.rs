@@ -3,7 +3,7 @@
 //! always shown escaped; colour only on a terminal.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -873,8 +873,9 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
     let st = Style {
         on: std::io::stdout().is_terminal(),
     };
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    // SAFETY: our own stdin (a terminal: checked by the caller), open for
+    // the process's life.
+    let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
     let mut commits = Vec::new();
     let mut partial = false;
     for (index, cs, snap) in r.change_sets()? {
@@ -900,7 +901,11 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
                 };
                 print!("{prompt}");
                 std::io::stdout().flush()?;
-                let Some(answer) = lines.next().transpose()? else {
+                // Only keys typed after the question count: the agent may
+                // have asked for "a" itself while it ran.
+                let Some(answer) =
+                    super::terminal::answer(stdin, &mut std::io::stdout(), &prompt, None)
+                else {
                     println!();
                     println!("{}", gettext("Nothing was committed."));
                     return Ok(());

@@ -12,7 +12,9 @@ use crate::event::{Enforced, Event, EventKind};
 use crate::i18n::{gettext, gettext_f};
 use crate::policy::{parse_size, Grant, Policy, SeccompChoice};
 use crate::sandbox;
-use crate::supervisor::{Config, OutputMode, Supervisor, SupervisorHandle, TaskRequest};
+use crate::supervisor::{
+    Config, OutputMode, Supervisor, SupervisorHandle, TaskRequest, TerminalHold,
+};
 use crate::task::{TaskId, TaskState};
 
 #[derive(Debug, clap::Args)]
@@ -352,7 +354,10 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     // `--json-events -`: our stdout carries the events, so the task's own
     // stdout goes to our stderr, and a helper with our stdio is no use.
     let events_on_stdout = args.json_events.as_deref() == Some("-");
-    let helper = match events_on_stdout {
+    // Network questions asked on this terminal: the task's output is
+    // relayed through us, to be held back while a question is shown.
+    let asks_here = policy.net.mode == crate::policy::NetMode::Ask && super::net::interactive();
+    let helper = match events_on_stdout || asks_here {
         true => None,
         false => crate::sandbox::helper_exe()
             .and_then(|exe| crate::sandbox::prestart(&exe))
@@ -387,14 +392,29 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             return Ok(code);
         }
     }
-    let output = if events_on_stdout {
-        OutputMode::InheritStdoutToStderr
-    } else {
-        OutputMode::Inherit
+    if asks_here && policy.tty {
+        anyhow::bail!(gettext(
+            "--net ask asks on this terminal, which --tty gives to the agent: list the hosts it needs with --allow-host, or start the Airlock app, whose window asks"
+        ));
+    }
+    let output = match (asks_here, events_on_stdout) {
+        (true, stdout_to_stderr) => OutputMode::Held {
+            hold: TerminalHold::new(),
+            stdout_to_stderr,
+        },
+        (false, true) => OutputMode::InheritStdoutToStderr,
+        (false, false) => OutputMode::Inherit,
     };
+    let tty = policy.tty;
     let (code, id) = run_local(local()?, policy, argv, helper, output, follow, verbose)?;
     // SAFETY: isatty on our own standard descriptors.
     let terminal = unsafe { libc::isatty(0) == 1 && libc::isatty(2) == 1 };
+    if terminal && !tty {
+        // Keys typed while the agent had the screen (at a prompt it
+        // printed) must not reach the shell, or a review, as commands.
+        // SAFETY: our own stdin, open for the process's life.
+        super::terminal::discard_typeahead(unsafe { std::os::fd::BorrowedFd::borrow_raw(0) });
+    }
     if args.review {
         if terminal {
             let dir = crate::task::TaskDir::new(&crate::dirs::tasks_dir(), &id);
@@ -436,6 +456,10 @@ fn run_local(
             &sup,
             policy.net.consent_timeout_secs,
             super::net::interactive(),
+            match &output {
+                OutputMode::Held { hold, .. } => Some(hold.clone()),
+                _ => None,
+            },
         )
     });
     let id: TaskId = sup.submit_blocking(TaskRequest {

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod seccomp;
 pub mod spec;
 mod stdio;
+pub use stdio::same_file;
 mod sys;
 pub mod syscalls;
 

@@ -133,7 +133,7 @@ fn set_nonblocking(fd: RawFd) {
 }
 
 /// Whether descriptors `a` and `b` are the same file.
-fn same_file(a: RawFd, b: RawFd) -> bool {
+pub fn same_file(a: RawFd, b: RawFd) -> bool {
     let st = |fd| {
         // SAFETY: fstat fills the struct we own.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };

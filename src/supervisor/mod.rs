@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use output::{Ring, RING_BYTES};
+pub use output::{Ring, TerminalHold, RING_BYTES};
 pub use recovery::{kill_local, recover_orphan};
 pub use review::{ChangeLine, ChangeSummary, CommitSummary};
 
@@ -83,7 +83,7 @@ impl Config {
 }
 
 /// Where a task's standard output and error go.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum OutputMode {
     /// Captured: a ring in memory and the task's `output.log`; no input.
     #[default]
@@ -94,6 +94,13 @@ pub enum OutputMode {
     /// carries `--json-events -`, which the task must not be able to forge
     /// or break.
     InheritStdoutToStderr,
+    /// As `Inherit` (or `InheritStdoutToStderr`), but relayed by the
+    /// supervisor, which holds the output back while a question is on the
+    /// terminal.
+    Held {
+        hold: TerminalHold,
+        stdout_to_stderr: bool,
+    },
 }
 
 /// A task to run.

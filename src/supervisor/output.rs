@@ -141,3 +141,51 @@ mod tests {
         assert_eq!(r.dropped(), 3 + RING_BYTES as u64 + 10);
     }
 }
+
+/// Held while a question is on the user's terminal (network consent in
+/// `airlock run --net ask`): the task's output waits, so that the agent
+/// cannot draw over the question or print a fake one after it.
+#[derive(Debug, Clone, Default)]
+pub struct TerminalHold(Arc<Mutex<()>>);
+
+impl TerminalHold {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The turn to write to the terminal; output waits while it is held.
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Only the turn is guarded, no data: a poisoned lock is fine.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl PartialEq for TerminalHold {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TerminalHold {}
+
+/// Copies a task's output to our own descriptor `to` (1 or 2), a chunk at
+/// a time, each written only while no question holds the terminal.
+pub(crate) fn relay(mut from: impl Read, to: std::os::fd::RawFd, hold: TerminalHold) {
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: our own standard descriptor, open for the process's life.
+    let mut out = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(to)
+    });
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let _turn = hold.hold();
+        // A closed terminal: the rest is read and dropped, so the task
+        // never blocks on a full pipe.
+        let _ = out.write_all(&buf[..n]);
+    }
+}

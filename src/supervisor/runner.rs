@@ -468,6 +468,35 @@ fn stdio(mode: OutputMode, task_dir: &TaskDir, ring: Arc<Mutex<Ring>>) -> Result
                 .map_err(|e| Error::io("stderr", e))?;
             return Ok((None, Some(err), None, Pumps(Vec::new())));
         }
+        OutputMode::Held {
+            hold,
+            stdout_to_stderr,
+        } => {
+            // Our stdin stays the task's (the helper relays it); stdout and
+            // stderr come back through pipes, one when they are one file,
+            // so that a question on the terminal can hold them back.
+            let mut pumps = Vec::new();
+            let mut pipe_to = |to: std::os::fd::RawFd| -> Result<OwnedFd, Error> {
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| Error::io("pipe", std::io::Error::from(e)))?;
+                let hold = hold.clone();
+                let reader = std::fs::File::from(r);
+                pumps.push(
+                    std::thread::Builder::new()
+                        .name("airlock-output".into())
+                        .spawn(move || super::output::relay(reader, to, hold))
+                        .map_err(|e| Error::io("pipe", e))?,
+                );
+                Ok(w)
+            };
+            let out = pipe_to(if stdout_to_stderr { 2 } else { 1 })?;
+            let err = if stdout_to_stderr || sandbox::same_file(1, 2) {
+                out.try_clone().map_err(|e| Error::io("pipe", e))?
+            } else {
+                pipe_to(2)?
+            };
+            return Ok((None, Some(out), Some(err), Pumps(pumps)));
+        }
         OutputMode::Capture => {}
     }
     let path = task_dir.output_log();
