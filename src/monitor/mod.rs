@@ -377,12 +377,23 @@ fn observe(
     }
 }
 
-/// The host has `path` and the agent's view of it does not.
+/// The host has `path` and the agent's view of it does not. The agent
+/// chooses the path: looking it up must not mount an automounted folder
+/// (`/net/HOST`) on the host.
 fn hidden_from_sandbox(pid: u32, path: &str) -> bool {
-    if !path.starts_with('/') || std::fs::symlink_metadata(path).is_err() {
+    use nix::fcntl::AtFlags;
+    let exists = |p: &str| {
+        nix::sys::stat::fstatat(
+            None,
+            p,
+            AtFlags::AT_SYMLINK_NOFOLLOW | AtFlags::AT_NO_AUTOMOUNT,
+        )
+        .is_ok()
+    };
+    if !path.starts_with('/') || !exists(path) {
         return false;
     }
-    std::fs::symlink_metadata(format!("/proc/{pid}/root{path}")).is_err()
+    !exists(&format!("/proc/{pid}/root{path}"))
 }
 
 fn open_op(name: &str, a: &[u64; 6]) -> Option<&'static str> {

@@ -128,6 +128,41 @@ pub struct Limits {
     pub max_upper: u64,
 }
 
+/// Reads a settings file the user names (an agent profile, an OCI
+/// seccomp profile): a regular file of at most `max` bytes of UTF-8. A
+/// FIFO would hang the read and `/dev/zero` would never end it.
+pub fn read_settings_file(path: &Path, max: u64) -> Result<String, Error> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that opening a FIFO does not wait for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            path,
+            std::io::Error::other(crate::i18n::gettext("not a regular file")),
+        ));
+    }
+    let mut text = String::new();
+    f.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io(path, e))?;
+    if text.len() as u64 > max {
+        return Err(Error::io(
+            path,
+            std::io::Error::other(crate::i18n::gettext_f(
+                "larger than {max}, more than any such file needs",
+                &[("max", &format_size(max))],
+            )),
+        ));
+    }
+    Ok(text)
+}
+
 /// Below this no program starts (the dynamic loader alone maps more).
 pub const MIN_MEMORY: u64 = 4 << 20;
 /// Below this the sandbox cannot be set up (Landlock, seccomp and the
@@ -352,6 +387,25 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_files_are_regular_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("p.toml");
+        std::fs::write(&small, "command = [\"x\"]\n").unwrap();
+        assert!(read_settings_file(&small, 100).is_ok());
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; 101]).unwrap();
+        let e = read_settings_file(&big, 100).unwrap_err().to_string();
+        assert!(e.contains("big.json") && e.contains("larger than"), "{e}");
+        // Neither of these ever ends a plain read.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for p in [fifo.as_path(), Path::new("/dev/zero")] {
+            let e = read_settings_file(p, 100).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+    }
 
     #[test]
     fn limits_no_task_could_run_under_are_named() {

@@ -294,9 +294,12 @@ pub fn import_str(name: &str, text: &str) -> Result<Profile, Error> {
     })
 }
 
+/// The largest OCI profile read; Docker's default is about 20 KiB.
+pub const MAX_PROFILE_BYTES: u64 = 4 << 20;
+
 /// Reads and imports an OCI profile file.
 pub fn import_file(path: &Path) -> Result<Profile, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = super::read_settings_file(path, MAX_PROFILE_BYTES)?;
     import_str(&path.display().to_string(), &text)
 }
 

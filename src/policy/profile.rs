@@ -285,9 +285,12 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The largest agent profile read: a few lines are typical.
+pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
+
 /// Loads a profile file.
 pub fn load_file(name: &str, path: &Path) -> Result<Profile, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = super::read_settings_file(path, MAX_PROFILE_BYTES)?;
     parse(
         name,
         &path.display().to_string(),
@@ -342,7 +345,7 @@ fn with_allowed_host(text: &str, entry: &str) -> String {
 /// profile is never left broken.
 pub fn remember_host(name: &str, entry: &str) -> Result<PathBuf, Error> {
     let path = profiles_dir().join(format!("{name}.toml"));
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = super::read_settings_file(&path, MAX_PROFILE_BYTES)?;
     let new = with_allowed_host(&text, entry);
     let shown = path.display().to_string();
     parse(name, &shown, &new, &crate::dirs::home_dir())?;

@@ -914,7 +914,10 @@ fn last_known_syscall() -> u32 {
 
 /// A hand-written filter for what seccompiler cannot say. `foreign`: on
 /// x86_64, refuse x32 syscalls (numbers with bit 30 set) and
-/// foreign-architecture calls (i386 `int 0x80`) with EPERM. `unknown`:
+/// foreign-architecture calls (i386 `int 0x80`) with EPERM. (The
+/// seccompiler program checks the architecture too and kills on a foreign
+/// one; the kernel takes the stricter answer, so an `int 0x80` call ends
+/// the task with SIGSYS.) `unknown`:
 /// answer ENOSYS to numbers above [`last_known_syscall`], as an older
 /// kernel would, so that libc falls back to what it used before.
 fn abi_filter(foreign: bool, unknown: bool) -> Option<BpfProgram> {
