@@ -1045,3 +1045,29 @@ fn a_damaged_audit_database_stops_the_task_before_it_runs_and_names_the_file() {
     // The file is left as it was, for the user to move away.
     assert_eq!(std::fs::read(&db).unwrap(), vec![b'x'; 4096]);
 }
+
+/// Pass 8A: when the state folder was full as the task ended, exit.json
+/// could not be written, and the task stayed "still running" for every
+/// review command for good, although nothing of it was alive. A task
+/// whose supervisor and sandbox are gone has ended, whatever was written.
+#[test]
+fn a_task_whose_end_was_not_written_can_still_be_reviewed_and_rejected() {
+    let w = World::new();
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "echo x > written.txt",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::remove_file(task.join("exit.json")).unwrap();
+    let o = w.cmd(&["changes", &id]).output().unwrap();
+    assert!(
+        o.status.success() && text(&o).contains("written.txt"),
+        "{}",
+        text(&o)
+    );
+    let o = w.cmd(&["reject", &id]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!w.project.join("written.txt").exists());
+}

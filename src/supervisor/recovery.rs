@@ -287,7 +287,21 @@ pub fn recover_orphan(dir: &TaskDir) -> Result<bool, Error> {
     // for its audit writer waits for that recovery too.
     let sup = super::Supervisor::start_quick(super::Config::new()?)?;
     sup.flush_audit_blocking();
-    Ok(dir.path().join("exit.json").exists())
+    let exit = dir.path().join("exit.json");
+    if !exit.exists() && dir.manifest().exists() && !owner_alive(dir) {
+        // Recorded as ended, yet without exit.json (the disk was full when
+        // the task ended): neither its supervisor nor its sandbox is
+        // alive, so it has ended, whatever the audit log says. Said here,
+        // or it could never be reviewed or rejected.
+        let status = ExitStatus {
+            code: 128 + libc::SIGKILL,
+            signal: Some(libc::SIGKILL),
+        };
+        let data =
+            serde_json::to_vec(&status).map_err(|e| Error::io(&exit, std::io::Error::other(e)))?;
+        crate::dirs::write_atomic(&exit, &data)?;
+    }
+    Ok(exit.exists())
 }
 
 /// Left in a task folder by [`kill_local`].

@@ -1552,14 +1552,23 @@ pub(crate) fn run(
         Err(e) => {
             // The journal is the truth: roll back exactly what it says.
             if journal_path(task).exists() {
-                if let Err(rb) = recover_with(
+                match recover_with(
                     task,
                     &mut Steps {
                         n: 0,
                         stop_after: None,
                     },
                 ) {
-                    tracing::error!("rollback after a failed commit failed too: {rb}");
+                    // The error came after the commit point (the journal
+                    // already said `applied`): the commit was finished, and
+                    // saying "rolled back" would be false.
+                    Ok(RecoveryOutcome::Completed { seq }) => {
+                        // Not `e` itself: its text says "rolled back".
+                        tracing::debug!("commit {seq} finished by recovery after an error past its commit point");
+                        return Ok(seq);
+                    }
+                    Ok(_) => {}
+                    Err(rb) => tracing::error!("rollback after a failed commit failed too: {rb}"),
                 }
             }
             return Err(e);
