@@ -47,6 +47,12 @@ pub enum Error {
     /// Review/commit: a full disk; the commit was rolled back.
     #[error("no space left on the device holding {path}; the commit was rolled back and your files are unchanged (free some space and commit again)")]
     DiskFull { path: PathBuf },
+    /// Undo: what the commit placed was changed since; nothing was undone.
+    #[error("{path} was changed since the commit; nothing was undone, so that change is kept (undo what you need by hand)")]
+    ChangedSinceCommit { path: PathBuf },
+    /// Undo: a full disk; the undo was rolled back.
+    #[error("no space left on the device holding {path}; the undo was rolled back and your files are as the commit left them (free some space and undo again)")]
+    UndoDiskFull { path: PathBuf },
     /// Review/commit: the test hook stopped the commit as if killed.
     #[error("the commit was stopped at step {0} (crash test hook)")]
     CommitStopped(u64),

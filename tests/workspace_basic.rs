@@ -290,7 +290,10 @@ fn undo_restores_and_refuses_over_later_edits() {
     std::fs::write(f.grant.join("added"), b"user later\n").unwrap();
     let snap = tree(&f.grant);
     let err = ws::undo::undo(&f.task, &no, None).unwrap_err();
-    assert!(matches!(err, airlock::Error::Conflict { .. }), "{err}");
+    assert!(
+        matches!(err, airlock::Error::ChangedSinceCommit { .. }),
+        "{err}"
+    );
     assert_eq!(tree(&f.grant), snap);
 }
 

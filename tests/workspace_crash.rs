@@ -373,3 +373,44 @@ fn a_full_disk_rolls_back_with_a_clear_error() {
     assert!(!stdout.contains(".airlock-"), "{stdout}");
     assert!(!f.task.path().join("commit.journal").exists());
 }
+
+/// Pass 8A: an undo that found the grant's disk full blamed the task's
+/// backup folder (which had room) and spoke of a commit. It names the
+/// grant's file and says the undo was rolled back.
+#[test]
+fn a_full_disk_during_undo_names_the_grant() {
+    let f = Fixture::new();
+    let g = f.grant.display().to_string();
+    let script = format!(
+        "set -e; mount -t tmpfs -o size=256k tmpfs '{g}'; \
+         head -c 100000 /dev/zero | tr '\\0' a > '{g}/big'; \
+         mount -t overlay overlay -o lowerdir='{g}',upperdir='{u}',workdir='{w}',userxattr '{m}'; \
+         rm '{m}/big'; umount '{m}'; \
+         '{bin}' commit {id}; head -c 200000 /dev/zero | tr '\\0' c > '{g}/filler'; \
+         set +e; '{bin}' undo {id}; echo \"rc=$?\"; printf 'ls='; ls -A '{g}' | tr '\\n' ' '; echo",
+        u = f.task.upper(0).display(),
+        w = f.task.work(0).display(),
+        m = f.mnt.display(),
+        bin = env!("CARGO_BIN_EXE_airlock"),
+        id = f.id,
+    );
+    f.finish_task();
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+        .env("XDG_STATE_HOME", &f.state)
+        .env("HOME", f.base.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("rc=1"), "undo must fail: {stdout} {stderr}");
+    assert!(
+        stderr.contains(&format!("device holding {g}/big"))
+            && stderr.contains("the undo was rolled back"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("ls=filler \n") || stdout.contains("ls=filler"),
+        "{stdout}"
+    );
+}

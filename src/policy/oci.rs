@@ -221,6 +221,16 @@ pub fn import_str(name: &str, text: &str) -> Result<Profile, Error> {
     let default_action = action(&oci.default_action, Some(default_errno), default_errno)
         .map_err(|m| perr(1, 1, m))?;
     let lines = syscall_entry_lines(text);
+    if oci.syscalls.len() > MAX_RULES {
+        let line = lines.get(MAX_RULES).copied().unwrap_or(1);
+        return Err(perr(
+            line,
+            1,
+            format!(
+                "more than {MAX_RULES} syscalls entries; a seccomp filter cannot hold that many (Docker's default has about 60): merge entries with the same action into one `names` list"
+            ),
+        ));
+    }
     let kernel = kernel_version();
     let mut rules = Vec::new();
     for (i, sc) in oci.syscalls.iter().enumerate() {
@@ -294,6 +304,10 @@ pub fn import_str(name: &str, text: &str) -> Result<Profile, Error> {
     })
 }
 
+/// The most `syscalls` entries imported: beyond this the filter would not
+/// fit the kernel's limit anyway, and compiling it only takes longer.
+pub const MAX_RULES: usize = 4096;
+
 /// The largest OCI profile read; Docker's default is about 20 KiB.
 pub const MAX_PROFILE_BYTES: u64 = 4 << 20;
 
@@ -344,5 +358,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn too_many_entries_are_refused_at_the_first_extra_one() {
+        let entry = "    {\"names\": [\"getpid\"], \"action\": \"SCMP_ACT_ERRNO\"}";
+        let entries = vec![entry; MAX_RULES + 1].join(",\n");
+        let text = format!(
+            "{{\n  \"defaultAction\": \"SCMP_ACT_ALLOW\",\n  \"syscalls\": [\n{entries}\n  ]\n}}"
+        );
+        let e = import_str("big.json", &text).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("big.json:{}:", MAX_RULES + 4)) && e.contains("more than"),
+            "{e}"
+        );
     }
 }

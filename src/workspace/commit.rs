@@ -337,7 +337,17 @@ pub(crate) fn is_conflict(lower: &OwnedFd, snap: &Snapshot, c: &Change) -> std::
     let (dir, name) = match parent_of(lower, &c.path) {
         Ok(x) => x,
         // The parent vanished or became a symlink: the user moved things.
-        Err(_) => return Ok(c.before.is_some() || snap.entries.contains_key(&c.path)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+            ) =>
+        {
+            return Ok(c.before.is_some() || snap.entries.contains_key(&c.path))
+        }
+        // Anything else (no permission, an I/O error) is said as itself,
+        // not passed off as a change by the user.
+        Err(e) => return Err(e),
     };
     let cur = fsx::lstat_opt(dir.as_raw_fd(), name)?;
     match (&c.before, cur) {
@@ -574,7 +584,8 @@ impl<'a> Txn<'a> {
                     tmp,
                     None,
                 )
-                .map_err(|e| map_copy_err(e, &b, self.grant, &op.path))?;
+                // Written into the grant: a full disk is the grant's.
+                .map_err(|e| self.gerr(&op.path, e))?;
             }
             Source::Merged => {
                 let data = self.merged.get(&k).cloned().unwrap_or_default();
@@ -1571,7 +1582,10 @@ pub(crate) fn run(
                     Err(rb) => tracing::error!("rollback after a failed commit failed too: {rb}"),
                 }
             }
-            return Err(e);
+            return Err(match e {
+                Error::DiskFull { path } if undo_of.is_some() => Error::UndoDiskFull { path },
+                e => e,
+            });
         }
     }
     finish(task, &t.journal, &mut t.steps)?;

@@ -138,7 +138,7 @@ fn undo_here(task_dir: &TaskDir, stop_after: Option<u64>) -> Result<UndoReport, 
     for (k, (op, placed)) in rec.ops.iter().zip(&rec.placed).enumerate() {
         let err = |e| Error::io(fsx::rel_display(&rec.grant, &op.path), e);
         if !unchanged(&root, &op.path, placed).map_err(err)? {
-            return Err(Error::Conflict {
+            return Err(Error::ChangedSinceCommit {
                 path: fsx::rel_display(&rec.grant, &op.path),
             });
         }
