@@ -118,6 +118,22 @@ fn reject_discards_the_upper_layer_and_running_tasks_are_refused() {
     f.setup("echo a > a");
     f.agent("echo b > a && mkdir x && echo y > x/y");
     std::fs::remove_file(f.task.path().join("exit.json")).unwrap();
+    // Still running: its owner (this test process) is alive.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::fs::write(
+        f.task.path().join("owner.json"),
+        format!(
+            "{{\"pid\":{},\"start\":{start},\"helper_pid\":0,\"helper_start\":0}}",
+            std::process::id()
+        ),
+    )
+    .unwrap();
     let o = airlock(&f, &["changes", f.id.as_str()]);
     assert!(!o.status.success());
     assert!(text(&o).contains("still running"), "{}", text(&o));
