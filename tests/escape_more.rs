@@ -1774,3 +1774,37 @@ fn escape_unreadable_entries_do_not_block_the_review() {
         "a\n"
     );
 }
+
+/// Pass 9B: `airlock commit ID | head` panicked on the closed pipe after
+/// the first grant was committed: the second grant was left out, nothing
+/// reached the audit log, and a later `reject` said the changes were
+/// discarded while the first grant's stayed on disk. A closed stdout now
+/// changes nothing about what a commit does.
+#[test]
+fn escape_a_closed_stdout_does_not_cut_a_commit_short() {
+    let w = World::new();
+    let second = w.path().join("second");
+    std::fs::create_dir(&second).unwrap();
+    chmod(&second, 0o777);
+    let o = w.run(
+        &[
+            "--grant",
+            &format!("{}:rw", w.project.display()),
+            "--grant",
+            &format!("{}:rw", second.display()),
+        ],
+        &format!("echo a > a.txt; echo b > {}/b.txt", second.display()),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_str().unwrap().to_string();
+    let mut c = w.cmd(&["commit", &id]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(w.project.join("a.txt").exists() && second.join("b.txt").exists());
+    let tasks = text(&output_within(w.cmd(&["tasks"]), Duration::from_secs(60)));
+    assert!(tasks.contains("committed"), "{tasks}");
+}

@@ -13,6 +13,21 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+/// `println!` that never panics. A closed stdout (`airlock commit | head`)
+/// must not stop a commit half-way, between grants, before the decision
+/// reaches the audit log.
+macro_rules! tell {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+pub(crate) use tell;
+
 pub mod doctor;
 pub mod log;
 pub mod net;

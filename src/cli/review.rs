@@ -73,7 +73,7 @@ fn open(task: &str) -> Result<Review> {
     let manifest = dir.read_manifest()?;
     // Its `airlock run` was killed: interrupted, and reviewable now.
     if crate::supervisor::recover_orphan(&dir)? {
-        eprintln!(
+        super::say!(
             "{}",
             gettext_f(
                 "task {id} was cut off when the process running it was killed; it is marked interrupted and its changes can be reviewed",
@@ -91,14 +91,14 @@ fn open(task: &str) -> Result<Review> {
 fn recover_commit(dir: &TaskDir) -> Result<()> {
     match ws::recover(dir)? {
         ws::RecoveryOutcome::Clean => {}
-        ws::RecoveryOutcome::RolledBack { seq } => eprintln!(
+        ws::RecoveryOutcome::RolledBack { seq } => super::say!(
             "{}",
             gettext_f(
                 "An interrupted commit ({seq}) was rolled back.",
                 &[("seq", &seq.to_string())]
             )
         ),
-        ws::RecoveryOutcome::Completed { seq } => eprintln!(
+        ws::RecoveryOutcome::Completed { seq } => super::say!(
             "{}",
             gettext_f(
                 "An interrupted commit ({seq}) was completed.",
@@ -297,7 +297,7 @@ fn print_change(st: &Style, c: &Change) {
             st.paint("1;33", &format!("[{}]", r.describe()))
         ));
     }
-    println!("{line}");
+    super::tell!("{line}");
 }
 
 pub fn changes(args: ChangesArgs) -> ExitCode {
@@ -323,7 +323,7 @@ fn changes_inner(args: ChangesArgs) -> Result<ExitCode> {
             }
             out.push(serde_json::json!({ "grant": escape_path(&cs.grant), "changes": items }));
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        super::tell!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let st = Style {
@@ -335,7 +335,7 @@ fn changes_inner(args: ChangesArgs) -> Result<ExitCode> {
             continue;
         }
         any = true;
-        println!(
+        super::tell!(
             "{}",
             gettext_f("In {path}:", &[("path", &escape_path(&cs.grant))])
         );
@@ -344,7 +344,7 @@ fn changes_inner(args: ChangesArgs) -> Result<ExitCode> {
         }
     }
     if !any {
-        println!("{}", gettext("No changes."));
+        super::tell!("{}", gettext("No changes."));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -406,7 +406,7 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
         } => {
             if let (Some(o), Some(n)) = (old, new) {
                 if o.endings != n.endings {
-                    println!(
+                    super::tell!(
                         "  {}",
                         gettext_f(
                             "line endings: {a} → {b}",
@@ -418,12 +418,12 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
                     );
                 }
                 if o.final_newline != n.final_newline {
-                    println!("  {}", gettext("final newline changed"));
+                    super::tell!("  {}", gettext("final newline changed"));
                 }
             }
             for (label, s) in [("before", old), ("after", new)] {
                 if s.as_ref().is_some_and(|s| !s.utf8) {
-                    println!(
+                    super::tell!(
                         "  {}",
                         gettext_f(
                             "{side}: not UTF-8 text (shown with replacement characters)",
@@ -433,13 +433,13 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
                 }
             }
             if *approximate {
-                println!(
+                super::tell!(
                     "  {}",
                     gettext("(large diff shown coarsely; hunks cannot be picked one by one)")
                 );
             }
             for h in hunks {
-                println!(
+                super::tell!(
                     "{}",
                     st.paint(
                         "36",
@@ -479,7 +479,7 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
                         } else {
                             " ".into()
                         };
-                        println!("{} {mark} {}", cell(&row.left), cell(&row.right));
+                        super::tell!("{} {mark} {}", cell(&row.left), cell(&row.right));
                     }
                 } else {
                     for l in &h.lines {
@@ -489,7 +489,7 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
                             Tag::Insert => ("+", "32"),
                         };
                         let text = format!("{p}{}", line_text(st, l));
-                        println!(
+                        super::tell!(
                             "{}",
                             if colour.is_empty() {
                                 text
@@ -507,10 +507,10 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
             } else {
                 gettext("large file, not diffed")
             };
-            println!("  {what}");
+            super::tell!("  {what}");
             for (label, s) in [("before", old), ("after", new)] {
                 if let Some(s) = s {
-                    println!(
+                    super::tell!(
                         "  {label}: {} bytes, {}, sha256 {}",
                         s.size,
                         s.type_guess,
@@ -648,7 +648,7 @@ fn commit_inner(args: CommitArgs) -> Result<ExitCode> {
             .collect::<BTreeMap<_, _>>();
         let finished = || r.finished();
         let rep = ws::commit(&r.dir, index, &cs, &sel, snap.as_ref(), &finished, &opts)?;
-        println!(
+        super::tell!(
             "{}",
             gettext_f(
                 "{path}: {n} changes committed.",
@@ -659,7 +659,7 @@ fn commit_inner(args: CommitArgs) -> Result<ExitCode> {
             )
         );
         for p in &rep.conflicts {
-            println!(
+            super::tell!(
                 "  {}",
                 gettext_f(
                     "conflict, left as it is: {path} (commit it with --keep-agent to overwrite your version)",
@@ -668,7 +668,7 @@ fn commit_inner(args: CommitArgs) -> Result<ExitCode> {
             );
         }
         for p in &rep.refused {
-            println!(
+            super::tell!(
                 "  {}",
                 gettext_f(
                     "refused (device, pipe or socket): {path}",
@@ -816,7 +816,7 @@ fn reject_inner(args: TaskArg) -> Result<ExitCode> {
     }
     let _ = std::fs::remove_file(r.reviewed_path());
     record_decision(&r.manifest.id, TaskState::Rejected, Vec::new(), false);
-    println!(
+    super::tell!(
         "{}",
         gettext_f(
             "The changes of task {id} were discarded.",
@@ -836,7 +836,7 @@ fn undo_inner(args: TaskArg) -> Result<ExitCode> {
     let stop = CommitOptions::from_env().stop_after;
     let rep = ws::undo::undo(&r.dir, &finished, stop)?;
     record_decision(&r.manifest.id, TaskState::Reviewing, Vec::new(), true);
-    println!(
+    super::tell!(
         "{}",
         gettext_f(
             "Commit {seq} undone: {n} paths restored.",
@@ -853,7 +853,7 @@ fn report(r: Result<ExitCode>) -> ExitCode {
     match r {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("airlock: {e:#}");
+            super::say!("airlock: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -882,7 +882,7 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
         if cs.changes.is_empty() {
             continue;
         }
-        println!(
+        super::tell!(
             "{}",
             gettext_f("In {path}:", &[("path", &escape_path(&cs.grant))])
         );
@@ -899,15 +899,17 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
                 } else {
                     gettext("[a]pprove / [s]kip / [d]iff / [q]uit? ")
                 };
-                print!("{prompt}");
-                std::io::stdout().flush()?;
+                {
+                    let _ = write!(std::io::stdout(), "{prompt}");
+                }
+                let _ = std::io::stdout().flush();
                 // Only keys typed after the question count: the agent may
                 // have asked for "a" itself while it ran.
                 let Some(answer) =
                     super::terminal::answer(stdin, &mut std::io::stdout(), &prompt, None)
                 else {
-                    println!();
-                    println!("{}", gettext("Nothing was committed."));
+                    super::tell!();
+                    super::tell!("{}", gettext("Nothing was committed."));
                     return Ok(());
                 };
                 match answer.trim() {
@@ -926,7 +928,7 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
                         }
                     }
                     "q" | "Q" => {
-                        println!("{}", gettext("Nothing was committed."));
+                        super::tell!("{}", gettext("Nothing was committed."));
                         return Ok(());
                     }
                     _ => {}
@@ -957,7 +959,7 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
             // `airlock commit`.
             &CommitOptions::from_env(),
         )?;
-        println!(
+        super::tell!(
             "{}",
             gettext_f(
                 "{n} changes committed.",
@@ -965,7 +967,7 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
             )
         );
         for p in &rep.conflicts {
-            println!(
+            super::tell!(
                 "  {}",
                 gettext_f("conflict, left as it is: {path}", &[("path", &escape(p))])
             );
