@@ -417,6 +417,25 @@ impl AuditStore {
         Ok(out)
     }
 
+    /// The next free sequence number of a task: one past the highest any
+    /// of its rows holds (a coalesced row stands for `count` of them).
+    /// Asked of the indexes, not by loading the timeline, which a task
+    /// that flooded the log makes gigabytes long.
+    pub fn next_seq(&self, task: &TaskId) -> Result<u64, Error> {
+        let max: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT max(m) FROM (
+                     SELECT max(seq + count - 1) AS m FROM events WHERE task = ?1
+                     UNION ALL SELECT max(seq) FROM transitions WHERE task = ?1
+                     UNION ALL SELECT max(seq) FROM flows WHERE task = ?1
+                     UNION ALL SELECT max(seq) FROM commits WHERE task = ?1)",
+            )
+            .and_then(|mut st| st.query_row([task.as_str()], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        Ok(max.map_or(0, |m| u64::try_from(m).unwrap_or(0) + 1))
+    }
+
     /// Commits of one task, oldest first.
     pub fn commits(&self, task: &TaskId) -> Result<Vec<CommitRecord>, Error> {
         let mut stmt = self

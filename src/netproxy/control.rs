@@ -73,11 +73,16 @@ where
                     .is_some_and(|want| same_secret(t, want.as_bytes()))
             });
     if !token_ok {
-        let _ = sh.events.send(EventKind::Warning {
-            message: gettext(
-                "a connection to the network proxy presented a wrong control secret and was closed",
-            ),
-        });
+        if !sh
+            .bad_secret_reported
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = sh.events.send(EventKind::Warning {
+                message: gettext(
+                    "a connection to the network proxy presented a wrong control secret and was closed (later ones are closed without a word)",
+                ),
+            });
+        }
         return;
     }
     loop {

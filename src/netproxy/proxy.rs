@@ -160,6 +160,9 @@ pub(crate) struct Shared {
     resolver: Arc<dyn Resolver>,
     pub(crate) events: EventSink,
     pub(crate) control_token: Option<String>,
+    /// Whether a wrong control secret was reported: once per task, since
+    /// the agent can knock as often as it likes.
+    pub(crate) bad_secret_reported: std::sync::atomic::AtomicBool,
     connect_timeout: Duration,
 }
 
@@ -359,6 +362,7 @@ impl Proxy {
                 resolver: cfg.resolver,
                 events: cfg.events,
                 control_token: cfg.control_token,
+                bad_secret_reported: std::sync::atomic::AtomicBool::new(false),
                 connect_timeout: cfg.connect_timeout,
             }),
         })

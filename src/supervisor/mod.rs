@@ -17,6 +17,7 @@
 //! on the bus and one row in the audit store.
 
 mod output;
+mod quota;
 mod recovery;
 mod review;
 mod runner;
@@ -152,6 +153,8 @@ struct Slot {
     seq: Option<u64>,
     ctl: Option<Arc<TaskCtl>>,
     output: Arc<Mutex<Ring>>,
+    /// What the task may still put in the audit log.
+    quota: quota::Quota,
 }
 
 /// State shared by the core loop, the task threads and the handles.
@@ -231,9 +234,25 @@ impl Shared {
     /// summary updated, the audit writer and then the bus. Under one lock,
     /// so every subscriber sees each task's events in `seq` order.
     pub(crate) fn emit(&self, task: &TaskId, kind: EventKind) -> Option<u64> {
+        self.emit_counted(task, kind, true)
+    }
+
+    /// `counted`: subject to the task's [`quota::Quota`].
+    fn emit_counted(&self, task: &TaskId, kind: EventKind, counted: bool) -> Option<u64> {
         if let EventKind::ConsentRequested { id, .. } = &kind {
             if let Ok(mut m) = self.consent_tasks.lock() {
                 m.insert(*id, task.clone());
+            }
+        }
+        if matches!(kind, EventKind::Exited { .. }) {
+            // What was counted past a quota, said before the end.
+            let summary = self
+                .tasks
+                .lock()
+                .ok()
+                .and_then(|mut t| t.get_mut(task).and_then(|s| s.quota.take_summary()));
+            if let Some(message) = summary {
+                self.emit_counted(task, EventKind::Warning { message }, false);
             }
         }
         let Ok(mut tasks) = self.tasks.lock() else {
@@ -242,6 +261,13 @@ impl Shared {
         let Some(slot) = tasks.get_mut(task) else {
             tracing::error!("event for unknown task {task}: {kind:?}");
             return None;
+        };
+        let kind = match counted {
+            false => kind,
+            true => match slot.quota.admit(kind) {
+                quota::Admit::Record(k) => k,
+                quota::Admit::Drop => return None,
+            },
         };
         let seq = match slot.seq {
             Some(s) => s,
@@ -310,6 +336,7 @@ impl Shared {
                     seq,
                     ctl: None,
                     output: Arc::new(Mutex::new(Ring::default())),
+                    quota: quota::Quota::default(),
                 },
             );
         }

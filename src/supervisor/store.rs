@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 
 use crate::audit::{AuditStore, CommitFile};
-use crate::event::{Event, EventKind};
+use crate::event::Event;
 use crate::task::{TaskId, TaskManifest};
 use crate::Error;
 
@@ -141,18 +141,5 @@ fn mark_last_undone(store: &mut AuditStore, task: &TaskId) -> Result<(), Error> 
 
 /// The next free sequence number of a task already in the store.
 pub(crate) fn next_seq(store: &AuditStore, task: &TaskId) -> Result<u64, Error> {
-    Ok(store
-        .events(Some(task), None)?
-        .iter()
-        .map(|e| match &e.kind {
-            // A coalesced row keeps the first seq; its count says how many
-            // sequence numbers it stands for at most.
-            EventKind::SyscallDenied { count, .. }
-            | EventKind::FileAttempt { count, .. }
-            | EventKind::NetAttempt { count, .. } => e.seq + count.saturating_sub(1),
-            _ => e.seq,
-        })
-        .max()
-        .map(|m| m + 1)
-        .unwrap_or(0))
+    store.next_seq(task)
 }
