@@ -699,23 +699,30 @@ fn ask_mode_prompts_on_the_terminal_and_always_lasts_for_the_task() {
     let reader = std::thread::spawn(move || {
         let mut all = Vec::new();
         let mut buf = [0u8; 4096];
-        let mut told = false;
+        let mut told = 0;
         while let Ok(n) = shown.read(&mut buf) {
             if n == 0 {
                 break;
             }
             all.extend_from_slice(&buf[..n]);
-            if !told && String::from_utf8_lossy(&all).contains("(d in 60s)? ") {
-                let _ = tx.send(());
-                told = true;
+            let t = String::from_utf8_lossy(&all).into_owned();
+            for (k, prompt) in ["(d in 60s)? ", "Type yes to confirm: "].iter().enumerate() {
+                if told == k && t.contains(prompt) {
+                    let _ = tx.send(k);
+                    told = k + 1;
+                }
             }
         }
         all
     });
     let typist = std::thread::spawn(move || {
-        if rx.recv_timeout(Duration::from_secs(100)).is_ok() {
+        // "Always" is asked twice.
+        for answer in [&b"a\n"[..], b"yes\n"] {
+            if rx.recv_timeout(Duration::from_secs(100)).is_err() {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(700));
-            let _ = typing.write_all(b"a\n");
+            let _ = typing.write_all(answer);
         }
         typing
     });
@@ -911,4 +918,112 @@ fn an_answer_typed_before_the_network_question_does_not_count() {
         !status.success() && t.contains("--allow-host") && !t.contains("RAN"),
         "{t}"
     );
+}
+
+/// Runs `c` on a controlling pty; when the output first shows a trigger,
+/// waits `after` and types its keys. Returns everything shown.
+fn drive_on_pty(c: Command, steps: &[(&str, &[u8], Duration)]) -> String {
+    let (mut child, mut master) = spawn_on_controlling_pty(c);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let mut next = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(90) {
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(50)) {
+            out.extend_from_slice(&b);
+        }
+        if let Some((trigger, keys, after)) = steps.get(next) {
+            if String::from_utf8_lossy(&out).matches(trigger).count() > 0 {
+                std::thread::sleep(*after);
+                master.write_all(keys).unwrap();
+                next += 1;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    while let Ok(b) = rx.recv_timeout(Duration::from_millis(300)) {
+        out.extend_from_slice(&b);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Pass 9A: the agent left the terminal drawing concealed text, black on
+/// black, so Airlock's question was invisible and the user's "a" for the
+/// agent's own prompt, typed seconds later, saved "always". The question
+/// now resets the drawing first, and "always" needs a typed "yes". And a
+/// question that outlived its task went on reading the terminal during
+/// the review: it is withdrawn when the task ends.
+#[test]
+fn a_hidden_or_orphaned_network_question_cannot_be_answered_by_accident() {
+    let w = World::new();
+    let (name, addr) = host_name_and_addr();
+    let port = serve_dir(www(&w, "www", "must-not-be-read\n"), addr);
+    let by_ip = format!("{addr}:{port}");
+    let url = format!("http://{name}:{port}/index.html");
+    let hidden = format!(
+        "unset NO_PROXY no_proxy; echo 'Agent: Apply [a]ll / [n]one?'; printf '\\033[8m\\033[30;40m\\033[?25l'; \
+         echo code=$(curl -s -o /dev/null -w '%{{http_code}}' {url})"
+    );
+    let c = w.cmd(&[
+        "run",
+        "--local",
+        "--net",
+        "ask",
+        "--allow-host",
+        &by_ip,
+        "--consent-timeout",
+        "6",
+        "--",
+        "sh",
+        "-c",
+        &hidden,
+    ]);
+    // The user answers the agent's prompt, well after the question came.
+    let t = drive_on_pty(
+        c,
+        &[("wants to reach", b"a\n", Duration::from_millis(1500))],
+    );
+    let asked = t.find("wants to reach").expect(&t);
+    let reset = t[..asked].rfind("\x1b[!p\x1b[0m\x1b(B").expect(&t);
+    assert!(reset > t.find("\x1b[8m").unwrap(), "{t:?}");
+    assert!(t.contains("Type yes to confirm"), "{t}");
+    assert!(t.contains("code=403") && !t.contains("allowed"), "{t}");
+    // The task asks, then ends at once: its question must not outlive it.
+    let late = format!(
+        "unset NO_PROXY no_proxy; (curl -s -m 30 -o /dev/null {url} &) ; sleep 1; echo AGENT-DONE"
+    );
+    let c = w.cmd(&[
+        "run",
+        "--local",
+        "--net",
+        "ask",
+        "--allow-host",
+        &by_ip,
+        "--consent-timeout",
+        "60",
+        "--",
+        "sh",
+        "-c",
+        &late,
+    ]);
+    let start = Instant::now();
+    let t = drive_on_pty(c, &[]);
+    assert!(start.elapsed() < Duration::from_secs(30), "{t}");
+    assert!(t.contains("the question is withdrawn"), "{t}");
+    let withdrawn = t.find("the question is withdrawn").unwrap();
+    let summary = t.find("exited with status").expect(&t);
+    assert!(summary > withdrawn && t.contains("AGENT-DONE"), "{t}");
 }

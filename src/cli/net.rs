@@ -5,6 +5,8 @@
 
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::event::{now_ms, EventKind};
@@ -64,6 +66,9 @@ pub fn interactive() -> bool {
 /// task's output and events keep flowing while a question is open.
 pub struct ConsentPrompt {
     task: std::sync::mpsc::Sender<TaskId>,
+    /// Set when the task has ended: an open question is withdrawn.
+    ended: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ConsentPrompt {
@@ -78,8 +83,10 @@ impl ConsentPrompt {
         let (task_tx, task_rx) = std::sync::mpsc::channel::<TaskId>();
         let mut sub = sup.subscribe();
         let sup = sup.clone();
-        // The thread ends with the process (or the supervisor's bus).
-        let _ = std::thread::Builder::new()
+        let ended = Arc::new(AtomicBool::new(false));
+        let cancel = ended.clone();
+        // Ends with our task (or the supervisor's bus).
+        let thread = std::thread::Builder::new()
             .name("airlock-consent".into())
             .spawn(move || {
                 let mut ours: Option<TaskId> = None;
@@ -92,6 +99,9 @@ impl ConsentPrompt {
                         ours = task_rx.try_recv().ok();
                     }
                     let Some(task) = &ours else { continue };
+                    if &ev.task == task && matches!(ev.kind, EventKind::Exited { .. } | EventKind::Failed { .. }) {
+                        return;
+                    }
                     for (t, id, host, port, asked_ms) in std::mem::take(&mut early) {
                         if &t != task {
                             continue;
@@ -102,7 +112,14 @@ impl ConsentPrompt {
                             // The task's output waits while the question
                             // is on the terminal.
                             let _turn = hold.as_ref().map(TerminalHold::hold);
-                            ask_on_terminal(&host, port, left)
+                            let withdrawn = || {
+                                cancel.load(Ordering::SeqCst)
+                                    || !sup
+                                        .runtime()
+                                        .block_on(sup.pending_consents())
+                                        .is_ok_and(|p| p.iter().any(|c| c.id == id))
+                            };
+                            ask_on_terminal(&host, port, left, &withdrawn)
                         } else {
                             super::say!(
                                 "airlock: {}",
@@ -117,8 +134,23 @@ impl ConsentPrompt {
                         let _ = sup.runtime().block_on(sup.answer_consent(id, answer));
                     }
                 }
-            });
-        ConsentPrompt { task: task_tx }
+            })
+            .ok();
+        ConsentPrompt {
+            task: task_tx,
+            ended,
+            thread,
+        }
+    }
+
+    /// The task has ended: an open question is withdrawn, and the terminal
+    /// is ours again once this returns (a question that outlived its task
+    /// would read the keys meant for the review or the shell).
+    pub fn finish(mut self) {
+        self.ended.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// The task whose questions are ours.
@@ -128,7 +160,7 @@ impl ConsentPrompt {
 }
 
 /// Asks on `/dev/tty`; Deny when nothing is typed within `secs` seconds.
-fn ask_on_terminal(host: &str, port: u16, secs: u64) -> &'static str {
+fn ask_on_terminal(host: &str, port: u16, secs: u64, withdrawn: &dyn Fn() -> bool) -> &'static str {
     let Ok(mut tty) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -147,20 +179,47 @@ fn ask_on_terminal(host: &str, port: u16, secs: u64) -> &'static str {
         "airlock: the task wants to reach {host} port {port}. Allow [o]nce / for this [t]ask / [a]lways / [d]eny (d in {secs}s)? ",
         &[("host", host), ("port", &port.to_string()), ("secs", &secs.to_string())],
     );
-    // On a line of its own: the agent's output may have left the cursor
-    // anywhere.
-    let question = format!("\r\n{question}");
+    // Visible, and on a line of its own: the agent's output may have left
+    // the terminal drawing invisibly and the cursor anywhere.
+    let question = format!("{}\r\n{question}", super::terminal::RESET_DRAWING);
     let _ = tty.write_all(question.as_bytes());
     let _ = tty.flush();
     let mut out = &tty;
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     let line = super::terminal::answer(
         tty.as_fd(),
         &mut out,
         &question,
         Some(Duration::from_secs(secs)),
+        Some(withdrawn),
     );
+    if line.is_none() && withdrawn() {
+        let _ = writeln!(
+            tty,
+            "\r\nairlock: {host}:{port}: {}",
+            gettext("the task has ended; the question is withdrawn")
+        );
+        return "deny";
+    }
     let ready = line.is_some();
-    let line = line.unwrap_or_default();
+    let mut line = line.unwrap_or_default();
+    // "Always" lasts beyond this task: asked twice, so that one key
+    // pressed at the wrong moment cannot save it.
+    if line.trim().eq_ignore_ascii_case("a") {
+        let confirm = gettext_f(
+            "airlock: allow {host} port {port} for every later task of this agent too? Type yes to confirm: ",
+            &[("host", host), ("port", &port.to_string())],
+        );
+        let _ = out.write_all(confirm.as_bytes());
+        let _ = out.flush();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let sure =
+            super::terminal::answer(tty.as_fd(), &mut out, &confirm, Some(left), Some(withdrawn));
+        if !sure.is_some_and(|s| s.trim().eq_ignore_ascii_case("yes")) {
+            let _ = out.write_all(b"\r\n");
+            line = "d".into();
+        }
+    }
     let (answer, said) = match line.trim().chars().next().map(|c| c.to_ascii_lowercase()) {
         Some('o') => ("allow_once", gettext("allowed once")),
         Some('t') => ("allow_task", gettext("allowed for this task")),

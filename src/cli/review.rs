@@ -906,7 +906,7 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
                 // Only keys typed after the question count: the agent may
                 // have asked for "a" itself while it ran.
                 let Some(answer) =
-                    super::terminal::answer(stdin, &mut std::io::stdout(), &prompt, None)
+                    super::terminal::answer(stdin, &mut std::io::stdout(), &prompt, None, None)
                 else {
                     super::tell!();
                     super::tell!("{}", gettext("Nothing was committed."));

@@ -472,12 +472,19 @@ fn run_local(
     if let Some(p) = &prompt {
         p.follow(&id);
     }
+    let mut prompt = prompt;
     let code = loop {
         let Some(ev) = sub.blocking_recv() else {
             anyhow::bail!(gettext("the supervisor stopped before the task ended"));
         };
         if ev.task != id {
             continue;
+        }
+        if matches!(ev.kind, EventKind::Exited { .. } | EventKind::Failed { .. }) {
+            // The terminal is ours again before the summary (and a review).
+            if let Some(p) = prompt.take() {
+                p.finish();
+            }
         }
         if let Some(code) = follow.event(&ev) {
             break code;

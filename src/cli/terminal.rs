@@ -16,6 +16,14 @@ use crate::i18n::gettext;
 /// it: shorter than anyone takes to read a question.
 pub const SETTLE: Duration = Duration::from_millis(350);
 
+/// Puts the terminal's drawing back to what a question needs to be seen:
+/// the agent may have left text concealed (SGR 8) or black on black, the
+/// palette or the default colours changed, another character set, the
+/// cursor hidden, the alternate screen, a scrolling region, bracketed
+/// paste, or Enter sending CR LF. A soft reset (DECSTR) and then, for
+/// terminals without it, each of these one by one.
+pub const RESET_DRAWING: &str = "\x1b[!p\x1b[0m\x1b(B\x0f\x1b[?1049l\x1b[r\x1b[?7h\x1b[?25h\x1b[?2004l\x1b[20l\x1b]104\x07\x1b]110\x07\x1b]111\x07";
+
 /// Drops what was typed on terminal `fd` but not read yet.
 pub fn discard_typeahead(fd: BorrowedFd) {
     // Fails only when `fd` is not a terminal: nothing to drop then.
@@ -40,17 +48,24 @@ fn pending(fd: BorrowedFd, ms: i32) -> (bool, bool) {
 /// Reads the answer to `question`, which the caller has just written to
 /// `out`. One line, ended by Enter in either terminal mode (`\n`, or `\r`
 /// in raw mode). `None`: end of input, or nothing within `timeout`.
+/// `withdrawn`: asked every 100 ms; true when the question no longer
+/// stands (the task it was about has ended), and then `None` at once.
 pub fn answer(
     fd: BorrowedFd,
     out: &mut dyn Write,
     question: &str,
     timeout: Option<Duration>,
+    withdrawn: Option<&dyn Fn() -> bool>,
 ) -> Option<String> {
     let start = Instant::now();
+    let cancelled = || withdrawn.is_some_and(|w| w());
     discard_typeahead(fd);
     // Bounded: a terminal that hung up reports input for ever.
     for _ in 0..20 {
         std::thread::sleep(SETTLE);
+        if cancelled() {
+            return None;
+        }
         if !pending(fd, 0).1 {
             break;
         }
@@ -64,14 +79,19 @@ pub fn answer(
     }
     let mut line = Vec::new();
     loop {
+        if cancelled() {
+            return None;
+        }
         let ms = match timeout {
-            None => -1,
+            None if withdrawn.is_none() => -1,
+            None => 100,
             Some(t) => {
                 let left = t.saturating_sub(start.elapsed());
                 if left.is_zero() {
                     return None;
                 }
-                left.as_millis().min(i32::MAX as u128) as i32
+                // In slices, to notice a withdrawal.
+                left.as_millis().min(100) as i32
             }
         };
         if !pending(fd, ms).0 {

@@ -64,6 +64,12 @@ impl ConsentRequest {
         let _ = self.reply.send(answer);
     }
 
+    /// Whether the proxy stopped waiting for the answer (its timeout, or
+    /// the end of the task): then no answer may be taken, nor saved.
+    pub fn is_withdrawn(&self) -> bool {
+        self.reply.is_closed()
+    }
+
     /// The `--allow-host` entry that stands for this request, for saving an
     /// "always" answer to a profile: `host` for the default ports, else
     /// `host:port`.

@@ -522,6 +522,9 @@ async fn core(
         while let Ok(req) = consent_rx.try_recv() {
             consents.push(req);
         }
+        // A question whose task has ended (or that timed out) is gone: a
+        // late answer must not be taken, let alone saved as "always".
+        consents.retain(|c| !c.is_withdrawn());
         match cmd {
             Cmd::Submit(req, reply) => {
                 let _ = reply.send(submit(&shared, &mut queue, *req));
