@@ -119,7 +119,7 @@ fn recover_commit(dir: &TaskDir) -> Result<()> {
 impl Review {
     /// The sandbox writes `exit.json` when the task's last process is gone.
     fn finished(&self) -> bool {
-        self.dir.path().join("exit.json").exists()
+        crate::supervisor::has_ended(&self.dir)
     }
 
     fn require_finished(&self) -> Result<()> {

@@ -35,7 +35,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use output::{Ring, TerminalHold, RING_BYTES};
-pub use recovery::{kill_local, recover_orphan};
+pub use recovery::{has_ended, kill_local, recover_orphan};
 pub use review::{ChangeLine, ChangeSummary, CommitSummary};
 
 use crate::audit::AuditStore;

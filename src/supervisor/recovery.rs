@@ -297,11 +297,21 @@ pub fn recover_orphan(dir: &TaskDir) -> Result<bool, Error> {
             code: 128 + libc::SIGKILL,
             signal: Some(libc::SIGKILL),
         };
-        let data =
-            serde_json::to_vec(&status).map_err(|e| Error::io(&exit, std::io::Error::other(e)))?;
-        crate::dirs::write_atomic(&exit, &data)?;
+        // Best effort: with the disk still full this fails, and
+        // `has_ended` says the same without the file.
+        if let Ok(data) = serde_json::to_vec(&status) {
+            let _ = crate::dirs::write_atomic(&exit, &data);
+        }
+        return Ok(true);
     }
     Ok(exit.exists())
+}
+
+/// Whether no process of the task can be alive: it wrote `exit.json`, or
+/// neither its supervisor nor its sandbox helper is (the file could not be
+/// written on a full disk). A task that never started has ended too.
+pub fn has_ended(dir: &TaskDir) -> bool {
+    dir.path().join("exit.json").exists() || !owner_alive(dir)
 }
 
 /// Left in a task folder by [`kill_local`].
