@@ -1808,3 +1808,19 @@ fn escape_a_closed_stdout_does_not_cut_a_commit_short() {
     let tasks = text(&output_within(w.cmd(&["tasks"]), Duration::from_secs(60)));
     assert!(tasks.contains("committed"), "{tasks}");
 }
+
+/// Pass 9A: the watchdog checks between intervals, so a task that wrote
+/// past `--max-upper` and ended before the next check was never told
+/// about. What it left is measured once more at its end.
+#[test]
+fn escape_max_upper_passed_just_before_the_end_is_reported() {
+    let w = World::new();
+    let o = run_with_max_upper(
+        &w,
+        "10M",
+        "head -c 8000000 /dev/zero > a; head -c 8000000 /dev/zero > b; echo wrote",
+    );
+    let t = text(&o);
+    assert!(t.contains("wrote"), "{t}");
+    assert!(t.contains("more than the 10 MiB allowed"), "{t}");
+}

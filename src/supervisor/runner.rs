@@ -152,7 +152,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
         let status = running.wait().unwrap_or(sandbox::SETUP_FAILED);
         release(&mut running);
         ctl.pid.store(0, Ordering::SeqCst);
-        watchdog.stop();
+        watchdog.stop(u64::MAX);
         pumps.finish();
         let error = format!("{stage}: {message}");
         // An exec failure (command not found) is the agent's exit, not a
@@ -196,7 +196,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     if let Some(t) = monitor_events {
         let _ = t.join();
     }
-    let hit = watchdog.stop();
+    let (hit, over_at_end) = watchdog.stop(req.policy.limits.max_upper);
     pumps.finish();
     // What the cgroup's limits did to the task (refused forks, OOM kills).
     for (limit, detail) in cgroup
@@ -206,7 +206,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     {
         shared.emit(id, EventKind::LimitHit { limit, detail });
     }
-    if let Some((limit, detail)) = &hit {
+    for (limit, detail) in hit.iter().chain(&over_at_end) {
         shared.emit(
             id,
             EventKind::LimitHit {
@@ -522,8 +522,12 @@ fn stdio(mode: OutputMode, task_dir: &TaskDir, ring: Arc<Mutex<Ring>>) -> Result
 /// and kill requests.
 struct Watchdog {
     stop: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<Option<(String, String)>>,
+    /// What it stopped the task for, and what it watched.
+    thread: std::thread::JoinHandle<(Option<LimitReason>, Vec<usage::Root>)>,
 }
+
+/// A limit's name and why the task went past it.
+type LimitReason = (String, String);
 
 impl Watchdog {
     fn start(
@@ -537,7 +541,9 @@ impl Watchdog {
         let thread = std::thread::spawn(move || {
             // Wakes every 100 ms to check, or at once when the task ends. A
             // big persistent home takes a while to walk: the wait grows so
-            // that walking takes at most a tenth of a core.
+            // that walking takes at most a tenth of a core, but never past
+            // a second (a tree made to be slow to walk must not buy the
+            // agent minutes).
             let mut wait = Duration::from_millis(100);
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
                 let reason = if limits.timeout_secs > 0
@@ -547,37 +553,12 @@ impl Watchdog {
                         "timeout".to_string(),
                         format!("ran longer than {} s", limits.timeout_secs),
                     ))
-                } else if !written.is_empty() {
-                    let walk = Instant::now();
-                    let used = usage::measure(&written);
-                    wait = (walk.elapsed() * 9).max(Duration::from_millis(100));
-                    if used.unreadable {
-                        Some((
-                            "max-upper".to_string(),
-                            "made a folder in its grants or its home unreadable, so what it wrote there cannot be checked".to_string(),
-                        ))
-                    } else if used.too_deep {
-                        Some((
-                            "max-upper".to_string(),
-                            format!(
-                                "built a folder tree deeper than {} levels in its grants or its home, whose size cannot be checked",
-                                usage::MAX_DEPTH
-                            ),
-                        ))
-                    } else {
-                        (used.bytes > limits.max_upper).then(|| {
-                            (
-                                "max-upper".to_string(),
-                                format!(
-                                    "wrote {} into its grants and its home, more than the {} allowed",
-                                    crate::policy::format_size(used.bytes),
-                                    crate::policy::format_size(limits.max_upper)
-                                ),
-                            )
-                        })
-                    }
                 } else {
-                    None
+                    let walk = Instant::now();
+                    let over = over_max_upper(&written, limits.max_upper);
+                    wait = (walk.elapsed() * 9)
+                        .clamp(Duration::from_millis(100), Duration::from_secs(1));
+                    over
                 };
                 let pid = ctl.pid.load(Ordering::SeqCst);
                 if let Some(r) = reason {
@@ -586,18 +567,51 @@ impl Watchdog {
                         // whole namespace follow it.
                         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                     }
-                    return Some(r);
+                    return (Some(r), written);
                 }
             }
-            None
+            (None, written)
         });
         Watchdog { stop, thread }
     }
 
-    fn stop(self) -> Option<(String, String)> {
+    /// The limit the watchdog stopped the task for, and, when it did not,
+    /// one the task went past just before it ended (between two checks):
+    /// that is said too, though there was nothing left to stop.
+    fn stop(self, max_upper: u64) -> (Option<LimitReason>, Option<LimitReason>) {
         drop(self.stop);
-        self.thread.join().ok().flatten()
+        match self.thread.join() {
+            Ok((Some(hit), _)) => (Some(hit), None),
+            Ok((None, written)) => (None, over_max_upper(&written, max_upper)),
+            Err(_) => (None, None),
+        }
     }
+}
+
+/// Whether what the task keeps on disk is past `--max-upper`, or cannot
+/// be measured; the limit and why.
+fn over_max_upper(written: &[usage::Root], max_upper: u64) -> Option<LimitReason> {
+    if written.is_empty() {
+        return None;
+    }
+    let used = usage::measure(written);
+    let why = if used.unreadable {
+        "made a folder in its grants or its home unreadable, so what it wrote there cannot be checked".to_string()
+    } else if used.too_deep {
+        format!(
+            "built a folder tree deeper than {} levels in its grants or its home, whose size cannot be checked",
+            usage::MAX_DEPTH
+        )
+    } else if used.bytes > max_upper {
+        format!(
+            "wrote {} into its grants and its home, more than the {} allowed",
+            crate::policy::format_size(used.bytes),
+            crate::policy::format_size(max_upper)
+        )
+    } else {
+        return None;
+    };
+    Some(("max-upper".to_string(), why))
 }
 
 fn write_exit(shared: &Shared, id: &TaskId, task_dir: &TaskDir, status: i32) -> ExitStatus {

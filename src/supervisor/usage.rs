@@ -74,8 +74,17 @@ struct Entry<'a> {
 /// `visit` sees each entry before a folder is entered. Returns whether some
 /// folder could not be opened (one gone meanwhile does not count; a root
 /// that does not exist yet holds nothing).
-fn walk(roots: &[Root], visit: &mut dyn FnMut(&Entry)) -> bool {
-    fn folder(dir: &mut Dir, parent: &Path, depth: usize, visit: &mut dyn FnMut(&Entry)) -> bool {
+/// `paths`: whether `Entry::parent` is needed. Building it costs a copy of
+/// the whole path per folder, which a deep tree of long names (made to
+/// slow the watchdog down) turns into gigabytes per walk.
+fn walk(roots: &[Root], paths: bool, visit: &mut dyn FnMut(&Entry)) -> bool {
+    fn folder(
+        dir: &mut Dir,
+        parent: &Path,
+        depth: usize,
+        paths: bool,
+        visit: &mut dyn FnMut(&Entry),
+    ) -> bool {
         let fd = dir.as_raw_fd();
         let names: Vec<CString> = dir
             .iter()
@@ -104,8 +113,11 @@ fn walk(roots: &[Root], visit: &mut dyn FnMut(&Entry)) -> bool {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             match Dir::openat(Some(fd), name.as_c_str(), flags, Mode::empty()) {
                 Ok(mut sub) => {
-                    let path = parent.join(OsStr::from_bytes(name.to_bytes()));
-                    unopened |= folder(&mut sub, &path, depth + 1, visit);
+                    let path = match paths {
+                        true => parent.join(OsStr::from_bytes(name.to_bytes())),
+                        false => PathBuf::new(),
+                    };
+                    unopened |= folder(&mut sub, &path, depth + 1, paths, visit);
                 }
                 Err(nix::errno::Errno::ENOENT) => {}
                 Err(_) => unopened = true,
@@ -117,7 +129,7 @@ fn walk(roots: &[Root], visit: &mut dyn FnMut(&Entry)) -> bool {
     for root in roots {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         match Dir::open(&root.dir, flags, Mode::empty()) {
-            Ok(mut d) => unopened |= folder(&mut d, &root.shown, 1, visit),
+            Ok(mut d) => unopened |= folder(&mut d, &root.shown, 1, paths, visit),
             Err(nix::errno::Errno::ENOENT) => {}
             Err(_) => unopened = true,
         }
@@ -128,7 +140,7 @@ fn walk(roots: &[Root], visit: &mut dyn FnMut(&Entry)) -> bool {
 /// What the roots hold.
 pub fn measure(roots: &[Root]) -> UpperUsage {
     let mut u = UpperUsage::default();
-    u.unreadable = walk(roots, &mut |e| {
+    u.unreadable = walk(roots, false, &mut |e| {
         u.bytes += (e.st.st_blocks as u64 * 512).max(INODE_COST);
         if e.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             u.files += 1;
@@ -150,7 +162,7 @@ pub fn make_readable(roots: &[Root]) -> (u64, Option<PathBuf>) {
     if me.is_root() {
         return out;
     }
-    walk(roots, &mut |e| {
+    walk(roots, true, &mut |e| {
         let need = match e.st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => 0o500,
             libc::S_IFREG => 0o400,
