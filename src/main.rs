@@ -6,5 +6,14 @@ fn main() -> std::process::ExitCode {
     {
         airlock::sandbox::helper_main();
     }
+    // Removing or measuring a deep tree an agent left holds one descriptor
+    // per level: as many as the hard limit allows (the sandbox sets its
+    // own limit for the agent).
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
     airlock::cli::main()
 }

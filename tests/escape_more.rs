@@ -1824,3 +1824,30 @@ fn escape_max_upper_passed_just_before_the_end_is_reported() {
     assert!(t.contains("wrote"), "{t}");
     assert!(t.contains("more than the 10 MiB allowed"), "{t}");
 }
+
+/// Pass 9A: reject walked the agent's layer by path, so a tree deeper
+/// than PATH_MAX (made through relative paths) could not be rejected and
+/// stayed on disk. It goes by directory descriptors now, locked folders
+/// included.
+#[test]
+fn escape_a_layer_deeper_than_path_max_can_still_be_rejected() {
+    let w = World::new();
+    let name = "d".repeat(250);
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        &format!(
+            "python3 -c 'import os
+for i in range(30):
+    os.mkdir(\"{name}\"); fd = os.open(\"{name}\", os.O_RDONLY); os.fchdir(fd); os.close(fd)
+open(\"payload\", \"wb\").write(bytes(100000))
+os.mkdir(\"locked\"); open(\"locked/f\", \"w\").write(\"x\"); os.chmod(\"locked\", 0)
+print(\"built\")'"
+        ),
+    );
+    assert!(text(&o).contains("built"), "{}", text(&o));
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_str().unwrap().to_string();
+    let o = output_within(w.cmd(&["reject", &id]), Duration::from_secs(60));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!task.join("upper/0").exists() && !task.join("work/0").exists());
+}

@@ -783,25 +783,6 @@ fn record_decision(
 }
 
 /// Makes a tree removable (overlay leaves `work/work` with mode 000).
-fn remove_all(p: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fn open_up(p: &Path) -> std::io::Result<()> {
-        let md = std::fs::symlink_metadata(p)?;
-        if md.is_dir() {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
-            for e in std::fs::read_dir(p)? {
-                open_up(&e?.path())?;
-            }
-        }
-        Ok(())
-    }
-    match open_up(p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        r => r?,
-    }
-    std::fs::remove_dir_all(p)
-}
-
 pub fn reject(args: TaskArg) -> ExitCode {
     report(reject_inner(args))
 }
@@ -811,7 +792,7 @@ fn reject_inner(args: TaskArg) -> Result<ExitCode> {
     r.require_finished()?;
     for layer in &r.manifest.rw_layers {
         for p in [r.dir.upper(layer.index), r.dir.work(layer.index)] {
-            remove_all(&p).map_err(|e| crate::Error::io(&p, e))?;
+            crate::workspace::fsx::remove_owned_tree(&p).map_err(|e| crate::Error::io(&p, e))?;
         }
     }
     let _ = std::fs::remove_file(r.reviewed_path());

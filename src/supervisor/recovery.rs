@@ -78,25 +78,9 @@ fn owner_alive(dir: &TaskDir) -> bool {
     alive(o.pid, o.start) || alive(o.helper_pid, o.helper_start)
 }
 
-/// Makes a tree removable (overlay leaves `work/work` with mode 000), then
-/// removes it.
+/// Removes a task's layer or work folder, whatever the agent left there.
 fn remove_tree(p: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fn open_up(p: &Path) -> std::io::Result<()> {
-        let md = std::fs::symlink_metadata(p)?;
-        if md.is_dir() {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
-            for e in std::fs::read_dir(p)? {
-                open_up(&e?.path())?;
-            }
-        }
-        Ok(())
-    }
-    match open_up(p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        r => r?,
-    }
-    std::fs::remove_dir_all(p)
+    crate::workspace::fsx::remove_owned_tree(p)
 }
 
 pub(crate) fn remove_layers(dir: &TaskDir, layers: &[crate::task::RwLayer]) -> Result<(), Error> {

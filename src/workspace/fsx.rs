@@ -420,6 +420,51 @@ pub fn remove_tree_at(dir: RawFd, name: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Removes the tree at `path` (a task's layer, or its overlay work
+/// folder), whatever the agent left in it: folders without permissions
+/// (overlay's `work/work` is mode 000; an agent's `chmod 000`) are opened
+/// for their owner first, and the walk goes by directory descriptors, so a
+/// tree deeper than PATH_MAX goes too. A missing tree is no error.
+pub fn remove_owned_tree(path: &Path) -> io::Result<()> {
+    fn remove(dir: RawFd, name: &[u8]) -> io::Result<()> {
+        let Some(st) = lstat_opt(dir, name)? else {
+            return Ok(());
+        };
+        if is_dir(&st) {
+            if st.st_mode & 0o700 != 0o700 {
+                let c = cstr(name)?;
+                // SAFETY: fchmodat on a name in a folder we hold; it is a
+                // folder (lstat), so no link is followed.
+                unsafe { libc::fchmodat(dir, c.as_ptr(), 0o700, 0) };
+            }
+            let sub = open_subdir(dir, name)?;
+            for child in list_dir(&sub)? {
+                remove(sub.as_raw_fd(), &child)?;
+            }
+        }
+        match unlink_at(dir, name, is_dir(&st)) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
+    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::other("not a removable path"));
+    };
+    let p = match open_dir_path(parent) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // Deep trees recurse deep: on a thread with room for it.
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn_scoped(s, || remove(p.as_raw_fd(), name.as_bytes()))?
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the removal failed")))
+    })
+}
+
 pub fn is_dir(st: &libc::stat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
