@@ -377,15 +377,18 @@ fn kill_a_task_over_the_bus_and_see_its_signals() {
 #[test]
 fn airlock_run_goes_through_the_running_app() {
     let e = Env::new();
+    let grant = format!("{}:rw", e.w.project.display());
     let o = output_within(
         e.cmd(&[
             "run",
             "--json-events",
             "-",
+            "--grant",
+            &grant,
             "--",
             "sh",
             "-c",
-            "echo from-agent >&2; exit 5",
+            "echo from-agent >&2; echo x > changed.txt; exit 5",
         ]),
         Duration::from_secs(120),
     );
@@ -401,6 +404,9 @@ fn airlock_run_goes_through_the_running_app() {
         shown.is_some() && summary.is_some() && shown < summary,
         "{stderr}"
     );
+    // Once: a task with changes ends twice (exited, then reviewing), and
+    // output printed again after the summary could erase it (pass 9B).
+    assert_eq!(stderr.matches("from-agent").count(), 1, "{stderr}");
     let events: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -416,7 +422,7 @@ fn airlock_run_goes_through_the_running_app() {
     let t: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(t["exit_status"], 5);
-    assert_eq!(t["state"], "exited");
+    assert_eq!(t["state"], "reviewing");
     // --local runs here even though the app is running: no new task there.
     let o = output_within(
         e.cmd(&["run", "--local", "--", "sh", "-c", "exit 6"]),

@@ -1851,3 +1851,25 @@ print(\"built\")'"
     assert!(o.status.success(), "{}", text(&o));
     assert!(!task.join("upper/0").exists() && !task.join("work/0").exists());
 }
+
+/// Pass 9B: names the agent chose reached the terminal raw inside
+/// Airlock's own lines: the warning about entries it left unreadable,
+/// and the JSON of `--json-events` (C1 CSI and bidi overrides, which
+/// serde_json leaves as they are).
+#[test]
+fn escape_agent_chosen_names_never_reach_the_terminal_raw() {
+    let w = World::new();
+    let o = w.run(
+        &["--grant", &format!("{}:rw", w.project.display())],
+        "f=$(printf 'x\\033[2Jy'); echo s > \"$f\"; chmod 000 \"$f\"; \
+         echo s > \"$(printf 'a\\342\\200\\256b\\302\\233c')\"; true",
+    );
+    let t = text(&o);
+    assert!(!t.contains("x\x1b[2J"), "{t:?}");
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_str().unwrap().to_string();
+    let o = output_within(w.cmd(&["changes", &id, "--json"]), Duration::from_secs(60));
+    let t = text(&o);
+    assert!(t.contains("\\u202e"), "{t:?}");
+    assert!(!t.contains('\u{202e}') && !t.contains('\u{9b}'), "{t:?}");
+}

@@ -205,6 +205,7 @@ impl Remote {
             // Ctrl+C kills the task in the app (as it would a local one);
             // we stay to report how it ended.
             let mut interrupted = false;
+            let mut shown = false;
             loop {
                 let msg = tokio::select! {
                     m = stream.next() => match m {
@@ -232,12 +233,16 @@ impl Remote {
                 // The agent's output was captured by the app: shown before
                 // the line that says how the task ended, which must come
                 // last (output after it could overwrite it).
+                // Once: the end comes as `exited` and then (with changes)
+                // as `reviewing`, and output printed after the summary
+                // could erase it.
                 let ends = matches!(ev.kind, crate::event::EventKind::Exited { .. });
-                if ends {
+                if ends && !shown {
                     self.show_output(path.as_str(), output_to_stderr).await?;
+                    shown = true;
                 }
                 if let Some(code) = on_event(&ev) {
-                    if !ends {
+                    if !shown {
                         self.show_output(path.as_str(), output_to_stderr).await?;
                     }
                     return Ok(code);

@@ -983,7 +983,7 @@ pub fn is_terminal_unsafe(c: char) -> bool {
 
 /// serde_json leaves DEL, C1 controls and bidi controls raw; inside JSON
 /// strings (the only place non-ASCII can occur) `\uXXXX` means the same.
-fn escape_json_for_terminal(json: &str) -> String {
+pub fn escape_json_for_terminal(json: &str) -> String {
     if !json.chars().any(is_terminal_unsafe) {
         return json.to_string();
     }

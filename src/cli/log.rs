@@ -330,7 +330,7 @@ pub fn escape_for_terminal(s: &str) -> String {
 
 /// Last line of defence for a whole output line: escapes what is unsafe
 /// without doubling backslashes already produced by [`escape_for_terminal`].
-fn escape_unsafe(s: &str) -> String {
+pub(crate) fn escape_unsafe(s: &str) -> String {
     if !s.chars().any(is_terminal_unsafe) {
         return s.to_string();
     }

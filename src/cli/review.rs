@@ -323,7 +323,10 @@ fn changes_inner(args: ChangesArgs) -> Result<ExitCode> {
             }
             out.push(serde_json::json!({ "grant": escape_path(&cs.grant), "changes": items }));
         }
-        super::tell!("{}", serde_json::to_string_pretty(&out)?);
+        super::tell!(
+            "{}",
+            crate::audit::escape_json_for_terminal(&serde_json::to_string_pretty(&out)?)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let st = Style {

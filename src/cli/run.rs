@@ -207,6 +207,8 @@ impl EventSink {
     fn write(&mut self, ev: &Event) {
         if let Some(out) = &mut self.out {
             if let Ok(line) = serde_json::to_string(ev) {
+                // Possibly a terminal: C1 and bidi controls as \u escapes.
+                let line = crate::audit::escape_json_for_terminal(&line);
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
             }
@@ -245,14 +247,21 @@ impl Follow {
                 super::say!("{}", gettext("Enforced in this sandbox:"));
                 print_layers(layers);
             }
-            EventKind::Warning { message } => super::say!("airlock: {message}"),
+            // Messages can carry names the agent chose: nothing in them
+            // may act on the terminal.
+            EventKind::Warning { message } => {
+                super::say!("airlock: {}", super::log::escape_unsafe(message))
+            }
             EventKind::Failed { error } => {
-                super::say!("airlock: {error}");
+                super::say!("airlock: {}", super::log::escape_unsafe(error));
                 self.code = Some(sandbox::SETUP_FAILED);
             }
             EventKind::LimitHit { detail, .. } => super::say!(
                 "airlock: {}",
-                gettext_f("the task was stopped: it {detail}", &[("detail", detail)])
+                gettext_f(
+                    "the task was stopped: it {detail}",
+                    &[("detail", &super::log::escape_unsafe(detail))]
+                )
             ),
             EventKind::Exited {
                 status,

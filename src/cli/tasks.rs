@@ -73,7 +73,11 @@ fn tasks_inner(args: TasksArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if args.json {
         for t in &list {
-            writeln!(out, "{}", serde_json::to_string(t)?)?;
+            writeln!(
+                out,
+                "{}",
+                crate::audit::escape_json_for_terminal(&serde_json::to_string(t)?)
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }

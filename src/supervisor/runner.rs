@@ -653,7 +653,7 @@ fn finish(
             EventKind::Warning {
                 message: gettext_f(
                     "the task left {n} entries its owner could not read (the first: {path}); they were made readable so that its changes can be reviewed",
-                    &[("n", &opened.to_string()), ("path", &first.display().to_string())],
+                    &[("n", &opened.to_string()), ("path", &crate::workspace::names::escape_path(&first))],
                 ),
             },
         );
