@@ -984,12 +984,15 @@ pub fn is_terminal_unsafe(c: char) -> bool {
 /// serde_json leaves DEL, C1 controls and bidi controls raw; inside JSON
 /// strings (the only place non-ASCII can occur) `\uXXXX` means the same.
 pub fn escape_json_for_terminal(json: &str) -> String {
-    if !json.chars().any(is_terminal_unsafe) {
+    // A raw newline is the layout of pretty-printed JSON: serde_json never
+    // leaves one inside a string.
+    let unsafe_here = |c: char| c != '\n' && is_terminal_unsafe(c);
+    if !json.chars().any(unsafe_here) {
         return json.to_string();
     }
     let mut out = String::with_capacity(json.len() + 16);
     for c in json.chars() {
-        if is_terminal_unsafe(c) {
+        if unsafe_here(c) {
             // Controls below U+0020 were already escaped by serde_json, and
             // none of these is outside the BMP.
             out.push_str(&format!("\\u{:04x}", c as u32));
