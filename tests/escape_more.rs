@@ -1873,3 +1873,27 @@ fn escape_agent_chosen_names_never_reach_the_terminal_raw() {
     assert!(t.contains("\\u202e"), "{t:?}");
     assert!(!t.contains('\u{202e}') && !t.contains('\u{9b}'), "{t:?}");
 }
+
+/// Pass 9A: a file deleted while still open takes the disk until it is
+/// closed, and no walk of the layer sees it: 150 MiB held under
+/// `--max-upper 10M`. Such files of the task's processes count too.
+#[test]
+fn escape_max_upper_with_deleted_files_held_open() {
+    let w = World::new();
+    let o = run_with_max_upper(
+        &w,
+        "10M",
+        "python3 -c 'import os, time
+held = []
+for i in range(10):
+    f = open(\"held%d\" % i, \"wb\"); f.write(bytes(6000000)); f.flush(); os.unlink(\"held%d\" % i); held.append(f)
+    time.sleep(0.2)
+print(\"not stopped\")
+time.sleep(3)'",
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && !t.contains("not stopped"),
+        "60 MB held open past --max-upper 10M: {t}"
+    );
+}

@@ -545,7 +545,10 @@ impl Watchdog {
             // a second (a tree made to be slow to walk must not buy the
             // agent minutes).
             let mut wait = Duration::from_millis(100);
+            let mut procs = None;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
+                let helper = ctl.pid.load(Ordering::SeqCst);
+                let procs = procs.get_or_insert_with(|| usage::TaskProcs::new(helper));
                 let reason = if limits.timeout_secs > 0
                     && started.elapsed() >= Duration::from_secs(limits.timeout_secs)
                 {
@@ -555,7 +558,7 @@ impl Watchdog {
                     ))
                 } else {
                     let walk = Instant::now();
-                    let over = over_max_upper(&written, limits.max_upper);
+                    let over = over_max_upper(&written, Some(procs), limits.max_upper);
                     wait = (walk.elapsed() * 9)
                         .clamp(Duration::from_millis(100), Duration::from_secs(1));
                     over
@@ -582,7 +585,7 @@ impl Watchdog {
         drop(self.stop);
         match self.thread.join() {
             Ok((Some(hit), _)) => (Some(hit), None),
-            Ok((None, written)) => (None, over_max_upper(&written, max_upper)),
+            Ok((None, written)) => (None, over_max_upper(&written, None, max_upper)),
             Err(_) => (None, None),
         }
     }
@@ -590,11 +593,18 @@ impl Watchdog {
 
 /// Whether what the task keeps on disk is past `--max-upper`, or cannot
 /// be measured; the limit and why.
-fn over_max_upper(written: &[usage::Root], max_upper: u64) -> Option<LimitReason> {
+fn over_max_upper(
+    written: &[usage::Root],
+    procs: Option<&mut usage::TaskProcs>,
+    max_upper: u64,
+) -> Option<LimitReason> {
     if written.is_empty() {
         return None;
     }
-    let used = usage::measure(written);
+    let mut used = usage::measure(written);
+    // Deleted files the task still holds open count as written: they
+    // take the disk until it closes them.
+    used.bytes += procs.map_or(0, |p| p.unlinked_bytes());
     let why = if used.unreadable {
         "made a folder in its grants or its home unreadable, so what it wrote there cannot be checked".to_string()
     } else if used.too_deep {

@@ -182,3 +182,99 @@ pub fn make_readable(roots: &[Root]) -> (u64, Option<PathBuf>) {
     });
     out
 }
+
+/// The processes of a running task: those in the pid namespace of the
+/// sandbox helper's child (the sandbox's PID 1).
+pub struct TaskProcs {
+    helper: u32,
+    /// (device, inode) of the task's pid namespace, once found.
+    ns: Option<(u64, u64)>,
+}
+
+impl TaskProcs {
+    pub fn new(helper: u32) -> TaskProcs {
+        TaskProcs { helper, ns: None }
+    }
+
+    fn namespace(&mut self) -> Option<(u64, u64)> {
+        if self.ns.is_none() && self.helper != 0 {
+            let ns_of = |pid: &str| {
+                nix::sys::stat::stat(format!("/proc/{pid}/ns/pid").as_str())
+                    .ok()
+                    .map(|st| (st.st_dev, st.st_ino))
+            };
+            let own = ns_of(&self.helper.to_string())?;
+            let children = |pid: &str| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            };
+            // The first descendant in another pid namespace whose namespace
+            // we may read: the sandbox's PID 1 hides its own (it is not
+            // dumpable), the agent below it does not. The helper's other
+            // children (the uid-map writer) are in ours.
+            let mut next = children(&self.helper.to_string());
+            while let Some(pid) = (!next.is_empty()).then(|| next.remove(0)) {
+                match ns_of(&pid) {
+                    Some(ns) if ns != own => {
+                        self.ns = Some(ns);
+                        break;
+                    }
+                    Some(_) => {}
+                    None => next.extend(children(&pid)),
+                }
+            }
+        }
+        self.ns
+    }
+
+    /// Bytes of regular files that a process of the task keeps open after
+    /// deleting them: on disk as much as any file in its layer, yet no
+    /// walk of the layer sees them. Files in memory (tmpfs, memfd) are
+    /// bounded by other limits and not counted.
+    pub fn unlinked_bytes(&mut self) -> u64 {
+        let Some(ns) = self.namespace() else {
+            return 0;
+        };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
+        for p in procs.flatten() {
+            let name = p.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let in_task = nix::sys::stat::stat(format!("/proc/{pid}/ns/pid").as_str())
+                .is_ok_and(|st| (st.st_dev, st.st_ino) == ns);
+            if !in_task {
+                continue;
+            }
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                // Follows the descriptor to the open file itself.
+                let path = fd.path();
+                let Ok(st) = nix::sys::stat::stat(&path) else {
+                    continue;
+                };
+                if st.st_nlink != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    continue;
+                }
+                // tmpfs and shmem (memfd) are memory, bounded by
+                // `--tmp-size` and the memory limit, not disk.
+                let in_memory = nix::sys::statfs::statfs(&path)
+                    .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+                if !in_memory && seen.insert((st.st_dev, st.st_ino)) {
+                    bytes += (st.st_blocks as u64 * 512).max(INODE_COST);
+                }
+            }
+        }
+        bytes
+    }
+}
