@@ -423,7 +423,12 @@ fn recorded(w: &World, name: &str, tasks: &[(TaskState, u64)]) -> (Vec<TaskId>, 
         );
         ev.time_ms = *when;
         store.record_event(&ev).unwrap();
-        std::fs::create_dir_all(dirs.join(id.as_str()).join("upper/0")).unwrap();
+        let dir = dirs.join(id.as_str());
+        std::fs::create_dir_all(dir.join("upper/0")).unwrap();
+        // The folder as old as the task (retention leaves a folder touched
+        // lately alone).
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(*when);
+        std::fs::File::open(&dir).unwrap().set_modified(t).unwrap();
         ids.push(id);
     }
     let mut c = Config::new().unwrap();
@@ -501,4 +506,44 @@ fn quick_start_prunes_and_interrupts_dead_live_tasks_but_reads_no_other_task() {
             (ids[2].clone(), TaskState::Reviewing),
         ]
     );
+}
+
+/// Pass 9B: retention pruned a committed task while the user was undoing
+/// its commit (the undo restored the files, then its record, its folder
+/// and the agent's changes were gone). A task whose commit lock is held,
+/// or whose commits changed lately, is left for a later start.
+#[test]
+fn retention_leaves_a_task_being_committed_or_undone() {
+    use std::os::fd::AsRawFd;
+    let (w, _) = world();
+    let old = airlock::event::now_ms() - 40 * 86_400_000;
+    let (ids, c) = recorded(
+        w,
+        "retention-busy",
+        &[(TaskState::Committed, old), (TaskState::Committed, old)],
+    );
+    let tasks = c.tasks_dir.clone();
+    let busy = tasks.join(ids[0].as_str());
+    let lock = std::fs::File::create(busy.join("commit.lock")).unwrap();
+    // SAFETY: flock on our own descriptor.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    std::fs::File::open(&busy)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_millis(old))
+        .unwrap();
+    // An undo that has just finished: its record is in commits/.
+    let undone = tasks.join(ids[1].as_str());
+    std::fs::create_dir_all(undone.join("commits/2")).unwrap();
+    let h = Supervisor::start(c.clone()).unwrap();
+    assert!(busy.exists() && undone.exists());
+    assert!(h.task(&ids[0]).is_some() && h.task(&ids[1]).is_some());
+    drop(h);
+    drop(lock);
+    std::fs::File::open(&busy)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_millis(old))
+        .unwrap();
+    let h = Supervisor::start(c).unwrap();
+    assert!(!busy.exists() && h.task(&ids[0]).is_none());
+    assert!(undone.exists());
 }

@@ -610,18 +610,30 @@ impl AuditStore {
     /// committed, partly committed, rejected, failed, and exited or killed
     /// tasks that changed no file.
     pub fn prune(&mut self, older_than: Duration) -> Result<Vec<TaskId>, Error> {
+        self.prune_where(older_than, &mut |_| true)
+    }
+
+    /// As [`AuditStore::prune`], asking `may(id)` first for each task (the
+    /// supervisor takes the task's commit lock there, and keeps it until
+    /// the folder is gone, so that a commit or undo running at that moment
+    /// is never pruned from under it).
+    pub fn prune_where(
+        &mut self,
+        older_than: Duration,
+        may: &mut dyn FnMut(&TaskId) -> bool,
+    ) -> Result<Vec<TaskId>, Error> {
+        const PRUNABLE: &str = "updated_ms < ?1 AND (
+                         state IN ('committed', 'partly_committed', 'rejected', 'failed')
+                         OR (state IN ('exited', 'killed') AND coalesce(changed_files, 0) = 0))";
         let cutoff = crate::event::now_ms().saturating_sub(older_than.as_millis() as u64);
         let path = self.path.clone();
         let err = |e| db_error(&path, e);
         let tx = self.begin()?;
         let ids: Vec<String> = {
             let mut stmt = tx
-                .prepare(
-                    "SELECT id FROM tasks WHERE updated_ms < ?1 AND (
-                         state IN ('committed', 'partly_committed', 'rejected', 'failed')
-                         OR (state IN ('exited', 'killed') AND coalesce(changed_files, 0) = 0))
-                     ORDER BY created_ms",
-                )
+                .prepare(&format!(
+                    "SELECT id FROM tasks WHERE {PRUNABLE} ORDER BY created_ms"
+                ))
                 .map_err(err)?;
             let rows = stmt
                 .query_map([sql_u64(cutoff)], |r| r.get(0))
@@ -630,10 +642,14 @@ impl AuditStore {
         };
         let mut pruned = Vec::with_capacity(ids.len());
         for id in ids {
+            let id = TaskId::parse(&id)?;
+            if !may(&id) {
+                continue;
+            }
             // Rows of the other tables go with it (ON DELETE CASCADE).
-            tx.execute("DELETE FROM tasks WHERE id = ?1", [&id])
+            tx.execute("DELETE FROM tasks WHERE id = ?1", [id.as_str()])
                 .map_err(err)?;
-            pruned.push(TaskId::parse(&id)?);
+            pruned.push(id);
         }
         tx.commit().map_err(err)?;
         Ok(pruned)

@@ -193,7 +193,35 @@ fn retention(shared: &Shared) -> Result<(), Error> {
         return Ok(());
     }
     let age = Duration::from_secs(shared.config.retention_days * 86_400);
-    let pruned = shared.with_reader(|r| r.prune(age))?;
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let tasks_dir = &shared.config.tasks_dir;
+    // Held until the folders are gone: a commit or undo that starts now
+    // waits for nothing, it finds the task gone.
+    let mut locks = Vec::new();
+    let pruned = shared.with_reader(|r| {
+        r.prune_where(age, &mut |id| {
+            let dir = TaskDir::new(tasks_dir, id);
+            // A commit or undo of it is running, or has just run (its
+            // record in the log may not be written yet): not now.
+            let recent = ["commits", ""].iter().any(|p| {
+                std::fs::metadata(dir.path().join(p))
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t > cutoff)
+            });
+            if recent {
+                return false;
+            }
+            match crate::workspace::commit::lock(dir.path()) {
+                Ok(l) => {
+                    locks.push(l);
+                    true
+                }
+                Err(_) => !dir.path().exists(),
+            }
+        })
+    })?;
     if !pruned.is_empty() {
         tracing::info!(
             "pruned {} tasks older than {} days",
@@ -201,7 +229,6 @@ fn retention(shared: &Shared) -> Result<(), Error> {
             shared.config.retention_days
         );
     }
-    let tasks_dir = &shared.config.tasks_dir;
     for id in &pruned {
         let p = TaskDir::new(tasks_dir, id);
         if let Err(e) = remove_tree(p.path()) {
@@ -214,6 +241,7 @@ fn retention(shared: &Shared) -> Result<(), Error> {
             ));
         }
     }
+    drop(locks);
     Ok(())
 }
 
