@@ -799,31 +799,6 @@ fn ask_mode_always_is_saved_to_the_agent_profile() {
     );
 }
 
-/// Starts `c` on a new pseudo-terminal that is its controlling terminal
-/// (so `/dev/tty` is it, as in a terminal window); returns the child and
-/// the terminal's main side.
-fn spawn_on_controlling_pty(mut c: Command) -> (Child, std::fs::File) {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::process::CommandExt;
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = pty.slave.as_raw_fd();
-    // SAFETY: duplicates of a descriptor we own, for the child's stdio;
-    // setsid and TIOCSCTTY are async-signal-safe.
-    unsafe {
-        c.stdin(Stdio::from_raw_fd(libc::dup(slave)))
-            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
-            .stderr(Stdio::from_raw_fd(libc::dup(slave)))
-            .pre_exec(|| {
-                libc::setsid();
-                libc::ioctl(0, libc::TIOCSCTTY, 0);
-                Ok(())
-            });
-    }
-    let child = c.spawn().unwrap();
-    drop(pty.slave);
-    (child, std::fs::File::from(pty.master))
-}
-
 /// Pass 8B: the agent printed a question of its own ("Apply [a]ll?") and
 /// opened a connection once the user had typed "a": the waiting key
 /// answered Airlock's question with "always". And output printed while
@@ -855,39 +830,8 @@ fn an_answer_typed_before_the_network_question_does_not_count() {
         "-c",
         &script,
     ]);
-    let (mut child, mut master) = spawn_on_controlling_pty(c);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut reader = master.try_clone().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut out = Vec::new();
-    let mut typed = false;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if let Ok(b) = rx.recv_timeout(Duration::from_millis(100)) {
-            out.extend_from_slice(&b);
-        }
-        let t = String::from_utf8_lossy(&out).into_owned();
-        if !typed && t.contains("Apply [a]ll") {
-            // The user answers the agent's question.
-            master.write_all(b"a\n").unwrap();
-            typed = true;
-        }
-        if t.contains("code=") || child.try_wait().unwrap().is_some() {
-            break;
-        }
-    }
-    let _ = child.wait();
-    while let Ok(b) = rx.recv_timeout(Duration::from_millis(300)) {
-        out.extend_from_slice(&b);
-    }
-    let t = String::from_utf8_lossy(&out).into_owned();
+    // The user answers the agent's question.
+    let t = common::drive_on_pty(c, true, &[("Apply [a]ll", b"a\n", Duration::ZERO)]);
     assert!(t.contains("wants to reach"), "no question: {t}");
     assert!(
         t.contains("no answer in time: denied") && t.contains("code=403"),
@@ -904,60 +848,8 @@ fn an_answer_typed_before_the_network_question_does_not_count() {
     let c = w.cmd(&[
         "run", "--local", "--tty", "--net", "ask", "--", "echo", "RAN",
     ]);
-    let (mut child, mut master) = spawn_on_controlling_pty(c);
-    let status = child.wait().unwrap();
-    let mut t = String::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = master.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        t.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    assert!(
-        !status.success() && t.contains("--allow-host") && !t.contains("RAN"),
-        "{t}"
-    );
-}
-
-/// Runs `c` on a controlling pty; when the output first shows a trigger,
-/// waits `after` and types its keys. Returns everything shown.
-fn drive_on_pty(c: Command, steps: &[(&str, &[u8], Duration)]) -> String {
-    let (mut child, mut master) = spawn_on_controlling_pty(c);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut reader = master.try_clone().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut out = Vec::new();
-    let mut next = 0;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(90) {
-        if let Ok(b) = rx.recv_timeout(Duration::from_millis(50)) {
-            out.extend_from_slice(&b);
-        }
-        if let Some((trigger, keys, after)) = steps.get(next) {
-            if String::from_utf8_lossy(&out).matches(trigger).count() > 0 {
-                std::thread::sleep(*after);
-                master.write_all(keys).unwrap();
-                next += 1;
-            }
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    while let Ok(b) = rx.recv_timeout(Duration::from_millis(300)) {
-        out.extend_from_slice(&b);
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let t = common::drive_on_pty(c, true, &[]);
+    assert!(t.contains("--allow-host") && !t.contains("RAN"), "{t}");
 }
 
 /// Pass 9A: the agent left the terminal drawing concealed text, black on
@@ -992,8 +884,9 @@ fn a_hidden_or_orphaned_network_question_cannot_be_answered_by_accident() {
         &hidden,
     ]);
     // The user answers the agent's prompt, well after the question came.
-    let t = drive_on_pty(
+    let t = common::drive_on_pty(
         c,
+        true,
         &[("wants to reach", b"a\n", Duration::from_millis(1500))],
     );
     let asked = t.find("wants to reach").expect(&t);
@@ -1020,7 +913,7 @@ fn a_hidden_or_orphaned_network_question_cannot_be_answered_by_accident() {
         &late,
     ]);
     let start = Instant::now();
-    let t = drive_on_pty(c, &[]);
+    let t = common::drive_on_pty(c, true, &[]);
     assert!(start.elapsed() < Duration::from_secs(30), "{t}");
     assert!(t.contains("the question is withdrawn"), "{t}");
     let withdrawn = t.find("the question is withdrawn").unwrap();

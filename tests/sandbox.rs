@@ -847,23 +847,6 @@ fn oci_profile_is_enforced() {
     assert!(text(&o).contains("Permission denied"), "{}", text(&o));
 }
 
-/// Starts `c` with a new pseudo-terminal as its stdio; returns the child
-/// and the terminal's main side.
-fn spawn_on_pty(mut c: Command) -> (std::process::Child, std::fs::File) {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = pty.slave.as_raw_fd();
-    // SAFETY: duplicates of a descriptor we own, for the child's stdio.
-    unsafe {
-        c.stdin(Stdio::from_raw_fd(libc::dup(slave)))
-            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
-            .stderr(Stdio::from_raw_fd(libc::dup(slave)));
-    }
-    let child = c.spawn().unwrap();
-    drop(pty.slave);
-    (child, std::fs::File::from(pty.master))
-}
-
 #[test]
 fn tty_gives_the_task_its_own_terminal() {
     let w = World::new();
@@ -875,7 +858,7 @@ fn tty_gives_the_task_its_own_terminal() {
         "-c",
         "test -t 0 && test -t 1 && echo TASK-HAS-TTY; read -r l; echo got:$l; ls -l /proc/self/fd/0",
     ]);
-    let (mut child, mut master) = spawn_on_pty(c);
+    let (mut child, mut master) = common::spawn_on_pty(c, false);
     std::thread::sleep(Duration::from_millis(500));
     master.write_all(b"hello\r").unwrap();
     let mut out = Vec::new();
@@ -913,7 +896,7 @@ fn run_review_commits_what_was_approved_on_the_terminal() {
         "-c",
         "echo new > keep.txt; echo x > skipped.txt",
     ]);
-    let (mut child, mut master) = spawn_on_pty(c);
+    let (mut child, mut master) = common::spawn_on_pty(c, false);
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let start = std::time::Instant::now();
@@ -976,48 +959,17 @@ fn keys_typed_while_the_task_ran_never_answer_the_review() {
         "-c",
         "echo tampered > keep.txt; echo 'Agent: step ready. Apply [a] / skip [s]?'; sleep 2",
     ]);
-    let (mut child, mut master) = spawn_on_pty(c);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut reader = master.try_clone().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut out = Vec::new();
-    let (mut typed_ahead, mut quit) = (false, None);
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if let Ok(b) = rx.recv_timeout(Duration::from_millis(100)) {
-            out.extend_from_slice(&b);
-        }
-        let t = String::from_utf8_lossy(&out).into_owned();
-        if !typed_ahead && t.contains("Apply [a]") {
-            master.write_all(b"a\na\n").unwrap();
-            typed_ahead = true;
-        }
-        // The review question: the user looks, then leaves.
-        if quit.is_none() && t.contains("[q]uit?") {
-            quit = Some(std::time::Instant::now());
-        }
-        if quit.is_some_and(|q| q.elapsed() > Duration::from_secs(2)) {
-            master.write_all(b"q\n").unwrap();
-            quit = Some(std::time::Instant::now() + Duration::from_secs(3600));
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    while let Ok(b) = rx.recv_timeout(Duration::from_millis(300)) {
-        out.extend_from_slice(&b);
-    }
-    let t = String::from_utf8_lossy(&out);
-    assert!(typed_ahead && t.contains("[q]uit?"), "{t}");
+    // The user answers the agent's question while it runs, then looks at
+    // the review's question and leaves.
+    let t = common::drive_on_pty(
+        c,
+        false,
+        &[
+            ("Apply [a]", b"a\na\n", Duration::ZERO),
+            ("[q]uit?", b"q\n", Duration::from_secs(2)),
+        ],
+    );
+    assert!(t.contains("[q]uit?"), "{t}");
     assert_eq!(std::fs::read_to_string(&keep).unwrap(), "old\n", "{t}");
     assert!(t.contains("Nothing was committed"), "{t}");
 }

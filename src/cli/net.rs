@@ -193,7 +193,10 @@ fn ask_on_terminal(host: &str, port: u16, secs: u64, withdrawn: &dyn Fn() -> boo
         Some(Duration::from_secs(secs)),
         Some(withdrawn),
     );
-    if line.is_none() && withdrawn() {
+    // Withdrawn before its time: the task ended (at its time, the proxy's
+    // own timeout withdraws it as ours runs out).
+    let timed_out = std::time::Instant::now() + Duration::from_secs(1) >= deadline;
+    if line.is_none() && !timed_out && withdrawn() {
         let _ = writeln!(
             tty,
             "\r\nairlock: {host}:{port}: {}",

@@ -153,3 +153,73 @@ pub fn py_syscall(nr: i64, args: &[u64]) -> String {
         a.join(", ")
     )
 }
+
+/// Starts `c` with a new pseudo-terminal as its stdio; with `controlling`,
+/// also as its controlling terminal (so `/dev/tty` is it, as in a terminal
+/// window). Returns the child and the terminal's main side.
+#[allow(dead_code)]
+pub fn spawn_on_pty(mut c: Command, controlling: bool) -> (std::process::Child, std::fs::File) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::process::CommandExt;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave.as_raw_fd();
+    // SAFETY: duplicates of a descriptor we own, for the child's stdio;
+    // setsid and TIOCSCTTY are async-signal-safe.
+    unsafe {
+        c.stdin(Stdio::from_raw_fd(libc::dup(slave)))
+            .stdout(Stdio::from_raw_fd(libc::dup(slave)))
+            .stderr(Stdio::from_raw_fd(libc::dup(slave)));
+        if controlling {
+            c.pre_exec(|| {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+                Ok(())
+            });
+        }
+    }
+    let child = c.spawn().unwrap();
+    drop(pty.slave);
+    (child, std::fs::File::from(pty.master))
+}
+
+/// Runs `c` on a pty (see [`spawn_on_pty`]); when the output first shows a trigger,
+/// waits `after` and types its keys. Returns everything shown.
+#[allow(dead_code)]
+pub fn drive_on_pty(c: Command, controlling: bool, steps: &[(&str, &[u8], Duration)]) -> String {
+    use std::io::{Read, Write};
+    let (mut child, mut master) = spawn_on_pty(c, controlling);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let mut next = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(90) {
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(50)) {
+            out.extend_from_slice(&b);
+        }
+        if let Some((trigger, keys, after)) = steps.get(next) {
+            if String::from_utf8_lossy(&out).matches(trigger).count() > 0 {
+                std::thread::sleep(*after);
+                master.write_all(keys).unwrap();
+                next += 1;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    while let Ok(b) = rx.recv_timeout(Duration::from_millis(300)) {
+        out.extend_from_slice(&b);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
