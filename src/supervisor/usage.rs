@@ -183,77 +183,50 @@ pub fn make_readable(roots: &[Root]) -> (u64, Option<PathBuf>) {
     out
 }
 
-/// The processes of a running task: those in the pid namespace of the
-/// sandbox helper's child (the sandbox's PID 1).
+/// The processes of a running task: the sandbox helper's descendants
+/// (orphans of the task are adopted by its PID 1, so none escapes this).
 pub struct TaskProcs {
     helper: u32,
-    /// (device, inode) of the task's pid namespace, once found.
-    ns: Option<(u64, u64)>,
 }
 
 impl TaskProcs {
     pub fn new(helper: u32) -> TaskProcs {
-        TaskProcs { helper, ns: None }
-    }
-
-    fn namespace(&mut self) -> Option<(u64, u64)> {
-        if self.ns.is_none() && self.helper != 0 {
-            let ns_of = |pid: &str| {
-                nix::sys::stat::stat(format!("/proc/{pid}/ns/pid").as_str())
-                    .ok()
-                    .map(|st| (st.st_dev, st.st_ino))
-            };
-            let own = ns_of(&self.helper.to_string())?;
-            let children = |pid: &str| {
-                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                    .map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-                    .unwrap_or_default()
-            };
-            // The first descendant in another pid namespace whose namespace
-            // we may read: the sandbox's PID 1 hides its own (it is not
-            // dumpable), the agent below it does not. The helper's other
-            // children (the uid-map writer) are in ours.
-            let mut next = children(&self.helper.to_string());
-            while let Some(pid) = (!next.is_empty()).then(|| next.remove(0)) {
-                match ns_of(&pid) {
-                    Some(ns) if ns != own => {
-                        self.ns = Some(ns);
-                        break;
-                    }
-                    Some(_) => {}
-                    None => next.extend(children(&pid)),
-                }
-            }
-        }
-        self.ns
+        TaskProcs { helper }
     }
 
     /// Bytes of regular files that a process of the task keeps open after
     /// deleting them: on disk as much as any file in its layer, yet no
     /// walk of the layer sees them. Files in memory (tmpfs, memfd) are
-    /// bounded by other limits and not counted.
+    /// bounded by other limits and not counted. The helper's own children
+    /// (PID 1, the uid-map writer) hold none; PID 1 does not even let us
+    /// look (it is not dumpable), its children are read all the same.
     pub fn unlinked_bytes(&mut self) -> u64 {
-        let Some(ns) = self.namespace() else {
+        if self.helper == 0 {
             return 0;
-        };
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return 0;
+        }
+        // Children of every thread: a child belongs to the thread that
+        // made it.
+        let children = |pid: &str| -> Vec<String> {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return Vec::new();
+            };
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .flat_map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .collect()
         };
         let mut seen = std::collections::HashSet::new();
         let mut bytes = 0;
-        for p in procs.flatten() {
-            let name = p.file_name();
-            let Some(pid) = name
-                .to_str()
-                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-            else {
-                continue;
-            };
-            let in_task = nix::sys::stat::stat(format!("/proc/{pid}/ns/pid").as_str())
-                .is_ok_and(|st| (st.st_dev, st.st_ino) == ns);
-            if !in_task {
+        let mut next = children(&self.helper.to_string());
+        // Bounded: the task has at most its pids limit of processes, and a
+        // process is visited once.
+        let mut visited = std::collections::HashSet::new();
+        while let Some(pid) = next.pop() {
+            if !visited.insert(pid.clone()) {
                 continue;
             }
+            next.extend(children(&pid));
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
                 continue;
             };
