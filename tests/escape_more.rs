@@ -1897,3 +1897,48 @@ time.sleep(3)'",
         "60 MB held open past --max-upper 10M: {t}"
     );
 }
+
+/// Pass 10: a file mapped, then closed and deleted, holds the disk with
+/// no descriptor left (135 MiB under `--max-upper 10M`); and a program
+/// the supervisor may not inspect (run from a file it may not read) held
+/// deleted files unseen. Mapped deleted files count; an uninspectable
+/// program stops the task (an unprivileged supervisor cannot look into
+/// it; root can, and counts what it holds).
+#[test]
+fn escape_max_upper_with_mapped_or_hidden_deleted_files() {
+    let w = World::new();
+    let o = run_with_max_upper(
+        &w,
+        "10M",
+        "python3 -c 'import ctypes, os, time
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+for i in range(10):
+    open(\"m%d\" % i, \"wb\").write(bytes(6000000))
+    fd = os.open(\"m%d\" % i, os.O_RDONLY)
+    libc.mmap(None, 6000000, 1, 1, fd, 0)
+    os.close(fd); os.unlink(\"m%d\" % i)
+    time.sleep(0.2)
+print(\"not stopped\")
+time.sleep(3)'",
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && !t.contains("not stopped"),
+        "60 MB mapped past --max-upper 10M: {t}"
+    );
+    let o = run_with_max_upper(
+        &w,
+        "10M",
+        "cp /bin/sleep /tmp/hidden && chmod 111 /tmp/hidden && /tmp/hidden 3; echo not stopped",
+    );
+    let t = text(&o);
+    // SAFETY: geteuid only reads.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            !o.status.success() && !t.contains("not stopped") && t.contains("cannot be inspected"),
+            "{t}"
+        );
+    }
+}

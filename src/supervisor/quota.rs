@@ -21,7 +21,11 @@ pub const MAX_TEXT: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct Quota {
-    flows: u64,
+    /// Allowed and refused connections count apart, so that a flood of
+    /// refused ones (which cost the agent nothing) never keeps an allowed
+    /// one, where data may have gone, out of the log.
+    flows_allowed: u64,
+    flows_refused: u64,
     dns: u64,
     warnings: u64,
     /// Events past the quota, by kind: (connections allowed, refused), DNS
@@ -47,14 +51,17 @@ impl Quota {
             } => {
                 clip(host);
                 clip(reason);
-                if self.flows >= MAX_FLOWS {
-                    if decision == "allow" {
+                if decision == "allow" {
+                    if self.flows_allowed >= MAX_FLOWS {
                         self.unlogged.0 += 1;
-                    } else {
+                    }
+                    (&mut self.flows_allowed, MAX_FLOWS, "allowed connections")
+                } else {
+                    if self.flows_refused >= MAX_FLOWS {
                         self.unlogged.1 += 1;
                     }
+                    (&mut self.flows_refused, MAX_FLOWS, "refused connections")
                 }
-                (&mut self.flows, MAX_FLOWS, "connections")
             }
             EventKind::DnsQuery { name, answer } => {
                 clip(name);
@@ -150,9 +157,18 @@ mod tests {
                 Admit::Drop => {}
             }
         }
-        assert_eq!((recorded, warned), (MAX_FLOWS, 1));
+        // Half allowed, half refused: each kind has its own quota.
+        assert_eq!((recorded, warned), (MAX_FLOWS + 500, 0));
+        for _ in 0..MAX_FLOWS {
+            q.admit(flow("deny", "h".into()));
+        }
+        // The refused ones past their quota never push an allowed one out.
+        assert!(matches!(
+            q.admit(flow("allow", "h".into())),
+            Admit::Record(EventKind::Flow { .. })
+        ));
         let s = q.take_summary().unwrap();
-        assert!(s.contains("250 connections allowed, 250 refused"), "{s}");
+        assert!(s.contains("0 connections allowed, 5250 refused"), "{s}");
         assert_eq!(q.take_summary(), None);
         // Other kinds are never held back.
         assert!(matches!(

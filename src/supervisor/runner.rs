@@ -548,7 +548,7 @@ impl Watchdog {
             let mut procs = None;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
                 let helper = ctl.pid.load(Ordering::SeqCst);
-                let procs = procs.get_or_insert_with(|| usage::TaskProcs::new(helper));
+                let procs = procs.get_or_insert_with(|| usage::TaskProcs::new(helper, &written));
                 let reason = if limits.timeout_secs > 0
                     && started.elapsed() >= Duration::from_secs(limits.timeout_secs)
                 {
@@ -604,8 +604,11 @@ fn over_max_upper(
     let mut used = usage::measure(written);
     // Deleted files the task still holds open count as written: they
     // take the disk until it closes them.
-    used.bytes += procs.map_or(0, |p| p.unlinked_bytes());
-    let why = if used.unreadable {
+    let held = procs.map(|p| p.unlinked_bytes()).unwrap_or_default();
+    used.bytes += held.bytes;
+    let why = if held.uninspectable {
+        "runs a program that cannot be inspected (made undumpable, or run from a file it may not read), so the deleted files it may hold cannot be checked".to_string()
+    } else if used.unreadable {
         "made a folder in its grants or its home unreadable, so what it wrote there cannot be checked".to_string()
     } else if used.too_deep {
         format!(

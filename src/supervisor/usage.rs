@@ -187,11 +187,34 @@ pub fn make_readable(roots: &[Root]) -> (u64, Option<PathBuf>) {
 /// (orphans of the task are adopted by its PID 1, so none escapes this).
 pub struct TaskProcs {
     helper: u32,
+    /// The devices whose files count: the upper layers' and the home's,
+    /// and the task's overlays once read from its mount table.
+    devs: Vec<u64>,
+    overlays_known: bool,
+}
+
+/// The device of an overlay mount in a `mountinfo` line (`36 35 0:49 /
+/// /grant rw - overlay overlay …`).
+fn overlay_dev(line: &str) -> Option<u64> {
+    let (mount, fs) = line.split_once(" - ")?;
+    if fs.split_whitespace().next()? != "overlay" {
+        return None;
+    }
+    let (ma, mi) = mount.split_whitespace().nth(2)?.split_once(':')?;
+    Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
 }
 
 impl TaskProcs {
-    pub fn new(helper: u32) -> TaskProcs {
-        TaskProcs { helper }
+    pub fn new(helper: u32, roots: &[Root]) -> TaskProcs {
+        let devs = roots
+            .iter()
+            .filter_map(|r| nix::sys::stat::stat(&r.dir).ok().map(|st| st.st_dev))
+            .collect();
+        TaskProcs {
+            helper,
+            devs,
+            overlays_known: false,
+        }
     }
 
     /// Bytes of regular files that a process of the task keeps open after
@@ -200,9 +223,10 @@ impl TaskProcs {
     /// bounded by other limits and not counted. The helper's own children
     /// (PID 1, the uid-map writer) hold none; PID 1 does not even let us
     /// look (it is not dumpable), its children are read all the same.
-    pub fn unlinked_bytes(&mut self) -> u64 {
+    pub fn unlinked_bytes(&mut self) -> Held {
+        let mut held = Held::default();
         if self.helper == 0 {
-            return 0;
+            return held;
         }
         // Children of every thread: a child belongs to the thread that
         // made it.
@@ -216,9 +240,13 @@ impl TaskProcs {
                 .flat_map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
                 .collect()
         };
+        let cmdline = |pid: &str| std::fs::read(format!("/proc/{pid}/cmdline")).ok();
+        let helper = self.helper.to_string();
+        let ours = cmdline(&helper);
+        let pid1s = children(&helper);
         let mut seen = std::collections::HashSet::new();
-        let mut bytes = 0;
-        let mut next = children(&self.helper.to_string());
+        let mut mapped: std::collections::HashMap<(u64, u64), u64> = Default::default();
+        let mut next = pid1s.clone();
         // Bounded: the task has at most its pids limit of processes, and a
         // process is visited once.
         let mut visited = std::collections::HashSet::new();
@@ -228,6 +256,15 @@ impl TaskProcs {
             }
             next.extend(children(&pid));
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                // Our own processes (PID 1 and the network forwarder, forks
+                // of the helper) keep the agent out and us too. Any other
+                // process we may not inspect (a program run from a file it
+                // may not read, or one that made itself undumpable) could
+                // hold deleted files unseen.
+                let own = pid1s.contains(&pid) || (ours.is_some() && cmdline(&pid) == ours);
+                if !own && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    held.uninspectable = true;
+                }
                 continue;
             };
             for fd in fds.flatten() {
@@ -244,10 +281,65 @@ impl TaskProcs {
                 let in_memory = nix::sys::statfs::statfs(&path)
                     .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
                 if !in_memory && seen.insert((st.st_dev, st.st_ino)) {
-                    bytes += (st.st_blocks as u64 * 512).max(INODE_COST);
+                    held.bytes += (st.st_blocks as u64 * 512).max(INODE_COST);
+                }
+            }
+            // A deleted file kept only through a mapping (mmap, close,
+            // unlink) holds the disk too. Its size cannot be read without
+            // privileges: what is mapped of it is counted.
+            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+                continue;
+            };
+            // Not from the helper's own children: the uid-map writer lives
+            // in the host's mount table.
+            if !self.overlays_known && !pid1s.contains(&pid) {
+                // A mapping names an overlay file by the overlay's device:
+                // those of the task's read-write grants.
+                if let Ok(mi) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
+                    self.devs.extend(mi.lines().filter_map(overlay_dev));
+                    self.overlays_known = true;
+                }
+            }
+            for line in maps.lines().filter(|l| l.ends_with(" (deleted)")) {
+                let f: Vec<&str> = line.splitn(6, char::is_whitespace).collect();
+                let [range, _, _, dev, ino, _] = f[..] else {
+                    continue;
+                };
+                let (Some((a, b)), Some((ma, mi)), Ok(ino)) = (
+                    range.split_once('-'),
+                    dev.split_once(':'),
+                    ino.parse::<u64>(),
+                ) else {
+                    continue;
+                };
+                let parse = |x: &str| u64::from_str_radix(x, 16).ok();
+                let (Some(a), Some(b), Some(ma), Some(mi)) =
+                    (parse(a), parse(b), parse(ma), parse(mi))
+                else {
+                    continue;
+                };
+                let dev = libc::makedev(ma as u32, mi as u32);
+                // Only files on the devices that count (tmpfs and memory
+                // objects are bounded by other limits).
+                if self.devs.contains(&dev) {
+                    *mapped.entry((dev, ino)).or_insert(0) += b.saturating_sub(a);
                 }
             }
         }
-        bytes
+        for ((dev, ino), len) in mapped {
+            if !seen.contains(&(dev, ino)) {
+                held.bytes += len.max(INODE_COST);
+            }
+        }
+        held
     }
+}
+
+/// What the processes of a task hold on disk beyond their layers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Held {
+    /// Deleted files still open or mapped.
+    pub bytes: u64,
+    /// A process of the task could not be inspected.
+    pub uninspectable: bool,
 }
