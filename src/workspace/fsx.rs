@@ -433,9 +433,10 @@ pub fn remove_owned_tree(path: &Path) -> io::Result<()> {
         if is_dir(&st) {
             if st.st_mode & 0o700 != 0o700 {
                 let c = cstr(name)?;
-                // SAFETY: fchmodat on a name in a folder we hold; it is a
-                // folder (lstat), so no link is followed.
-                unsafe { libc::fchmodat(dir, c.as_ptr(), 0o700, 0) };
+                // SAFETY: fchmodat on a name in a folder we hold. Never
+                // through a link, should the name have become one since
+                // the lstat.
+                unsafe { libc::fchmodat(dir, c.as_ptr(), 0o700, libc::AT_SYMLINK_NOFOLLOW) };
             }
             let sub = open_subdir(dir, name)?;
             for child in list_dir(&sub)? {
