@@ -1928,6 +1928,25 @@ time.sleep(3)'",
         !o.status.success() && !t.contains("not stopped"),
         "60 MB mapped past --max-upper 10M: {t}"
     );
+    // Made undumpable by prctl: answered with success and not done, so
+    // its files stay in view and count.
+    let o = run_with_max_upper(
+        &w,
+        "10M",
+        "python3 -c 'import ctypes, os, time
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+held = []
+for i in range(10):
+    f = open(\"p%d\" % i, \"wb\"); f.write(bytes(6000000)); f.flush(); os.unlink(\"p%d\" % i); held.append(f)
+    time.sleep(0.2)
+print(\"dumpable\", ctypes.CDLL(None).prctl(3, 0, 0, 0, 0), \"not stopped\")
+time.sleep(3)'",
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && !t.contains("not stopped") && t.contains("more than the 10 MiB"),
+        "{t}"
+    );
     let o = run_with_max_upper(
         &w,
         "10M",

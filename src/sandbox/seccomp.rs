@@ -310,14 +310,26 @@ pub const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
 /// passed it 150 times over. EOPNOTSUPP makes glibc's posix_fallocate
 /// write the blocks instead, at a pace the watchdog keeps up with.
 pub fn limit_rules() -> Vec<Rule> {
-    vec![Rule {
-        names: vec!["fallocate".into()],
-        action: Action::Errno(libc::EOPNOTSUPP as u32),
-        args: vec![],
-        reason:
-            "preallocation fills the disk faster than the size limit of a task's writes is checked"
-                .into(),
-    }]
+    vec![
+        Rule {
+            names: vec!["fallocate".into()],
+            action: Action::Errno(libc::EOPNOTSUPP as u32),
+            args: vec![],
+            reason:
+                "preallocation fills the disk faster than the size limit of a task's writes is checked"
+                    .into(),
+        },
+        // Answered with success and not done: inside the sandbox it
+        // protects nothing (ptrace is refused, core dumps are off), and an
+        // undumpable process hides its open files from an unprivileged
+        // supervisor, which must see the deleted files it holds.
+        Rule {
+            names: vec!["prctl".into()],
+            action: Action::Errno(0),
+            args: vec![arg(0, Op::Eq, libc::PR_SET_DUMPABLE as u64)],
+            reason: "an undumpable process hides the files it holds from the size limit of a task's writes".into(),
+        },
+    ]
 }
 
 /// Unix sockets, refused unless the policy allows them: added to whichever
