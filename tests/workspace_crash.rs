@@ -344,15 +344,7 @@ fn a_full_disk_rolls_back_with_a_clear_error() {
         bin = env!("CARGO_BIN_EXE_airlock"),
         id = f.id,
     );
-    f.finish_task();
-    let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
-        .env("XDG_STATE_HOME", &f.state)
-        .env("HOME", f.base.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stdout, stderr) = in_own_mounts(&f, &script);
     assert!(
         stdout.contains("rc=1"),
         "commit must fail: {stdout} {stderr}"
@@ -394,15 +386,7 @@ fn a_full_disk_during_undo_names_the_grant() {
         bin = env!("CARGO_BIN_EXE_airlock"),
         id = f.id,
     );
-    f.finish_task();
-    let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
-        .env("XDG_STATE_HOME", &f.state)
-        .env("HOME", f.base.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stdout, stderr) = in_own_mounts(&f, &script);
     assert!(stdout.contains("rc=1"), "undo must fail: {stdout} {stderr}");
     assert!(
         stderr.contains(&format!("device holding {g}/big"))
@@ -413,4 +397,21 @@ fn a_full_disk_during_undo_names_the_grant() {
         stdout.contains("ls=filler \n") || stdout.contains("ls=filler"),
         "{stdout}"
     );
+}
+
+/// Ends the fixture's task, then runs `script` as root of a user and mount
+/// namespace of its own (to mount a small file system over the grant);
+/// its stdout and stderr.
+fn in_own_mounts(f: &Fixture, script: &str) -> (String, String) {
+    f.finish_task();
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", script])
+        .env("XDG_STATE_HOME", &f.state)
+        .env("HOME", f.base.path())
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -193,6 +193,21 @@ pub struct TaskProcs {
     overlays_known: bool,
 }
 
+/// A mapping of a deleted file in a `maps` line (`7f…000-7f…000 r--s 0
+/// 00:31 1041 /path (deleted)`): (device, inode) and the mapped length.
+fn deleted_mapping(line: &str) -> Option<((u64, u64), u64)> {
+    if !line.ends_with(" (deleted)") {
+        return None;
+    }
+    let mut f = line.split_whitespace();
+    let (range, dev, ino) = (f.next()?, f.nth(2)?, f.next()?);
+    let hex = |x: &str| u64::from_str_radix(x, 16).ok();
+    let (a, b) = range.split_once('-')?;
+    let (ma, mi) = dev.split_once(':')?;
+    let dev = libc::makedev(hex(ma)? as u32, hex(mi)? as u32);
+    Some(((dev, ino.parse().ok()?), hex(b)?.saturating_sub(hex(a)?)))
+}
+
 /// The device of an overlay mount in a `mountinfo` line (`36 35 0:49 /
 /// /grant rw - overlay overlay …`).
 fn overlay_dev(line: &str) -> Option<u64> {
@@ -217,8 +232,8 @@ impl TaskProcs {
         }
     }
 
-    /// Bytes of regular files that a process of the task keeps open after
-    /// deleting them: on disk as much as any file in its layer, yet no
+    /// Bytes of regular files that a process of the task keeps open (or
+    /// mapped) after deleting them: on disk as much as any file in its layer, yet no
     /// walk of the layer sees them. Files in memory (tmpfs, memfd) are
     /// bounded by other limits and not counted. The helper's own children
     /// (PID 1, the uid-map writer) hold none; PID 1 does not even let us
@@ -300,29 +315,11 @@ impl TaskProcs {
                     self.overlays_known = true;
                 }
             }
-            for line in maps.lines().filter(|l| l.ends_with(" (deleted)")) {
-                let f: Vec<&str> = line.splitn(6, char::is_whitespace).collect();
-                let [range, _, _, dev, ino, _] = f[..] else {
-                    continue;
-                };
-                let (Some((a, b)), Some((ma, mi)), Ok(ino)) = (
-                    range.split_once('-'),
-                    dev.split_once(':'),
-                    ino.parse::<u64>(),
-                ) else {
-                    continue;
-                };
-                let parse = |x: &str| u64::from_str_radix(x, 16).ok();
-                let (Some(a), Some(b), Some(ma), Some(mi)) =
-                    (parse(a), parse(b), parse(ma), parse(mi))
-                else {
-                    continue;
-                };
-                let dev = libc::makedev(ma as u32, mi as u32);
+            for (key, len) in maps.lines().filter_map(deleted_mapping) {
                 // Only files on the devices that count (tmpfs and memory
                 // objects are bounded by other limits).
-                if self.devs.contains(&dev) {
-                    *mapped.entry((dev, ino)).or_insert(0) += b.saturating_sub(a);
+                if self.devs.contains(&key.0) {
+                    *mapped.entry(key).or_insert(0) += len;
                 }
             }
         }
