@@ -31,6 +31,15 @@ pub fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// The overlay's work folder is left mode 000 by the kernel, which the
+/// temporary folder's own removal cannot enter: open it up first so that
+/// tests leave nothing behind in /tmp.
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = airlock::workspace::fsx::remove_owned_tree(self.dir.path());
+    }
+}
+
 impl World {
     pub fn new() -> World {
         let dir = tempfile::Builder::new()

@@ -62,6 +62,14 @@ pub fn sh(dir: &Path, script: &str) -> std::process::Output {
     out
 }
 
+/// The overlay's work folder is left mode 000 by the kernel: open it up
+/// so the temporary folder's removal does not leave it behind in /tmp.
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = fsx::remove_owned_tree(self.base.path());
+    }
+}
+
 impl Fixture {
     pub fn new() -> Fixture {
         let base = tempdir();
@@ -242,7 +250,7 @@ pub fn overlay_works() -> bool {
     for d in ["l", "u", "w", "m"] {
         std::fs::create_dir(p.join(d)).unwrap();
     }
-    Command::new("unshare")
+    let works = Command::new("unshare")
         .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
         .arg(format!(
             "mount -t overlay overlay -o lowerdir={0}/l,upperdir={0}/u,workdir={0}/w,userxattr {0}/m",
@@ -250,5 +258,8 @@ pub fn overlay_works() -> bool {
         ))
         .status()
         .map(|s| s.success())
-        .unwrap_or(false)
+        .unwrap_or(false);
+    // The work folder the mount left is mode 000.
+    let _ = fsx::remove_owned_tree(p);
+    works
 }
