@@ -1961,3 +1961,31 @@ time.sleep(3)'",
         );
     }
 }
+
+/// A process that has ended but is not yet reaped (a zombie), or is letting
+/// go of its memory on the way out, shows a root-owned `fd` folder just like
+/// a program that hides from us. It runs nothing and holds nothing: the
+/// task it belongs to must go on (an unprivileged run stopped every task
+/// that left a child unreaped for a moment, `tar | wc` among them).
+#[test]
+fn a_zombie_in_the_task_is_not_taken_for_a_hidden_program() {
+    let w = World::new();
+    let o = run_with_max_upper(
+        &w,
+        "10M",
+        "python3 -c 'import os, time
+for i in range(5):
+    if os.fork() == 0:
+        os._exit(0)
+time.sleep(2.5)
+print(\"finished\")'; for i in 1 2 3 4 5 6 7 8; do tar -cf - /usr/share/doc 2>/dev/null | wc -c >/dev/null; done; echo done",
+    );
+    let t = text(&o);
+    assert!(
+        o.status.success()
+            && t.contains("finished")
+            && t.contains("done")
+            && !t.contains("cannot be inspected"),
+        "{t}"
+    );
+}

@@ -219,6 +219,15 @@ fn overlay_dev(line: &str) -> Option<u64> {
     Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
 }
 
+/// Whether a process still has its memory, i.e. runs a program. A zombie,
+/// or a process past the point of its exit where it let go of its memory,
+/// shows everyone a root-owned `fd` folder, yet holds nothing: it must not
+/// pass for a process hiding from us.
+fn has_memory(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("VmSize:")))
+}
+
 impl TaskProcs {
     pub fn new(helper: u32, roots: &[Root]) -> TaskProcs {
         let devs = roots
@@ -277,7 +286,7 @@ impl TaskProcs {
                 // may not read, or one that made itself undumpable) could
                 // hold deleted files unseen.
                 let own = pid1s.contains(&pid) || (ours.is_some() && cmdline(&pid) == ours);
-                if !own && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                if !own && has_memory(&pid) {
                     held.uninspectable = true;
                 }
                 continue;
