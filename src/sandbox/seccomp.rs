@@ -917,11 +917,29 @@ impl RuleIndex {
 
 /// The highest syscall number of the native table: what this build knows.
 fn last_known_syscall() -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    let table = super::syscalls::X86_64;
-    #[cfg(target_arch = "aarch64")]
-    let table = super::syscalls::AARCH64;
-    table.iter().map(|(_, nr)| *nr as u32).max().unwrap_or(0)
+    native_table()
+        .iter()
+        .map(|(_, nr)| *nr as u32)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The numbers at or below [`last_known_syscall`] that the table does not
+/// name, as ranges: calls this build never reviewed (or numbers the kernel
+/// never gave out, which answer ENOSYS anyway).
+fn unknown_ranges() -> Vec<(u32, u32)> {
+    let mut known: Vec<u32> = native_table().iter().map(|(_, nr)| *nr as u32).collect();
+    known.sort_unstable();
+    known.dedup();
+    let mut out = Vec::new();
+    let mut next = 0u32;
+    for nr in known {
+        if nr > next {
+            out.push((next, nr - 1));
+        }
+        next = nr + 1;
+    }
+    out
 }
 
 /// A hand-written filter for what seccompiler cannot say. `foreign`: on
@@ -929,43 +947,76 @@ fn last_known_syscall() -> u32 {
 /// foreign-architecture calls (i386 `int 0x80`) with EPERM. (The
 /// seccompiler program checks the architecture too and kills on a foreign
 /// one; the kernel takes the stricter answer, so an `int 0x80` call ends
-/// the task with SIGSYS.) `unknown`:
-/// answer ENOSYS to numbers above [`last_known_syscall`], as an older
-/// kernel would, so that libc falls back to what it used before.
+/// the task with SIGSYS.) `unknown`: answer ENOSYS to every number this
+/// build's table does not name, above its newest call or between two it
+/// knows, as an older kernel would, so that libc falls back to what it
+/// used before and no call is allowed by omission.
 fn abi_filter(foreign: bool, unknown: bool) -> Option<BpfProgram> {
-    const JGT_K: u16 = 0x25;
     let foreign = foreign && cfg!(target_arch = "x86_64");
-    let last = last_known_syscall();
-    match (foreign, unknown) {
-        (false, false) => None,
-        (true, false) => Some(vec![
-            ins(LD_W_ABS, 0, 0, 4),              // A = arch
-            ins(JEQ_K, 0, 3, NATIVE_AUDIT_ARCH), // foreign → EPERM
-            ins(LD_W_ABS, 0, 0, 0),              // A = nr
-            ins(JGE_K, 1, 0, 0x4000_0000),       // x32 → EPERM
-            ins(RET_K, 0, 0, RET_ALLOW),
-            ins(RET_K, 0, 0, RET_ERRNO | EPERM),
-        ]),
-        (true, true) => Some(vec![
-            ins(LD_W_ABS, 0, 0, 4),              // A = arch
-            ins(JEQ_K, 0, 5, NATIVE_AUDIT_ARCH), // foreign → EPERM
-            ins(LD_W_ABS, 0, 0, 0),              // A = nr
-            ins(JGE_K, 3, 0, 0x4000_0000),       // x32 → EPERM
-            ins(JGT_K, 1, 0, last),              // unknown → ENOSYS
-            ins(RET_K, 0, 0, RET_ALLOW),
-            ins(RET_K, 0, 0, RET_ERRNO | ENOSYS),
-            ins(RET_K, 0, 0, RET_ERRNO | EPERM),
-        ]),
-        // Another architecture's numbers are not ours to judge here.
-        (false, true) => Some(vec![
-            ins(LD_W_ABS, 0, 0, 4),              // A = arch
-            ins(JEQ_K, 0, 2, NATIVE_AUDIT_ARCH), // foreign → allow
-            ins(LD_W_ABS, 0, 0, 0),              // A = nr
-            ins(JGT_K, 1, 0, last),              // unknown → ENOSYS
-            ins(RET_K, 0, 0, RET_ALLOW),
-            ins(RET_K, 0, 0, RET_ERRNO | ENOSYS),
-        ]),
+    if !foreign && !unknown {
+        return None;
     }
+    let ranges = if unknown {
+        unknown_ranges()
+    } else {
+        Vec::new()
+    };
+    // The holes fit one program's jumps (a unit test checks it); should a
+    // future table not, the newest-call bound still holds.
+    abi_program(foreign, unknown, &ranges).or_else(|| abi_program(foreign, unknown, &[]))
+}
+
+fn abi_program(foreign: bool, unknown: bool, ranges: &[(u32, u32)]) -> Option<BpfProgram> {
+    const JGT_K: u16 = 0x25;
+    // Jump targets, resolved once the program's length is known.
+    enum To {
+        Next,
+        /// Past the next instruction: the check after a range's two.
+        NextCheck,
+        Allow,
+        Enosys,
+        Eperm,
+    }
+    let mut body: Vec<(u16, To, To, u32)> = vec![(LD_W_ABS, To::Next, To::Next, 4)]; // A = arch
+    if foreign {
+        body.push((JEQ_K, To::Next, To::Eperm, NATIVE_AUDIT_ARCH));
+    } else {
+        // Another architecture's numbers are not ours to judge here.
+        body.push((JEQ_K, To::Next, To::Allow, NATIVE_AUDIT_ARCH));
+    }
+    body.push((LD_W_ABS, To::Next, To::Next, 0)); // A = nr
+    if foreign {
+        body.push((JGE_K, To::Eperm, To::Next, 0x4000_0000)); // x32
+    }
+    if unknown {
+        body.push((JGT_K, To::Enosys, To::Next, last_known_syscall()));
+        for &(lo, hi) in ranges {
+            if lo == hi {
+                body.push((JEQ_K, To::Enosys, To::Next, lo));
+            } else {
+                // lo <= nr <= hi → ENOSYS
+                body.push((JGE_K, To::Next, To::NextCheck, lo));
+                body.push((JGT_K, To::Next, To::Enosys, hi));
+            }
+        }
+    }
+    let n = body.len();
+    let mut prog = Vec::with_capacity(n + 3);
+    for (i, (code, jt, jf, k)) in body.iter().enumerate() {
+        let target = |t: &To| match t {
+            To::Next => i + 1,
+            To::NextCheck => i + 2,
+            To::Allow => n,
+            To::Enosys => n + 1,
+            To::Eperm => n + 2,
+        };
+        let off = |t: &To| u8::try_from(target(t) - (i + 1)).ok();
+        prog.push(ins(*code, off(jt)?, off(jf)?, *k));
+    }
+    prog.push(ins(RET_K, 0, 0, RET_ALLOW));
+    prog.push(ins(RET_K, 0, 0, RET_ERRNO | ENOSYS));
+    prog.push(ins(RET_K, 0, 0, RET_ERRNO | EPERM));
+    Some(prog)
 }
 
 /// Installs the compiled programs on the calling thread. `no_new_privs` must
@@ -1163,7 +1214,26 @@ mod tests {
         assert_eq!(answer(&ours, getpid, NATIVE_AUDIT_ARCH), RET_ALLOW);
         assert_eq!(answer(&ours, last, NATIVE_AUDIT_ARCH), RET_ALLOW);
         // open_tree_attr (467), file_setattr (469): not reviewed here.
-        for nr in [last + 1, 467, 469, 1000] {
+        // Nor is a number between two the table knows.
+        let holes: Vec<i64> = unknown_ranges()
+            .iter()
+            .flat_map(|&(lo, hi)| [lo as i64, hi as i64])
+            .collect();
+        #[cfg(target_arch = "x86_64")]
+        assert!(holes.contains(&335) && holes.contains(&423), "{holes:?}");
+        // Each hole refused at both ends, its known neighbours let through.
+        let abi = abi_program(true, true, &unknown_ranges()).expect("every hole fits one program");
+        for &(lo, hi) in &unknown_ranges() {
+            for nr in [lo, hi] {
+                let got = eval(&abi, nr as i64, NATIVE_AUDIT_ARCH, &[0; 6]);
+                assert_eq!(got, RET_ERRNO | ENOSYS, "{nr}");
+            }
+            for nr in [lo - 1, hi + 1] {
+                let got = eval(&abi, nr as i64, NATIVE_AUDIT_ARCH, &[0; 6]);
+                assert_eq!(got, RET_ALLOW, "{nr}");
+            }
+        }
+        for nr in [last + 1, 467, 469, 1000].into_iter().chain(holes) {
             assert_eq!(
                 answer(&ours, nr, NATIVE_AUDIT_ARCH),
                 RET_ERRNO | ENOSYS,
