@@ -434,6 +434,82 @@ fn unlisted_host_gets_403_and_loopback_needs_an_explicit_grant() {
     assert!(!flows.iter().any(|f| f["decision"] == "allow"), "{flows:?}");
 }
 
+/// An agent that opens hundreds of tunnels to an allowed host and holds
+/// them gets at most `MAX_CONNECTIONS` at once; the rest wait. Checked on
+/// the host: the server never sees more, so the supervisor never holds
+/// more descriptors and buffers for the task (it reached 20,000 and 1 GB).
+#[test]
+fn a_task_cannot_hold_more_than_its_share_of_connections() {
+    let w = World::new();
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let open = std::sync::Arc::new(AtomicUsize::new(0));
+    let most = std::sync::Arc::new(AtomicUsize::new(0));
+    {
+        let (open, most) = (open.clone(), most.clone());
+        std::thread::spawn(move || {
+            for mut s in server.incoming().flatten() {
+                most.fetch_max(open.fetch_add(1, SeqCst) + 1, SeqCst);
+                let open = open.clone();
+                // Open until the proxy closes it.
+                std::thread::spawn(move || {
+                    let _ = s.read(&mut [0u8; 16]);
+                    open.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+    }
+    let allow = format!("127.0.0.1:{port}");
+    let (out, evs) = run(
+        &w,
+        &["--net", "allow", "--allow-host", &allow],
+        &format!(
+            "python3 -c 'import os, socket, time
+proxy = os.environ[\"HTTPS_PROXY\"].split(\"//\")[1].rstrip(\"/\")
+ph, pp = proxy.rsplit(\":\", 1)
+socks = []
+for i in range(420):
+    # Past the cap and the listen queue, a connect waits: give up on it.
+    try:
+        s = socket.create_connection((ph, int(pp)), timeout=0.05)
+        s.sendall(b\"CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\n\\r\\n\")
+        socks.append(s)
+    except OSError:
+        pass
+print(\"connected\", len(socks))
+time.sleep(2)
+ok = 0
+for s in socks:
+    s.settimeout(0.01)
+    try:
+        ok += s.recv(64).startswith(b\"HTTP/1.1 200\")
+    except OSError:
+        pass
+print(\"tunnels\", ok)'"
+        ),
+    );
+    let most = most.load(SeqCst);
+    let cap = airlock::netproxy::MAX_CONNECTIONS;
+    assert!(
+        most <= cap,
+        "the host saw {most} connections at once: {out}"
+    );
+    let tunnels: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tunnels "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(tunnels <= cap && tunnels >= cap - 8, "{tunnels}: {out}");
+    assert!(
+        of_type(&evs, "warning").iter().any(|e| e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("the most it may")),
+        "{evs:?}"
+    );
+}
+
 #[test]
 fn net_none_has_no_proxy_and_no_route_out() {
     let w = World::new();

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::control::{encode, preamble, ControlMessage};
 use super::dns::{self, Pool, POOL_GATEWAY, POOL_PREFIX};
@@ -170,9 +170,12 @@ fn run(cfg: ForwarderConfig) -> Result<Never, Error> {
             TcpListener::from_std(l).map_err(|e| Error::Sandbox(e.to_string()))
         };
         let mut tasks = tokio::task::JoinSet::new();
+        // One budget for every listener, a little above the proxy's, so
+        // that the proxy is the one to reach its cap and say so.
+        let slots = Arc::new(Semaphore::new(super::MAX_CONNECTIONS + 16));
         for l in listeners.proxy {
             let l = to_tokio(l)?;
-            tasks.spawn(accept_loop(l, path.clone(), None));
+            tasks.spawn(accept_loop(l, path.clone(), None, slots.clone()));
         }
         if listeners.dns_udp.is_some() || !listeners.caught.is_empty() {
             let pool = Arc::new(Mutex::new(Pool::new()));
@@ -186,7 +189,12 @@ fn run(cfg: ForwarderConfig) -> Result<Never, Error> {
                 tasks.spawn(dns_tcp(to_tokio(t)?, pool.clone(), tx.clone()));
             }
             for l in listeners.caught {
-                tasks.spawn(accept_loop(to_tokio(l)?, path.clone(), Some(pool.clone())));
+                tasks.spawn(accept_loop(
+                    to_tokio(l)?,
+                    path.clone(),
+                    Some(pool.clone()),
+                    slots.clone(),
+                ));
             }
         }
         if let Some(fd) = cfg.ready {
@@ -203,8 +211,17 @@ fn run(cfg: ForwarderConfig) -> Result<Never, Error> {
 }
 
 /// Accepts forever. With a pool, connections are transparent-mode catches.
-async fn accept_loop(l: TcpListener, path: Arc<PathBuf>, pool: Option<Arc<Mutex<Pool>>>) {
+async fn accept_loop(
+    l: TcpListener,
+    path: Arc<PathBuf>,
+    pool: Option<Arc<Mutex<Pool>>>,
+    slots: Arc<Semaphore>,
+) {
     loop {
+        // At the cap, further connections wait in the listen queue.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, _) = match l.accept().await {
             Ok(c) => c,
             Err(_) => {
@@ -217,7 +234,10 @@ async fn accept_loop(l: TcpListener, path: Arc<PathBuf>, pool: Option<Arc<Mutex<
         let path = path.clone();
         match &pool {
             None => {
-                tokio::spawn(async move { splice(tcp, &path).await });
+                tokio::spawn(async move {
+                    splice(tcp, &path).await;
+                    drop(slot);
+                });
             }
             Some(pool) => {
                 let target = match tcp.local_addr() {
@@ -226,7 +246,10 @@ async fn accept_loop(l: TcpListener, path: Arc<PathBuf>, pool: Option<Arc<Mutex<
                 };
                 // Not a pool address (e.g. 127.0.0.1:80): nothing to catch.
                 if let Some((name, port)) = target {
-                    tokio::spawn(async move { transparent(tcp, &path, &name, port).await });
+                    tokio::spawn(async move {
+                        transparent(tcp, &path, &name, port).await;
+                        drop(slot);
+                    });
                 }
             }
         }

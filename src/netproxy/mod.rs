@@ -37,6 +37,13 @@ pub use proxy::{Proxy, ProxyConfig};
 
 use crate::event::EventKind;
 
+/// Connections one task may have open through its proxy at once (and its
+/// forwarder toward the proxy). Each costs the supervisor two descriptors
+/// and two copy buffers; more wait in the listen queue until one ends, so
+/// a task cannot take the supervisor's descriptors or memory, which other
+/// tasks and the desktop share. A browser opens at most a few dozen.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Where the proxy sends its events ([`EventKind::Flow`],
 /// [`EventKind::ConsentRequested`], [`EventKind::ConsentAnswered`],
 /// [`EventKind::DnsQuery`]). A dropped receiver only loses events.

@@ -376,12 +376,35 @@ impl Proxy {
     /// task); dropping it also ends every open connection.
     pub async fn serve(self) {
         let mut conns = JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(super::MAX_CONNECTIONS));
+        let mut said_full = false;
         loop {
+            // At the cap, accept nothing until a connection ends: the rest
+            // wait in the listen queue, costing us nothing.
+            if slots.available_permits() == 0 && !said_full {
+                said_full = true;
+                let _ = self.shared.events.send(EventKind::Warning {
+                    message: gettext_f(
+                        "the task has {n} connections open, the most it may; new ones wait until one ends",
+                        &[("n", &super::MAX_CONNECTIONS.to_string())],
+                    ),
+                });
+            }
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            };
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let shared = Arc::clone(&self.shared);
-                        conns.spawn(async move { handle(shared, Prefixed::new(stream)).await });
+                        conns.spawn(async move {
+                            handle(shared, Prefixed::new(stream)).await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         // Out of descriptors, mostly: wait instead of spinning.

@@ -4,6 +4,7 @@
 //! Without a [`NetSpec`] none of this happens and the sandbox has loopback
 //! only.
 
+use nix::sys::resource::{setrlimit, Resource};
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -94,6 +95,10 @@ pub fn before_pivot(spec: &SandboxSpec, root: &Path) -> Result<(), StepError> {
 /// In PID 1, after the root is built: makes the transparent-mode pool
 /// local, forks the forwarder and waits until it listens (nothing without
 /// network). The child never returns; PID 1 reaps it with the others.
+/// The forwarder's memory: two 128 KiB copy buffers for each of its
+/// [`crate::netproxy::MAX_CONNECTIONS`] connections, its runtime, and room.
+const FORWARDER_MEMORY: u64 = 160 << 20;
+
 pub fn start_forwarder(spec: &SandboxSpec) -> Result<(), String> {
     let Some(net) = &spec.net else { return Ok(()) };
     configure_pool_address().map_err(|e| e.to_string())?;
@@ -116,6 +121,20 @@ pub fn start_forwarder(spec: &SandboxSpec) -> Result<(), String> {
                 eprintln!("airlock forwarder: cannot drop its privileges: {e}");
                 // SAFETY: _exit in a forked child; the parent sees EOF.
                 unsafe { libc::_exit(1) }
+            }
+            // The forwarder holds what the agent opens: the task's own
+            // open-file limit (not the supervisor's raised one), and memory
+            // for its most connections' copy buffers, whatever the agent's
+            // own memory limit.
+            for (res, v) in [
+                (Resource::RLIMIT_NOFILE, spec.limits.nofile),
+                (Resource::RLIMIT_DATA, FORWARDER_MEMORY),
+            ] {
+                if let Err(e) = setrlimit(res, v, v) {
+                    eprintln!("airlock forwarder: cannot limit itself: {e}");
+                    // SAFETY: _exit in a forked child; the parent sees EOF.
+                    unsafe { libc::_exit(1) }
+                }
             }
             run_forwarder(ForwarderConfig {
                 socket_path: SOCKET_IN_SANDBOX.into(),
