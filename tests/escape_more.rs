@@ -2021,3 +2021,44 @@ print(' '.join(out))";
         assert_eq!(i.split(':').nth(1), Some("38"), "inside: {t}; host: {host}");
     }
 }
+
+/// Epoll watches are counted per host user, not per namespace, and no
+/// rlimit or cgroup bounds them: a task that used up the user's quota left
+/// every event loop of the desktop unable to start (`epoll_ctl` ENOSPC),
+/// Airlock's own included (pass 11A). A task is stopped past an eighth of
+/// the quota, and its watches are gone with it.
+#[test]
+fn escape_epoll_watches_past_the_task_share_stop_it() {
+    let w = World::new();
+    let quota: u64 = std::fs::read_to_string("/proc/sys/fs/epoll/max_user_watches")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let per = 1500u64;
+    let instances = quota / 8 / per + 50;
+    let nofile = (per + instances + 64).max(4096).to_string();
+    let o = w.run(
+        &["--nofile", &nofile],
+        &format!(
+            "python3 -c 'import os, select, time
+fds = [os.eventfd(0) for _ in range({per})]
+eps = []
+n = 0
+for e in range({instances}):
+    ep = select.epoll()
+    eps.append(ep)
+    for f in fds:
+        ep.register(f)
+        n += 1
+print(\"holding\", n, flush=True)
+time.sleep(4)
+print(\"not stopped\")'"
+        ),
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && !t.contains("not stopped") && t.contains("epoll watches"),
+        "{t}"
+    );
+}

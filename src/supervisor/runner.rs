@@ -403,6 +403,12 @@ fn enforced(helper: &[Enforced], cgroup: &[Enforced], policy: &Policy) -> Vec<En
         mechanism: "watchdog".into(),
         note: None,
     });
+    all.push(Enforced {
+        what: "epoll-watches".into(),
+        value: usage::epoll_budget().to_string(),
+        mechanism: "watchdog".into(),
+        note: None,
+    });
     if policy.limits.timeout_secs > 0 {
         all.push(Enforced {
             what: "timeout".into(),
@@ -558,7 +564,9 @@ impl Watchdog {
                     ))
                 } else {
                     let walk = Instant::now();
-                    let over = over_max_upper(&written, Some(procs), limits.max_upper);
+                    let held = procs.unlinked_bytes();
+                    let over = over_max_upper(&written, held, limits.max_upper)
+                        .or_else(|| over_epoll_budget(&held, procs.epoll_budget));
                     wait = (walk.elapsed() * 9)
                         .clamp(Duration::from_millis(100), Duration::from_secs(1));
                     over
@@ -585,7 +593,10 @@ impl Watchdog {
         drop(self.stop);
         match self.thread.join() {
             Ok((Some(hit), _)) => (Some(hit), None),
-            Ok((None, written)) => (None, over_max_upper(&written, None, max_upper)),
+            Ok((None, written)) => (
+                None,
+                over_max_upper(&written, usage::Held::default(), max_upper),
+            ),
             Err(_) => (None, None),
         }
     }
@@ -595,7 +606,7 @@ impl Watchdog {
 /// be measured; the limit and why.
 fn over_max_upper(
     written: &[usage::Root],
-    procs: Option<&mut usage::TaskProcs>,
+    held: usage::Held,
     max_upper: u64,
 ) -> Option<LimitReason> {
     if written.is_empty() {
@@ -604,7 +615,6 @@ fn over_max_upper(
     let mut used = usage::measure(written);
     // Deleted files the task still holds open count as written: they
     // take the disk until it closes them.
-    let held = procs.map(|p| p.unlinked_bytes()).unwrap_or_default();
     used.bytes += held.bytes;
     let why = if held.uninspectable {
         "runs a program that cannot be inspected (made undumpable, or run from a file it may not read), so the deleted files it may hold cannot be checked".to_string()
@@ -625,6 +635,20 @@ fn over_max_upper(
         return None;
     };
     Some(("max-upper".to_string(), why))
+}
+
+/// Whether the task registered more epoll watches than its share of the
+/// user's kernel quota (shared with the whole desktop; no rlimit or cgroup
+/// bounds it).
+fn over_epoll_budget(held: &usage::Held, budget: u64) -> Option<LimitReason> {
+    (held.epoll_watches > budget).then(|| {
+        (
+            "epoll-watches".to_string(),
+            format!(
+                "registered more than {budget} epoll watches, an eighth of what the kernel allows your user in all (fs.epoll.max_user_watches): more would leave your other programs unable to watch their files and connections"
+            ),
+        )
+    })
 }
 
 fn write_exit(shared: &Shared, id: &TaskId, task_dir: &TaskDir, status: i32) -> ExitStatus {

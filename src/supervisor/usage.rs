@@ -191,6 +191,40 @@ pub struct TaskProcs {
     /// and the task's overlays once read from its mount table.
     devs: Vec<u64>,
     overlays_known: bool,
+    /// Epoll watches the task may register in all: a share of the
+    /// kernel's per-user quota, which the user's desktop shares.
+    pub epoll_budget: u64,
+}
+
+/// The kernel's limit of epoll watches per user (`fs.epoll.max_user_watches`).
+/// Counted per host user, not per namespace: a task that used it up would
+/// leave every event loop of the user's desktop unable to start (epoll_ctl
+/// fails with ENOSPC), Airlock's own included.
+fn epoll_user_quota() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/epoll/max_user_watches")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+}
+
+/// The epoll watches one task may register: an eighth of the user's quota.
+pub fn epoll_budget() -> u64 {
+    epoll_user_quota() / 8
+}
+
+/// How many watches the epoll instance at `/proc/PID/fd/FD` holds (one
+/// `tfd:` line each in its fdinfo), or None when it is not an epoll fd.
+fn epoll_watches(pid: &str, fd: &std::ffi::OsStr) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{}", fd.to_string_lossy())).ok()?;
+    if link.as_os_str() != "anon_inode:[eventpoll]" {
+        return None;
+    }
+    let info = std::fs::read(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy())).ok()?;
+    Some(
+        info.split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(b"tfd:"))
+            .count() as u64,
+    )
 }
 
 /// A mapping of a deleted file in a `maps` line (`7f…000-7f…000 r--s 0
@@ -238,6 +272,7 @@ impl TaskProcs {
             helper,
             devs,
             overlays_known: false,
+            epoll_budget: epoll_budget(),
         }
     }
 
@@ -297,6 +332,10 @@ impl TaskProcs {
                 let Ok(st) = nix::sys::stat::stat(&path) else {
                     continue;
                 };
+                // Anonymous inodes (epoll, eventfd, timerfd) have no type.
+                if st.st_mode & libc::S_IFMT == 0 && held.epoll_watches <= self.epoll_budget {
+                    held.epoll_watches += epoll_watches(&pid, &fd.file_name()).unwrap_or(0);
+                }
                 if st.st_nlink != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
                     continue;
                 }
@@ -348,4 +387,7 @@ pub struct Held {
     pub bytes: u64,
     /// A process of the task could not be inspected.
     pub uninspectable: bool,
+    /// Epoll watches registered by the task's processes (counted up to a
+    /// little past the budget).
+    pub epoll_watches: u64,
 }
