@@ -2062,3 +2062,54 @@ print(\"not stopped\")'"
         "{t}"
     );
 }
+
+/// inotify instances are counted per user up to the host's namespace,
+/// whose limit (128 by default) the user's desktop lives within: a task
+/// took them all and the user's own programs got EMFILE (pass 11A). The
+/// sandbox's namespace now has a quarter of the host's limit, enforced by
+/// the kernel; checked on the host while the task holds all it can.
+#[test]
+fn escape_inotify_instances_are_bounded_to_a_share_of_the_users() {
+    use std::io::BufRead;
+    let w = World::new();
+    let host_max: u64 = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut c = w.cmd(&[
+        "run",
+        "--",
+        "python3",
+        "-c",
+        "import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+n = 0
+while libc.inotify_init() >= 0:
+    n += 1
+print('holding', n, flush=True)
+sys.stdin.read()",
+    ]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    // While the task holds every instance it could make, the host user
+    // can still make its own.
+    // SAFETY: inotify_init1 and close on our own descriptor.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    let host_ok = fd >= 0;
+    if host_ok {
+        // SAFETY: closing the descriptor just made.
+        unsafe { libc::close(fd) };
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let n: u64 = line
+        .strip_prefix("holding ")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(n >= 1 && n <= host_max / 4, "{n} of {host_max}");
+    assert!(host_ok, "the host user could not make an inotify instance");
+}

@@ -355,6 +355,8 @@ fn wait_for(pid: libc::pid_t) -> i32 {
 fn pid1(spec: SandboxSpec, mut ctl: Control, drained: Option<std::os::fd::OwnedFd>) -> ! {
     // SAFETY: prctl with integer arguments; PID 1 dies with the helper.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // Before /proc/sys becomes read-only with the new root.
+    limits::limit_inotify();
     if let Err(e) = mounts::build_root(&spec) {
         ctl.fail(&e.stage, e.message);
     }
@@ -642,6 +644,7 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
             )
         }),
     ));
+    layers.push(limits::inotify_enforced());
     for (what, value) in [
         ("namespaces", "user, mount, pid, net, ipc, uts, cgroup"),
         ("network", super::net::summary(spec)),

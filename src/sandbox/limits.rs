@@ -69,3 +69,52 @@ pub fn unenforced(l: &Limits) -> Vec<Enforced> {
         note: Some("a CPU share needs a cgroup with the cpu controller (a systemd user manager or a delegated cgroup v2 folder)".into()),
     }]
 }
+
+/// inotify instances and watches are counted per user at every level of
+/// user namespaces up to the host's, whose limits the user's desktop lives
+/// within (128 instances by default): a task could take them all, and file
+/// managers, editors and indexers would stop seeing changes. The sandbox's
+/// own namespace gets a share of the host's limits, which the kernel then
+/// enforces. Run by PID 1 while it holds its capabilities there; failures
+/// show in [`inotify_enforced`].
+pub fn limit_inotify() {
+    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let pairs = [
+        (
+            "/proc/sys/fs/inotify/max_user_instances",
+            "/proc/sys/user/max_inotify_instances",
+            4,
+        ),
+        (
+            "/proc/sys/fs/inotify/max_user_watches",
+            "/proc/sys/user/max_inotify_watches",
+            2,
+        ),
+    ];
+    for (host, ours, share) in pairs {
+        if let Some(v) = read(host) {
+            let _ = std::fs::write(ours, (v / share).max(8).to_string());
+        }
+    }
+}
+
+/// What bounds the task's inotify use, read back from its namespace.
+pub fn inotify_enforced() -> Enforced {
+    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let inst = read("/proc/sys/user/max_inotify_instances");
+    let watches = read("/proc/sys/user/max_inotify_watches");
+    match (inst, watches) {
+        (Some(i), Some(w)) if i < i32::MAX as u64 && w < i32::MAX as u64 => Enforced {
+            what: "inotify".into(),
+            value: format!("{i} instances, {w} watches"),
+            mechanism: "kernel".into(),
+            note: None,
+        },
+        _ => Enforced {
+            what: "inotify".into(),
+            value: "shared".into(),
+            mechanism: "not-enforced".into(),
+            note: Some("the task may use up your user's inotify instances and watches: other programs could stop seeing file changes until it ends".into()),
+        },
+    }
+}
