@@ -228,14 +228,31 @@ fn nofile_hard_limit() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// The open-file limit per process when none is given: 4096, or less
+/// where `pids` processes with that many would hold more than a quarter of
+/// the machine's file table (`fs.file-max`, about RAM in KiB / 10 where
+/// systemd has not lifted it), which every user's programs share: a full
+/// table fails every open on the machine with ENFILE. Never under 256, and
+/// never above what a process may have here at all.
+pub fn default_nofile(pids: u64) -> u64 {
+    let table = std::fs::read_to_string("/proc/sys/fs/file-max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    let share = table / 4 / pids.max(1);
+    share
+        .clamp(256, 4096)
+        .min(nofile_hard_limit())
+        .max(MIN_NOFILE)
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory: 4 << 30,
             pids: 512,
             cpu: 1.0,
-            // Where a process may not have that many, as many as it may.
-            nofile: nofile_hard_limit().clamp(MIN_NOFILE, 4096),
+            nofile: default_nofile(512),
             tmp_size: 1 << 30,
             timeout_secs: 0,
             max_upper: 8 << 30,
@@ -423,6 +440,22 @@ mod tests {
         assert_eq!(with(|l| l.nofile = u64::MAX), Some("nofile"));
         // Zero means none for the sizes that allow it.
         assert_eq!(with(|l| l.timeout_secs = 0), None);
+    }
+
+    #[test]
+    fn default_open_files_leave_most_of_the_file_table_to_others() {
+        let table: u64 = std::fs::read_to_string("/proc/sys/fs/file-max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        let n = default_nofile(512);
+        assert!(n <= 4096 && n >= MIN_NOFILE, "{n}");
+        assert!(n <= nofile_hard_limit());
+        // Where 256 fits the quarter at all, the default fits it too.
+        if table / 4 / 512 >= 256 {
+            assert!(512 * n <= table / 4, "{n} of {table}");
+        }
+        assert!(default_nofile(1 << 20) <= default_nofile(512));
     }
 
     #[test]
