@@ -449,7 +449,7 @@ mod tests {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(u64::MAX);
         let n = default_nofile(512);
-        assert!(n <= 4096 && n >= MIN_NOFILE, "{n}");
+        assert!((MIN_NOFILE..=4096).contains(&n), "{n}");
         assert!(n <= nofile_hard_limit());
         // Where 256 fits the quarter at all, the default fits it too.
         if table / 4 / 512 >= 256 {
