@@ -71,18 +71,19 @@ impl ConsentRequest {
     }
 
     /// The `--allow-host` entry that stands for this request, for saving an
-    /// "always" answer to a profile: `host` for the default ports, else
-    /// `host:port`.
+    /// "always" answer to a profile: `host:port`, exactly what was asked.
     pub fn allow_entry(&self) -> String {
         allow_entry(&self.host, self.port)
     }
 }
 
-/// The `--allow-host` entry for `host:port` (`host` alone when the port is
-/// 80 or 443, which an entry without port allows).
+/// The `--allow-host` entry for `host:port`, with its port always: the
+/// user allowed that port, and an entry without one would allow both 80
+/// and 443. An IPv6 address takes brackets, or its port would read as part
+/// of it.
 pub fn allow_entry(host: &str, port: u16) -> String {
-    if port == 80 || port == 443 {
-        host.to_string()
+    if host.contains(':') {
+        format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     }
@@ -383,7 +384,15 @@ mod tests {
         let req = crx.recv().await.unwrap();
         let id = req.id;
         assert_eq!((req.host.as_str(), req.port), ("new.example", 443));
-        assert_eq!(req.allow_entry(), "new.example");
+        assert_eq!(req.allow_entry(), "new.example:443");
+        assert_eq!(allow_entry("fd00::1", 8080), "[fd00::1]:8080");
+        // What is saved allows what was asked and nothing more.
+        use crate::netproxy::hosts::{normalize_host, AllowEntry};
+        for (host, port, other) in [("new.example", 80, 443), ("fd00::1", 8080, 443)] {
+            let e = AllowEntry::parse(&allow_entry(host, port)).unwrap();
+            let h = normalize_host(host).unwrap();
+            assert!(e.matches(&h, port) && !e.matches(&h, other), "{host}");
+        }
         req.answer(ConsentAnswer::AllowAlways);
         assert!(a.await.unwrap().is_ok());
         assert!(b.await.unwrap().is_ok());
