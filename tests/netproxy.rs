@@ -738,6 +738,35 @@ async fn ask_mode_times_out_to_deny() {
     assert_eq!(answered.as_deref(), Some("timeout"));
 }
 
+/// A server that speaks first (SSH's banner, SMTP's greeting) gets its
+/// tunnel: the client has sent nothing that could be a ClientHello (pass
+/// 11B found such tunnels always refused as "cut off").
+#[tokio::test]
+async fn a_server_that_speaks_first_gets_its_tunnel() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(b"SSH-2.0-test\r\n").await.unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).await.unwrap();
+        s.write_all(&b).await.unwrap();
+    });
+    let p = start(policy(NetMode::Allow, &[format!("127.0.0.1:{port}")]), None);
+    let (mut s, head) = connect_via(&p.sock, &format!("127.0.0.1:{port}")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut banner = [0u8; 14];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut banner))
+        .await
+        .expect("the banner came through")
+        .unwrap();
+    assert_eq!(&banner, b"SSH-2.0-test\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hello");
+}
+
 #[tokio::test]
 async fn ask_mode_never_asks_about_refused_addresses() {
     let port = echo_server().await;

@@ -256,9 +256,13 @@ impl Shared {
                 return;
             }
         };
-        if let Err(why) = check_tls(&first, host, port, self.gate.allow_list()) {
-            flow.emit(&self.events, "deny", &why, 0, 0);
-            return;
+        // Nothing from the client: the server spoke first (SSH, SMTP), and
+        // a server that speaks first is no TLS server to front through.
+        if !first.is_empty() {
+            if let Err(why) = check_tls(&first, host, port, self.gate.allow_list()) {
+                flow.emit(&self.events, "deny", &why, 0, 0);
+                return;
+            }
         }
         let mut up = Counted::new(upstream);
         let result = async {
