@@ -2113,3 +2113,36 @@ sys.stdin.read()",
     assert!(n >= 1 && n <= host_max / 4, "{n} of {host_max}");
     assert!(host_ok, "the host user could not make an inotify instance");
 }
+
+/// Memory rlimits count each process's own memory only: a memfd or a
+/// shared anonymous mapping held 1 to 4 GiB under `--memory 64M` (pass
+/// 11A). The watchdog counts them against the memory limit as a whole.
+#[test]
+fn escape_memory_balloon_in_shared_memory_is_stopped() {
+    let w = World::new();
+    for kind in ["memfd", "anon"] {
+        let o = w.run(
+            &["--memory", "64M"],
+            &format!(
+                "python3 -c 'import os, mmap, time
+N = 1 << 30
+if \"{kind}\" == \"memfd\":
+    fd = os.memfd_create(\"balloon\")
+    for i in range(N >> 20):
+        os.write(fd, bytes(1 << 20))
+else:
+    m = mmap.mmap(-1, N, flags=mmap.MAP_SHARED)
+    for i in range(0, N, 4096):
+        m[i] = 1
+print(\"holding\", flush=True)
+time.sleep(4)
+print(\"not stopped\")'"
+            ),
+        );
+        let t = text(&o);
+        assert!(
+            !o.status.success() && !t.contains("not stopped") && t.contains("shared memory"),
+            "{kind}: {t}"
+        );
+    }
+}

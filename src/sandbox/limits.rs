@@ -46,7 +46,7 @@ pub fn apply_rlimits(l: &Limits) -> Vec<Result<Enforced, String>> {
         l.memory,
         "memory",
         format_size(l.memory),
-        Some("per process: a task of many processes can use more in total"),
+        Some("per process: a task of many processes can use more in total; memfds and shared mappings count as a whole (the watchdog); System V segments and kernel memory such as socket buffers are not counted"),
     );
     // One file can never exceed what the whole task may write.
     set(

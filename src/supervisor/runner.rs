@@ -566,7 +566,8 @@ impl Watchdog {
                     let walk = Instant::now();
                     let held = procs.unlinked_bytes();
                     let over = over_max_upper(&written, held, limits.max_upper)
-                        .or_else(|| over_epoll_budget(&held, procs.epoll_budget));
+                        .or_else(|| over_epoll_budget(&held, procs.epoll_budget))
+                        .or_else(|| over_shared_memory(&held, limits.memory));
                     wait = (walk.elapsed() * 9)
                         .clamp(Duration::from_millis(100), Duration::from_secs(1));
                     over
@@ -646,6 +647,22 @@ fn over_epoll_budget(held: &usage::Held, budget: u64) -> Option<LimitReason> {
             "epoll-watches".to_string(),
             format!(
                 "registered more than {budget} epoll watches, an eighth of what the kernel allows your user in all (fs.epoll.max_user_watches): more would leave your other programs unable to watch their files and connections"
+            ),
+        )
+    })
+}
+
+/// Whether the task keeps more in memfds and shared mappings than its
+/// memory limit: rlimits count only each process's own memory, and without
+/// a memory cgroup nothing else would.
+fn over_shared_memory(held: &usage::Held, memory: u64) -> Option<LimitReason> {
+    (held.shared_memory > memory).then(|| {
+        (
+            "memory".to_string(),
+            format!(
+                "keeps {} in shared memory (memfd, shared mappings), more than the {} memory limit",
+                crate::policy::format_size(held.shared_memory),
+                crate::policy::format_size(memory)
             ),
         )
     })

@@ -242,6 +242,21 @@ fn deleted_mapping(line: &str) -> Option<((u64, u64), u64)> {
     Some(((dev, ino.parse().ok()?), hex(b)?.saturating_sub(hex(a)?)))
 }
 
+/// A mapping of shared memory in a `maps` line that no memory rlimit
+/// counts: a memfd (`/memfd:NAME (deleted)`) or a shared anonymous mapping
+/// (`/dev/zero (deleted)`); (device, inode) and the mapped length.
+/// `/dev/shm` and `/tmp` are bounded by their size.
+fn shared_mapping(line: &str) -> Option<((u64, u64), u64)> {
+    let key = deleted_mapping(line)?;
+    // The path is what follows the first five fields.
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_start().split_once(char::is_whitespace)?.1;
+    }
+    let path = rest.trim_start();
+    (path.starts_with("/memfd:") || path == "/dev/zero (deleted)").then_some(key)
+}
+
 /// The device of an overlay mount in a `mountinfo` line (`36 35 0:49 /
 /// /grant rw - overlay overlay …`).
 fn overlay_dev(line: &str) -> Option<u64> {
@@ -305,6 +320,9 @@ impl TaskProcs {
         let pid1s = children(&helper);
         let mut seen = std::collections::HashSet::new();
         let mut mapped: std::collections::HashMap<(u64, u64), u64> = Default::default();
+        // Shared memory objects: their size, or the most any one process
+        // maps of them (a fork maps the same object again).
+        let mut shm: std::collections::HashMap<(u64, u64), u64> = Default::default();
         let mut next = pid1s.clone();
         // Bounded: the task has at most its pids limit of processes, and a
         // process is visited once.
@@ -346,6 +364,15 @@ impl TaskProcs {
                 if !in_memory && seen.insert((st.st_dev, st.st_ino)) {
                     held.bytes += (st.st_blocks as u64 * 512).max(INODE_COST);
                 }
+                // A memfd is memory no rlimit counts (its pages belong to
+                // no process): what it holds counts against `--memory`.
+                if in_memory
+                    && std::fs::read_link(&path)
+                        .is_ok_and(|l| l.as_os_str().as_bytes().starts_with(b"/memfd:"))
+                {
+                    let e = shm.entry((st.st_dev, st.st_ino)).or_insert(0);
+                    *e = (*e).max(st.st_blocks as u64 * 512);
+                }
             }
             // A deleted file kept only through a mapping (mmap, close,
             // unlink) holds the disk too. Its size cannot be read without
@@ -370,7 +397,16 @@ impl TaskProcs {
                     *mapped.entry(key).or_insert(0) += len;
                 }
             }
+            let mut here: std::collections::HashMap<(u64, u64), u64> = Default::default();
+            for (key, len) in maps.lines().filter_map(shared_mapping) {
+                *here.entry(key).or_insert(0) += len;
+            }
+            for (key, len) in here {
+                let e = shm.entry(key).or_insert(0);
+                *e = (*e).max(len);
+            }
         }
+        held.shared_memory = shm.values().sum();
         for ((dev, ino), len) in mapped {
             if !seen.contains(&(dev, ino)) {
                 held.bytes += len.max(INODE_COST);
@@ -390,4 +426,34 @@ pub struct Held {
     /// Epoll watches registered by the task's processes (counted up to a
     /// little past the budget).
     pub epoll_watches: u64,
+    /// Bytes in memfds and shared anonymous mappings, which per-process
+    /// memory rlimits do not count.
+    pub shared_memory: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_name_deleted_files_and_shared_memory() {
+        let file = "7f00a000-7f00c000 r--s 00000000 00:31 1041 /g/big (deleted)";
+        let dev = libc::makedev(0, 0x31);
+        assert_eq!(deleted_mapping(file), Some(((dev, 1041), 0x2000)));
+        assert_eq!(shared_mapping(file), None);
+        let memfd = "7f00a000-7f01a000 rw-s 00000000 00:01 77 /memfd:x y (deleted)";
+        assert_eq!(
+            shared_mapping(memfd),
+            Some(((libc::makedev(0, 1), 77), 0x10000))
+        );
+        let anon = "7f00a000-7f00b000 rw-s 00000000 00:01 9 /dev/zero (deleted)";
+        assert_eq!(shared_mapping(anon).map(|(_, l)| l), Some(0x1000));
+        // A file the agent named like one is not shared memory.
+        let named = "7f00a000-7f00b000 rw-s 00000000 00:31 9 /g/memfd:x (deleted)";
+        assert_eq!(shared_mapping(named), None);
+        assert_eq!(
+            shared_mapping("7f00a000-7f00b000 rw-s 00000000 00:01 9 /dev/zero"),
+            None
+        );
+    }
 }
