@@ -27,6 +27,17 @@ step "build"
 cargo build --all-targets
 AIRLOCK_BIN=$ROOT/target/debug/airlock
 export AIRLOCK_BIN
+# A small file system for the test that fills a disk with files no walk can
+# see (the watchdog's free-space backstop), named to it in
+# AIRLOCK_TEST_SMALL_FS; mounted when we may.
+SMALL_FS=
+if [ "$(id -u)" -eq 0 ]; then
+  SMALL_FS=$(mktemp -d /tmp/airlock-smallfs.XXXXXX)
+  if mount -t tmpfs -o size=160M,mode=0777 tmpfs "$SMALL_FS"; then
+    export AIRLOCK_TEST_SMALL_FS=$SMALL_FS
+  fi
+  trap 'umount "$SMALL_FS" 2>/dev/null; rmdir "$SMALL_FS"' EXIT
+fi
 
 check "tests as $(id -un)" cargo test --no-fail-fast
 
@@ -45,7 +56,8 @@ if [ "$(id -u)" -eq 0 ]; then
     fi
     d=$(dirname "$d")
   done
-  trap 'for d in "${OPENED[@]+"${OPENED[@]}"}"; do setfacl -x "u:$TEST_USER" "$d"; done' EXIT
+  trap 'for d in "${OPENED[@]+"${OPENED[@]}"}"; do setfacl -x "u:$TEST_USER" "$d"; done
+    umount "$SMALL_FS" 2>/dev/null; rmdir "$SMALL_FS"' EXIT
   USER_DIR=$(mktemp -d /tmp/airlock-usertest.XXXXXX)
   chmod 755 "$USER_DIR"
   mapfile -t EXES < <(cargo test --no-run --message-format=json 2>/dev/null |
@@ -74,7 +86,8 @@ for l in sys.stdin:
       echo "--- $b (as $TEST_USER)"
       (cd "$USER_DIR" && runuser -u "$TEST_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin \
         HOME="$home" USER="$TEST_USER" LANG=C.UTF-8 AIRLOCK_BIN="$USER_DIR/airlock" \
-        AIRLOCK_SRC="$ROOT" RUST_BACKTRACE=1 "$USER_DIR/deps/$b" --test-threads=2) || rc=1
+        AIRLOCK_SRC="$ROOT" AIRLOCK_TEST_SMALL_FS="${AIRLOCK_TEST_SMALL_FS:-}" \
+        RUST_BACKTRACE=1 "$USER_DIR/deps/$b" --test-threads=2) || rc=1
       rm -rf "$home"
     done
     return $rc

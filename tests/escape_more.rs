@@ -2146,3 +2146,67 @@ print(\"not stopped\")'"
         );
     }
 }
+
+/// A deleted file whose only descriptor sits in a unix socket's queue
+/// (SCM_RIGHTS to itself) is seen by no walk and no process scan: 167 MiB
+/// held under `--max-upper 10M`, the disk full for the whole task (pass
+/// 11A). The backstop watches the disk's free space: more lost than the
+/// task shows plus its limit, on a disk down to its last tenth, stops it.
+/// Needs a small file system for the state and the grant:
+/// `build-aux/test.sh` mounts one and names it in AIRLOCK_TEST_SMALL_FS.
+#[test]
+fn escape_max_upper_with_deleted_files_in_flight_in_a_socket() {
+    let Some(small) = std::env::var_os("AIRLOCK_TEST_SMALL_FS").filter(|s| !s.is_empty()) else {
+        eprintln!("not run: set AIRLOCK_TEST_SMALL_FS to a small (≤ 200 MB) writable file system, as build-aux/test.sh does");
+        return;
+    };
+    let w = World::new();
+    let base = tempfile::Builder::new()
+        .prefix("inflight")
+        .tempdir_in(&small)
+        .unwrap();
+    let (grant, state) = (base.path().join("g"), base.path().join("st"));
+    for d in [base.path(), &grant, &state] {
+        std::fs::create_dir_all(d).unwrap();
+        chmod(d, 0o777);
+    }
+    let g = format!("{}:rw", grant.display());
+    let mut c = w.cmd(&[
+        "run",
+        "--max-upper",
+        "10M",
+        "--grant",
+        &g,
+        "--",
+        "python3",
+        "-c",
+        "import os, socket, sys, time
+a, b = socket.socketpair()
+held = 0
+for i in range(60):
+    p = os.path.join(sys.argv[1], 'f%d' % i)
+    try:
+        with open(p, 'wb') as f:
+            f.write(bytes(9 << 20))
+    except OSError:
+        break
+    fd = os.open(p, os.O_RDONLY)
+    socket.send_fds(a, [b'x'], [fd])
+    os.close(fd)
+    os.unlink(p)
+    held += 9
+    time.sleep(0.1)
+print('holding', held, 'MiB', flush=True)
+time.sleep(5)
+print('not stopped')",
+        grant.to_str().unwrap(),
+    ]);
+    c.env("XDG_STATE_HOME", &state);
+    let o = output_within(c, Duration::from_secs(120));
+    let t = text(&o);
+    let _ = airlock::workspace::fsx::remove_owned_tree(base.path());
+    assert!(
+        !o.status.success() && !t.contains("not stopped") && t.contains("beyond what it shows"),
+        "{t}"
+    );
+}

@@ -552,6 +552,7 @@ impl Watchdog {
             // agent minutes).
             let mut wait = Duration::from_millis(100);
             let mut procs = None;
+            let disk = usage::DiskWatch::new(&written);
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
                 let helper = ctl.pid.load(Ordering::SeqCst);
                 let procs = procs.get_or_insert_with(|| usage::TaskProcs::new(helper, &written));
@@ -565,7 +566,7 @@ impl Watchdog {
                 } else {
                     let walk = Instant::now();
                     let held = procs.unlinked_bytes();
-                    let over = over_max_upper(&written, held, limits.max_upper)
+                    let over = over_max_upper(&written, held, limits.max_upper, Some(&disk))
                         .or_else(|| over_epoll_budget(&held, procs.epoll_budget))
                         .or_else(|| over_shared_memory(&held, limits.memory));
                     wait = (walk.elapsed() * 9)
@@ -596,7 +597,7 @@ impl Watchdog {
             Ok((Some(hit), _)) => (Some(hit), None),
             Ok((None, written)) => (
                 None,
-                over_max_upper(&written, usage::Held::default(), max_upper),
+                over_max_upper(&written, usage::Held::default(), max_upper, None),
             ),
             Err(_) => (None, None),
         }
@@ -609,6 +610,7 @@ fn over_max_upper(
     written: &[usage::Root],
     held: usage::Held,
     max_upper: u64,
+    disk: Option<&usage::DiskWatch>,
 ) -> Option<LimitReason> {
     if written.is_empty() {
         return None;
@@ -632,11 +634,25 @@ fn over_max_upper(
             crate::policy::format_size(used.bytes),
             crate::policy::format_size(max_upper)
         )
+    } else if let Some((at, lost)) =
+        disk.and_then(|d| d.unexplained(used.bytes, max_upper.saturating_add(UNEXPLAINED_SLACK)))
+    {
+        format!(
+            "took {} of the disk holding {} beyond what it shows, more than the {} allowed, and the disk is nearly full (files kept out of sight, such as deleted files passed between its processes, do that)",
+            crate::policy::format_size(lost),
+            crate::workspace::names::escape_path(&at),
+            crate::policy::format_size(max_upper)
+        )
     } else {
         return None;
     };
     Some(("max-upper".to_string(), why))
 }
+
+/// What the disk may lose beyond the task's visible writes and its
+/// `--max-upper` before the backstop stops it (metadata, the overlay's own
+/// work files, the user's other programs).
+const UNEXPLAINED_SLACK: u64 = 64 << 20;
 
 /// Whether the task registered more epoll watches than its share of the
 /// user's kernel quota (shared with the whole desktop; no rlimit or cgroup

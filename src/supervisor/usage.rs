@@ -183,6 +183,71 @@ pub fn make_readable(roots: &[Root]) -> (u64, Option<PathBuf>) {
     out
 }
 
+/// The free space of the file systems that hold a task's writes: a
+/// backstop for what no walk or process scan can see (a deleted file whose
+/// only descriptor is in flight in a unix socket, say). It reads one
+/// `statfs` per file system per check.
+pub struct DiskWatch {
+    /// A root on each file system (as messages show it), and the space
+    /// free on it when the task started.
+    fss: Vec<(Root, u64)>,
+    /// What the task had written when it started.
+    used0: u64,
+}
+
+/// Bytes free to unprivileged users, and the size, of the file system at `p`.
+fn space(p: &Path) -> Option<(u64, u64)> {
+    let f = nix::sys::statfs::statfs(p).ok()?;
+    let bs = f.block_size() as u64;
+    Some((f.blocks_available() as u64 * bs, f.blocks() as u64 * bs))
+}
+
+impl DiskWatch {
+    pub fn new(roots: &[Root]) -> DiskWatch {
+        let mut devs = Vec::new();
+        let mut fss = Vec::new();
+        for r in roots {
+            // A root not made yet lives on its parent's file system.
+            let at = if r.dir.exists() {
+                r.dir.as_path()
+            } else {
+                r.dir.parent().unwrap_or(&r.dir)
+            };
+            let (Ok(st), Some((free, _))) = (nix::sys::stat::stat(at), space(at)) else {
+                continue;
+            };
+            if !devs.contains(&st.st_dev) {
+                devs.push(st.st_dev);
+                fss.push((
+                    Root {
+                        dir: at.to_path_buf(),
+                        shown: r.shown.clone(),
+                    },
+                    free,
+                ));
+            }
+        }
+        DiskWatch {
+            fss,
+            used0: measure(roots).bytes,
+        }
+    }
+
+    /// A file system that lost more free space during the task than the
+    /// task's visible writes (`used` now) plus `allowed`, and is down to
+    /// its last tenth: the root it holds and the bytes unaccounted for.
+    /// Both conditions, so that the user's own writes elsewhere on a disk
+    /// with room to spare never stop a task.
+    pub fn unexplained(&self, used: u64, allowed: u64) -> Option<(PathBuf, u64)> {
+        let grown = used.saturating_sub(self.used0);
+        self.fss.iter().find_map(|(r, free0)| {
+            let (free, size) = space(&r.dir)?;
+            let lost = free0.saturating_sub(free).saturating_sub(grown);
+            (lost > allowed && free < size / 10).then(|| (r.shown.clone(), lost))
+        })
+    }
+}
+
 /// The processes of a running task: the sandbox helper's descendants
 /// (orphans of the task are adopted by its PID 1, so none escapes this).
 pub struct TaskProcs {
