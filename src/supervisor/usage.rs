@@ -4,7 +4,7 @@
 //! and a persistent home is measured before the next task starts in it.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -259,6 +259,22 @@ pub struct TaskProcs {
     /// Epoll watches the task may register in all: a share of the
     /// kernel's per-user quota, which the user's desktop shares.
     pub epoll_budget: u64,
+    /// The device of the kernel's anonymous inodes (epoll, eventfd).
+    anon_dev: Option<u64>,
+}
+
+/// The device anonymous inodes report, read off an eventfd of our own.
+fn anon_inode_dev() -> Option<u64> {
+    // SAFETY: eventfd with constant arguments; the result is checked.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor just made and owned by nobody else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    nix::sys::stat::fstat(fd.as_raw_fd())
+        .ok()
+        .map(|st| st.st_dev)
 }
 
 /// The kernel's limit of epoll watches per user (`fs.epoll.max_user_watches`).
@@ -352,6 +368,7 @@ impl TaskProcs {
             helper,
             devs,
             overlays_known: false,
+            anon_dev: anon_inode_dev(),
             epoll_budget: epoll_budget(),
         }
     }
@@ -415,8 +432,11 @@ impl TaskProcs {
                 let Ok(st) = nix::sys::stat::stat(&path) else {
                     continue;
                 };
-                // Anonymous inodes (epoll, eventfd, timerfd) have no type.
-                if st.st_mode & libc::S_IFMT == 0 && held.epoll_watches <= self.epoll_budget {
+                // Epoll instances are anonymous inodes: one device for all
+                // of them (their mode has no type on some kernels, a
+                // regular file's on others).
+                let anon = Some(st.st_dev) == self.anon_dev || st.st_mode & libc::S_IFMT == 0;
+                if anon && held.epoll_watches <= self.epoll_budget {
                     held.epoll_watches += epoll_watches(&pid, &fd.file_name()).unwrap_or(0);
                 }
                 if st.st_nlink != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
