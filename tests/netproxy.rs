@@ -767,6 +767,49 @@ async fn a_server_that_speaks_first_gets_its_tunnel() {
     assert_eq!(&back, b"hello");
 }
 
+/// A server that greets first and then starts TLS (STARTTLS-style, or a
+/// multiplexer) must not take a ClientHello for another name: what the
+/// client sends after the banner is checked all the same (pass 12B).
+#[tokio::test]
+async fn after_a_server_greeting_the_client_hello_is_still_checked() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    {
+        let got = got.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(b"220 ready\r\n").await.unwrap();
+            let mut b = vec![0u8; 4096];
+            while let Ok(n) = s.read(&mut b).await {
+                if n == 0 {
+                    break;
+                }
+                got.lock().unwrap().extend_from_slice(&b[..n]);
+            }
+        });
+    }
+    let mut p = start(policy(NetMode::Allow, &[format!("127.0.0.1:{port}")]), None);
+    let (mut s, head) = connect_via(&p.sock, &format!("127.0.0.1:{port}")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut banner = [0u8; 11];
+    s.read_exact(&mut banner).await.unwrap();
+    assert_eq!(&banner, b"220 ready\r\n");
+    let hello = captured_hello(Some("evil.example")).await;
+    s.write_all(&hello).await.unwrap();
+    assert!(
+        read_to_end(&mut s).await.is_empty(),
+        "nothing may come back"
+    );
+    let (d, why) = decision(&next_flow(&mut p.events).await);
+    assert_eq!(d, "deny", "{why}");
+    assert!(why.contains("evil.example"), "{why}");
+    assert!(
+        got.lock().unwrap().is_empty(),
+        "the hello reached the server"
+    );
+}
+
 #[tokio::test]
 async fn ask_mode_never_asks_about_refused_addresses() {
     let port = echo_server().await;

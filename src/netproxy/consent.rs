@@ -82,7 +82,11 @@ impl ConsentRequest {
 /// and 443. An IPv6 address takes brackets, or its port would read as part
 /// of it.
 pub fn allow_entry(host: &str, port: u16) -> String {
-    if host.contains(':') {
+    // A question's host is shown as `Host` shows it: IPv6 already in
+    // brackets.
+    if host.starts_with('[') {
+        format!("{host}:{port}")
+    } else if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
@@ -385,9 +389,13 @@ mod tests {
         let id = req.id;
         assert_eq!((req.host.as_str(), req.port), ("new.example", 443));
         assert_eq!(req.allow_entry(), "new.example:443");
+        use crate::netproxy::hosts::normalize_host;
         assert_eq!(allow_entry("fd00::1", 8080), "[fd00::1]:8080");
+        // How a real question carries an IPv6 host (pass 12B).
+        let v6 = normalize_host("fd00::1").unwrap().to_string();
+        assert_eq!(allow_entry(&v6, 443), "[fd00::1]:443");
         // What is saved allows what was asked and nothing more.
-        use crate::netproxy::hosts::{normalize_host, AllowEntry};
+        use crate::netproxy::hosts::AllowEntry;
         for (host, port, other) in [("new.example", 80, 443), ("fd00::1", 8080, 443)] {
             let e = AllowEntry::parse(&allow_entry(host, port)).unwrap();
             let h = normalize_host(host).unwrap();

@@ -249,15 +249,15 @@ impl Shared {
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let first = match first_client_bytes(&mut client, &upstream).await {
+        let (first, down) = match first_client_bytes(&mut client, &upstream).await {
             Ok(b) => b,
             Err(e) => {
                 flow.emit(&self.events, "fail", &e.to_string(), 0, 0);
                 return;
             }
         };
-        // Nothing from the client: the server spoke first (SSH, SMTP), and
-        // a server that speaks first is no TLS server to front through.
+        // Nothing from the client: one side closed before it spoke, and
+        // nothing of its will pass.
         if !first.is_empty() {
             if let Err(why) = check_tls(&first, host, port, self.gate.allow_list()) {
                 flow.emit(&self.events, "deny", &why, 0, 0);
@@ -278,22 +278,43 @@ impl Shared {
                 gettext_f("ended with an error: {error}", &[("error", &e.to_string())])
             ),
         };
-        flow.emit(&self.events, "allow", &reason, up.written, up.read);
+        flow.emit(&self.events, "allow", &reason, up.written, up.read + down);
     }
 }
 
 /// The first bytes the client sends through a fresh tunnel: a whole TLS
-/// ClientHello when it starts one, whatever arrived first otherwise, and
-/// nothing when the server speaks first (SSH, SMTP: those cannot be TLS).
-async fn first_client_bytes<S: AsyncRead + Unpin>(
+/// ClientHello when it starts one, whatever arrived first otherwise
+/// (nothing when a side closed first); and the bytes relayed from a server
+/// that spoke first (SSH, SMTP), which goes on to the client meanwhile.
+/// What the client then sends is checked all the same: a server may greet
+/// and then start TLS, which must not take just any name.
+async fn first_client_bytes<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut Prefixed<S>,
     upstream: &TcpStream,
-) -> io::Result<Vec<u8>> {
+) -> io::Result<(Vec<u8>, u64)> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
-    tokio::select! {
-        n = client.read(&mut chunk) => buf.extend_from_slice(&chunk[..n?]),
-        r = upstream.readable() => { r?; return Ok(buf) }
+    let mut from_server = vec![0u8; 16 * 1024];
+    let mut down = 0u64;
+    loop {
+        tokio::select! {
+            n = client.read(&mut chunk) => {
+                buf.extend_from_slice(&chunk[..n?]);
+                break;
+            }
+            r = upstream.readable() => {
+                r?;
+                match upstream.try_read(&mut from_server) {
+                    Ok(0) => return Ok((buf, down)),
+                    Ok(n) => {
+                        client.write_all(&from_server[..n]).await?;
+                        down += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
     let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     while !buf.is_empty()
@@ -306,7 +327,7 @@ async fn first_client_bytes<S: AsyncRead + Unpin>(
             Ok(Err(e)) => return Err(e),
         }
     }
-    Ok(buf)
+    Ok((buf, down))
 }
 
 /// The domain-fronting policy for what a client sends first through a

@@ -70,6 +70,26 @@ pub fn parse_client_hello(buf: &[u8]) -> Hello {
     match buf.first() {
         None => return Hello::Incomplete,
         Some(&RECORD_HANDSHAKE) => {}
+        // Another TLS record (change cipher spec, alert, application data,
+        // heartbeat) first: some servers (Go's, BoringSSL's) skip a warning
+        // alert and take the ClientHello after it, whose name would then
+        // go unchecked.
+        Some(20..=24) => {
+            return match buf.get(1) {
+                None => Hello::Incomplete,
+                Some(3) => Hello::Malformed("a TLS record came before the ClientHello"),
+                Some(_) => Hello::NotTls,
+            }
+        }
+        // An SSLv2-format ClientHello (two-byte header, message type 1)
+        // names no server at all.
+        Some(b) if b & 0x80 != 0 => {
+            return match buf.get(2) {
+                None => Hello::Incomplete,
+                Some(1) => Hello::Malformed("an SSLv2 ClientHello, which names no server"),
+                Some(_) => Hello::NotTls,
+            }
+        }
         Some(_) => return Hello::NotTls,
     }
     // Reassemble the handshake bytes from consecutive handshake records.
@@ -308,6 +328,29 @@ pub(crate) mod tests {
         ));
         let two = hello(&[sni_ext("a.example"), sni_ext("b.example")]);
         assert!(matches!(parse_client_hello(&two), Hello::Malformed(_)));
+    }
+
+    /// A warning alert (or any other record) before the ClientHello, then
+    /// a hello naming another host: Go's and BoringSSL's servers skip the
+    /// alert and take that hello (pass 12B). An SSLv2 hello names no server.
+    #[test]
+    fn records_before_the_hello_and_sslv2_hellos_are_refused() {
+        let mut fronted = vec![0x15, 3, 1, 0, 2, 1, 0x5a];
+        fronted.extend(hello(&[sni_ext("evil.example")]));
+        assert!(matches!(parse_client_hello(&fronted), Hello::Malformed(_)));
+        for t in [20u8, 21, 23, 24] {
+            assert!(
+                matches!(parse_client_hello(&[t, 3, 3, 0, 1, 0]), Hello::Malformed(_)),
+                "{t}"
+            );
+            assert_eq!(parse_client_hello(&[t]), Hello::Incomplete);
+        }
+        let v2 = [0x80, 0x2e, 1, 3, 1, 0, 0x15, 0, 0, 0, 0x10];
+        assert!(matches!(parse_client_hello(&v2), Hello::Malformed(_)));
+        assert_eq!(parse_client_hello(&[0x80, 0x2e]), Hello::Incomplete);
+        // Other protocols that happen to start with those bytes pass.
+        assert_eq!(parse_client_hello(&[0x15, 0x41, 0x42]), Hello::NotTls);
+        assert_eq!(parse_client_hello(&[0x80, 0x01, 0x02]), Hello::NotTls);
     }
 
     #[test]
