@@ -2206,7 +2206,70 @@ print('not stopped')",
     let t = text(&o);
     let _ = airlock::workspace::fsx::remove_owned_tree(base.path());
     assert!(
-        !o.status.success() && !t.contains("not stopped") && t.contains("beyond what it shows"),
+        !o.status.success()
+            && !t.contains("not stopped")
+            && t.contains("beyond what the task shows"),
         "{t}"
     );
+}
+
+/// The process scan read only the main thread's view: a main thread that
+/// exits (`SYS_exit`) while its other threads run on, or a thread with a
+/// file table of its own (`unshare(CLONE_FILES)`), hid a 1 GiB memfd and
+/// the user's whole epoll quota (pass 12A). Each thread is read now.
+#[test]
+fn escape_threads_that_hide_from_the_scan_are_seen() {
+    let w = World::new();
+    for how in ["leader-exits", "own-file-table"] {
+        let o = w.run(
+            &["--memory", "64M"],
+            &format!(
+                "python3 -c 'import ctypes, os, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+def balloon():
+    if \"{how}\" == \"own-file-table\":
+        assert libc.unshare(0x400) == 0
+    else:
+        # Only once the main thread is gone.
+        time.sleep(0.5)
+    fd = os.memfd_create(\"balloon\")
+    for i in range(256):
+        os.write(fd, bytes(1 << 20))
+    print(\"holding\", flush=True)
+    time.sleep(4)
+    print(\"not stopped\", flush=True)
+    os._exit(0)
+threading.Thread(target=balloon).start()
+if \"{how}\" == \"leader-exits\":
+    libc.syscall(60, 0)
+time.sleep(6)'"
+            ),
+        );
+        let t = text(&o);
+        assert!(
+            !o.status.success() && !t.contains("not stopped") && t.contains("shared memory"),
+            "{how}: {t}"
+        );
+    }
+}
+
+/// A program the supervisor may not inspect is stopped whatever the
+/// task's grants: without a read-write grant it went unchecked, and held a
+/// 1 GiB memfd under `--memory 64M` (pass 12A). Root reads every process,
+/// so this asserts as the unprivileged user only.
+#[test]
+fn escape_an_uninspectable_program_is_stopped_without_a_rw_grant_too() {
+    let w = World::new();
+    let o = w.run(
+        &["--memory", "64M"],
+        "cp /bin/sleep /tmp/hidden && chmod 111 /tmp/hidden && /tmp/hidden 3; echo not stopped",
+    );
+    let t = text(&o);
+    // SAFETY: geteuid only reads.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            !o.status.success() && !t.contains("not stopped") && t.contains("cannot be inspected"),
+            "{t}"
+        );
+    }
 }

@@ -566,7 +566,8 @@ impl Watchdog {
                 } else {
                     let walk = Instant::now();
                     let held = procs.unlinked_bytes();
-                    let over = over_max_upper(&written, held, limits.max_upper, Some(&disk))
+                    let over = over_uninspectable(&held)
+                        .or_else(|| over_max_upper(&written, held, limits.max_upper, Some(&disk)))
                         .or_else(|| over_epoll_budget(&held, procs.epoll_budget))
                         .or_else(|| over_shared_memory(&held, limits.memory));
                     wait = (walk.elapsed() * 9)
@@ -619,9 +620,7 @@ fn over_max_upper(
     // Deleted files the task still holds open count as written: they
     // take the disk until it closes them.
     used.bytes += held.bytes;
-    let why = if held.uninspectable {
-        "runs a program that cannot be inspected (made undumpable, or run from a file it may not read), so the deleted files it may hold cannot be checked".to_string()
-    } else if used.unreadable {
+    let why = if used.unreadable {
         "made a folder in its grants or its home unreadable, so what it wrote there cannot be checked".to_string()
     } else if used.too_deep {
         format!(
@@ -638,7 +637,7 @@ fn over_max_upper(
         disk.and_then(|d| d.unexplained(used.bytes, max_upper.saturating_add(UNEXPLAINED_SLACK)))
     {
         format!(
-            "took {} of the disk holding {} beyond what it shows, more than the {} allowed, and the disk is nearly full (files kept out of sight, such as deleted files passed between its processes, do that)",
+            "ran while the disk holding {1} lost {0} of free space beyond what the task shows, more than its {2}, and the disk is down to its last tenth: it was stopped before the disk fills (files a task keeps out of sight, such as deleted files passed between its processes, do that; so would other programs writing to that disk)",
             crate::policy::format_size(lost),
             crate::workspace::names::escape_path(&at),
             crate::policy::format_size(max_upper)
@@ -647,6 +646,18 @@ fn over_max_upper(
         return None;
     };
     Some(("max-upper".to_string(), why))
+}
+
+/// Whether a process of the task hides from the scan (as an unprivileged
+/// user only): what it holds (deleted files, epoll watches, shared memory)
+/// could not be counted, whatever the task's grants.
+fn over_uninspectable(held: &usage::Held) -> Option<LimitReason> {
+    held.uninspectable.then(|| {
+        (
+            "inspection".to_string(),
+            "runs a program that cannot be inspected (made undumpable, or run from a file it may not read), so the deleted files, epoll watches and shared memory it may hold cannot be checked".to_string(),
+        )
+    })
 }
 
 /// What the disk may lose beyond the task's visible writes and its

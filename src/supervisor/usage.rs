@@ -293,14 +293,14 @@ pub fn epoll_budget() -> u64 {
     epoll_user_quota() / 8
 }
 
-/// How many watches the epoll instance at `/proc/PID/fd/FD` holds (one
+/// How many watches the epoll instance at `{base}/fd/FD` holds (one
 /// `tfd:` line each in its fdinfo), or None when it is not an epoll fd.
-fn epoll_watches(pid: &str, fd: &std::ffi::OsStr) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/fd/{}", fd.to_string_lossy())).ok()?;
+fn epoll_watches(base: &str, fd: &std::ffi::OsStr) -> Option<u64> {
+    let link = std::fs::read_link(format!("{base}/fd/{}", fd.to_string_lossy())).ok()?;
     if link.as_os_str() != "anon_inode:[eventpoll]" {
         return None;
     }
-    let info = std::fs::read(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy())).ok()?;
+    let info = std::fs::read(format!("{base}/fdinfo/{}", fd.to_string_lossy())).ok()?;
     Some(
         info.split(|&b| b == b'\n')
             .filter(|l| l.starts_with(b"tfd:"))
@@ -349,12 +349,23 @@ fn overlay_dev(line: &str) -> Option<u64> {
     Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
 }
 
-/// Whether a process still has its memory, i.e. runs a program. A zombie,
+/// Whether two threads (host ids) share one file table. Where `kcmp` is
+/// missing, they count as apart: both are read.
+fn same_files(a: &str, b: &str) -> bool {
+    let (Ok(a), Ok(b)) = (a.parse::<libc::pid_t>(), b.parse::<libc::pid_t>()) else {
+        return false;
+    };
+    const KCMP_FILES: libc::c_long = 2;
+    // SAFETY: kcmp only compares two tasks' kernel objects.
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) == 0 }
+}
+
+/// Whether a thread (`/proc/PID/task/TID`) still has its memory, i.e. runs a program. A zombie,
 /// or a process past the point of its exit where it let go of its memory,
 /// shows everyone a root-owned `fd` folder, yet holds nothing: it must not
 /// pass for a process hiding from us.
-fn has_memory(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+fn has_memory(base: &str) -> bool {
+    std::fs::read_to_string(format!("{base}/status"))
         .is_ok_and(|s| s.lines().any(|l| l.starts_with("VmSize:")))
 }
 
@@ -370,6 +381,49 @@ impl TaskProcs {
             overlays_known: false,
             anon_dev: anon_inode_dev(),
             epoll_budget: epoll_budget(),
+        }
+    }
+
+    /// One open descriptor at `{base}/fd/N`: an epoll instance's watches,
+    /// a deleted file's blocks, a memfd's pages.
+    fn scan_fd(
+        &self,
+        base: &str,
+        fd: &std::fs::DirEntry,
+        held: &mut Held,
+        seen: &mut std::collections::HashSet<(u64, u64)>,
+        shm: &mut std::collections::HashMap<(u64, u64), u64>,
+    ) {
+        // Follows the descriptor to the open file itself.
+        let path = fd.path();
+        let Ok(st) = nix::sys::stat::stat(&path) else {
+            return;
+        };
+        // Epoll instances are anonymous inodes: one device for all of them
+        // (their mode has no type on some kernels, a regular file's on
+        // others).
+        let anon = Some(st.st_dev) == self.anon_dev || st.st_mode & libc::S_IFMT == 0;
+        if anon && held.epoll_watches <= self.epoll_budget {
+            held.epoll_watches += epoll_watches(base, &fd.file_name()).unwrap_or(0);
+        }
+        if st.st_nlink != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return;
+        }
+        // tmpfs and shmem (memfd) are memory, bounded by `--tmp-size` and
+        // the memory limit, not disk.
+        let in_memory = nix::sys::statfs::statfs(&path)
+            .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+        if !in_memory && seen.insert((st.st_dev, st.st_ino)) {
+            held.bytes += (st.st_blocks as u64 * 512).max(INODE_COST);
+        }
+        // A memfd is memory no rlimit counts (its pages belong to no
+        // process): what it holds counts against `--memory`.
+        if in_memory
+            && std::fs::read_link(&path)
+                .is_ok_and(|l| l.as_os_str().as_bytes().starts_with(b"/memfd:"))
+        {
+            let e = shm.entry((st.st_dev, st.st_ino)).or_insert(0);
+            *e = (*e).max(st.st_blocks as u64 * 512);
         }
     }
 
@@ -414,81 +468,80 @@ impl TaskProcs {
                 continue;
             }
             next.extend(children(&pid));
-            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-                // Our own processes (PID 1 and the network forwarder, forks
-                // of the helper) keep the agent out and us too. Any other
-                // process we may not inspect (a program run from a file it
-                // may not read, or one that made itself undumpable) could
-                // hold deleted files unseen.
-                let own = pid1s.contains(&pid) || (ours.is_some() && cmdline(&pid) == ours);
-                if !own && has_memory(&pid) {
-                    held.uninspectable = true;
+            // Thread by thread: a thread may have a file table of its own
+            // (unshare(CLONE_FILES)), and once the main thread has exited
+            // the process's own fd and maps show nothing while its other
+            // threads run on. Threads sharing a table are read once.
+            let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut tables: Vec<&str> = Vec::new();
+            let mut maps_read = false;
+            for tid in &tids {
+                if tables.iter().any(|t| same_files(t, tid)) {
+                    continue;
                 }
-                continue;
-            };
-            for fd in fds.flatten() {
-                // Follows the descriptor to the open file itself.
-                let path = fd.path();
-                let Ok(st) = nix::sys::stat::stat(&path) else {
+                tables.push(tid);
+                let base = format!("/proc/{pid}/task/{tid}");
+                let Ok(fds) = std::fs::read_dir(format!("{base}/fd")) else {
+                    // Our own processes (PID 1 and the network forwarder,
+                    // forks of the helper) keep the agent out and us too.
+                    // Any other thread we may not inspect (a program run
+                    // from a file it may not read, or one that made itself
+                    // undumpable) could hold files unseen. A thread that
+                    // let go of its memory (exiting, a zombie) holds none.
+                    let own = pid1s.contains(&pid) || (ours.is_some() && cmdline(&pid) == ours);
+                    if !own && has_memory(&base) {
+                        held.uninspectable = true;
+                    }
                     continue;
                 };
-                // Epoll instances are anonymous inodes: one device for all
-                // of them (their mode has no type on some kernels, a
-                // regular file's on others).
-                let anon = Some(st.st_dev) == self.anon_dev || st.st_mode & libc::S_IFMT == 0;
-                if anon && held.epoll_watches <= self.epoll_budget {
-                    held.epoll_watches += epoll_watches(&pid, &fd.file_name()).unwrap_or(0);
+                for fd in fds.flatten() {
+                    self.scan_fd(&base, &fd, &mut held, &mut seen, &mut shm);
                 }
-                if st.st_nlink != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                if maps_read {
                     continue;
                 }
-                // tmpfs and shmem (memfd) are memory, bounded by
-                // `--tmp-size` and the memory limit, not disk.
-                let in_memory = nix::sys::statfs::statfs(&path)
-                    .is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
-                if !in_memory && seen.insert((st.st_dev, st.st_ino)) {
-                    held.bytes += (st.st_blocks as u64 * 512).max(INODE_COST);
+                // Threads share their memory: one live thread's maps.
+                let Ok(maps) = std::fs::read_to_string(format!("{base}/maps")) else {
+                    continue;
+                };
+                if maps.is_empty() {
+                    continue;
                 }
-                // A memfd is memory no rlimit counts (its pages belong to
-                // no process): what it holds counts against `--memory`.
-                if in_memory
-                    && std::fs::read_link(&path)
-                        .is_ok_and(|l| l.as_os_str().as_bytes().starts_with(b"/memfd:"))
-                {
-                    let e = shm.entry((st.st_dev, st.st_ino)).or_insert(0);
-                    *e = (*e).max(st.st_blocks as u64 * 512);
+                maps_read = true;
+                // Not from the helper's own children: the uid-map writer
+                // lives in the host's mount table.
+                if !self.overlays_known && !pid1s.contains(&pid) {
+                    // A mapping names an overlay file by the overlay's
+                    // device: those of the task's read-write grants.
+                    if let Ok(mi) = std::fs::read_to_string(format!("{base}/mountinfo")) {
+                        self.devs.extend(mi.lines().filter_map(overlay_dev));
+                        self.overlays_known = true;
+                    }
                 }
-            }
-            // A deleted file kept only through a mapping (mmap, close,
-            // unlink) holds the disk too. Its size cannot be read without
-            // privileges: what is mapped of it is counted.
-            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-                continue;
-            };
-            // Not from the helper's own children: the uid-map writer lives
-            // in the host's mount table.
-            if !self.overlays_known && !pid1s.contains(&pid) {
-                // A mapping names an overlay file by the overlay's device:
-                // those of the task's read-write grants.
-                if let Ok(mi) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
-                    self.devs.extend(mi.lines().filter_map(overlay_dev));
-                    self.overlays_known = true;
+                // A deleted file kept only through a mapping (mmap, close,
+                // unlink) holds the disk too. Its size cannot be read
+                // without privileges: what is mapped of it is counted.
+                for (key, len) in maps.lines().filter_map(deleted_mapping) {
+                    // Only files on the devices that count (tmpfs and
+                    // memory objects are bounded by other limits).
+                    if self.devs.contains(&key.0) {
+                        *mapped.entry(key).or_insert(0) += len;
+                    }
                 }
-            }
-            for (key, len) in maps.lines().filter_map(deleted_mapping) {
-                // Only files on the devices that count (tmpfs and memory
-                // objects are bounded by other limits).
-                if self.devs.contains(&key.0) {
-                    *mapped.entry(key).or_insert(0) += len;
+                let mut here: std::collections::HashMap<(u64, u64), u64> = Default::default();
+                for (key, len) in maps.lines().filter_map(shared_mapping) {
+                    *here.entry(key).or_insert(0) += len;
                 }
-            }
-            let mut here: std::collections::HashMap<(u64, u64), u64> = Default::default();
-            for (key, len) in maps.lines().filter_map(shared_mapping) {
-                *here.entry(key).or_insert(0) += len;
-            }
-            for (key, len) in here {
-                let e = shm.entry(key).or_insert(0);
-                *e = (*e).max(len);
+                for (key, len) in here {
+                    let e = shm.entry(key).or_insert(0);
+                    *e = (*e).max(len);
+                }
             }
         }
         held.shared_memory = shm.values().sum();
