@@ -2145,6 +2145,23 @@ print(\"not stopped\")'"
             "{kind}: {t}"
         );
     }
+    // What counts is what is resident: a database reserves a big shared
+    // segment and uses little of it (PostgreSQL under --memory 128M was
+    // stopped when the mapped length counted, pass 12A).
+    let o = w.run(
+        &["--memory", "64M"],
+        "python3 -c 'import mmap, time
+m = mmap.mmap(-1, 512 << 20, flags=mmap.MAP_SHARED)
+for i in range(0, 16 << 20, 4096):
+    m[i] = 1
+time.sleep(1.5)
+print(\"reserved but little used\")'",
+    );
+    let t = text(&o);
+    assert!(
+        o.status.success() && t.contains("reserved but little used"),
+        "{t}"
+    );
 }
 
 /// A deleted file whose only descriptor sits in a unix socket's queue

@@ -338,6 +338,29 @@ fn shared_mapping(line: &str) -> Option<((u64, u64), u64)> {
     (path.starts_with("/memfd:") || path == "/dev/zero (deleted)").then_some(key)
 }
 
+/// The resident bytes of each shared memory object an `smaps` text maps
+/// (summed over its mappings in this process).
+fn shared_resident(smaps: &str) -> std::collections::HashMap<(u64, u64), u64> {
+    let mut out = std::collections::HashMap::new();
+    let mut current = None;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header line: its object, if shared memory.
+            current = shared_mapping(line).map(|(key, _)| key);
+        } else if let (Some(key), Some(rest)) = (current, line.strip_prefix("Rss:")) {
+            let kb: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            *out.entry(key).or_insert(0) += kb * 1024;
+        }
+    }
+    out
+}
+
 /// The device of an overlay mount in a `mountinfo` line (`36 35 0:49 /
 /// /grant rw - overlay overlay …`).
 fn overlay_dev(line: &str) -> Option<u64> {
@@ -534,11 +557,17 @@ impl TaskProcs {
                         *mapped.entry(key).or_insert(0) += len;
                     }
                 }
-                let mut here: std::collections::HashMap<(u64, u64), u64> = Default::default();
-                for (key, len) in maps.lines().filter_map(shared_mapping) {
-                    *here.entry(key).or_insert(0) += len;
+                // Shared memory counts by what is resident of it, read
+                // from smaps (dearer than maps: only where there is some).
+                // A segment mapped whole but little used (a database's
+                // buffers) must not count at its mapped length.
+                if !maps.lines().any(|l| shared_mapping(l).is_some()) {
+                    continue;
                 }
-                for (key, len) in here {
+                let Ok(smaps) = std::fs::read_to_string(format!("{base}/smaps")) else {
+                    continue;
+                };
+                for (key, len) in shared_resident(&smaps) {
                     let e = shm.entry(key).or_insert(0);
                     *e = (*e).max(len);
                 }
@@ -593,5 +622,16 @@ mod tests {
             shared_mapping("7f00a000-7f00b000 rw-s 00000000 00:01 9 /dev/zero"),
             None
         );
+        let smaps = "7f00a000-7f01a000 rw-s 00000000 00:01 9 /dev/zero (deleted)
+Size:                 64 kB
+Rss:                   8 kB
+7f01a000-7f01b000 r--p 00000000 00:31 5 /usr/lib/x
+Rss:                   4 kB
+7f01b000-7f01c000 rw-s 00001000 00:01 9 /dev/zero (deleted)
+Rss:                   4 kB
+";
+        let r = shared_resident(smaps);
+        assert_eq!(r.get(&(libc::makedev(0, 1), 9)), Some(&(12 * 1024)));
+        assert_eq!(r.len(), 1);
     }
 }
