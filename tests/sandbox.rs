@@ -45,6 +45,45 @@ fn shell_python_and_children_work() {
     );
 }
 
+/// A test suite that starts a local server and talks to it (Go's
+/// httptest, supertest, a dev database) works inside: the sandbox's
+/// loopback is its own. A Landlock port rule refused these connections
+/// with EACCES; the network namespace is what keeps them inside. The host's
+/// own loopback stays out of reach, with and without the network path.
+#[test]
+fn a_local_server_inside_the_sandbox_can_be_reached() {
+    let w = World::new();
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    host.set_nonblocking(true).unwrap();
+    let script = format!(
+        "python3 -c 'import socket, threading, urllib.request, http.server
+srv = http.server.HTTPServer((\"127.0.0.1\", 0), http.server.SimpleHTTPRequestHandler)
+threading.Thread(target=srv.serve_forever, daemon=True).start()
+r = urllib.request.build_opener(urllib.request.ProxyHandler({{}})).open(\"http://127.0.0.1:%d/\" % srv.server_port)
+print(\"local server status\", r.status)
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect((\"127.0.0.1\", {host_port})); print(\"reached the host\")
+except OSError as e:
+    print(\"host loopback:\", e.errno)'"
+    );
+    for net in [
+        &[][..],
+        &["--net", "allow", "--allow-host", "example.invalid"][..],
+    ] {
+        let o = w.run(net, &script);
+        let t = text(&o);
+        assert!(t.contains("local server status 200"), "{net:?}: {t}");
+        assert!(!t.contains("reached the host"), "{net:?}: {t}");
+        // Nothing arrived at the host's listener.
+        assert!(
+            host.accept().is_err(),
+            "{net:?}: the host listener was reached"
+        );
+    }
+}
+
 #[test]
 fn git_commit_in_rw_grant_tmp_and_ro_grant() {
     let w = World::new();

@@ -36,8 +36,6 @@ pub struct Context {
     /// Calls answered `EPERM` (the rest of what arrives is observed).
     pub deny_rules: Vec<Rule>,
     pub view: View,
-    /// `host:port` destinations that are the proxy's own (not reported).
-    pub proxy_ports: Vec<u16>,
 }
 
 /// Counts, for tests and the final report.
@@ -367,7 +365,9 @@ fn observe(
         return vec![];
     };
     match sockaddr_text(&sa[..n]) {
-        Some((text, port, loopback)) if !(loopback && ctx.proxy_ports.contains(&port)) => {
+        // The sandbox's loopback is its own (its local servers, the
+        // proxy's forwarder): only addresses beyond it are reported.
+        Some((text, _port, loopback)) if !loopback => {
             vec![Key::Net {
                 syscall: name.to_string(),
                 address: text,

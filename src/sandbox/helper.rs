@@ -592,7 +592,7 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
         ctl.fail("no_new_privs", std::io::Error::last_os_error());
     }
     layers.push(enforced("no_new_privs", "on".into(), "kernel", None));
-    match landlock::restrict(spec, &super::net::landlock_ports(spec)) {
+    match landlock::restrict(spec) {
         Ok(o) => layers.push(enforced(
             "landlock",
             format!("ABI {}", o.kernel_abi),

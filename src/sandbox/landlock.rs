@@ -1,14 +1,21 @@
 //! Landlock rules matching the grants: read+execute on the system and on
 //! read-only grants, read-write on read-write grants, `/tmp`, `$HOME` and
-//! `/dev`; TCP connect only to the proxy's ports (ABI ≥ 4); abstract unix
-//! sockets and signals scoped to the sandbox (ABI ≥ 6). Best effort across
-//! ABI versions, with what was enforced reported back.
+//! `/dev`; abstract unix sockets and signals scoped to the sandbox (ABI ≥
+//! 6). Best effort across ABI versions, with what was enforced reported
+//! back.
+//!
+//! No TCP port rules (ABI ≥ 4): the sandbox's own network namespace is
+//! what confines its connections (its loopback, and the proxy's forwarder).
+//! A port rule cannot tell that loopback from anywhere else, so limiting
+//! connect to the proxy's ports refused the task's own local servers: every
+//! test suite that starts one (Go's httptest, supertest, a dev database)
+//! failed with EACCES, and guarded nothing the namespace does not.
 
 use std::path::PathBuf;
 
 use landlock::{
-    Access, AccessFs, AccessNet, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+    Scope, ABI,
 };
 
 use super::spec::SandboxSpec;
@@ -43,7 +50,7 @@ pub fn kernel_abi() -> i32 {
 }
 
 /// Applies the rules to the calling process (and every child it will have).
-pub fn restrict(spec: &SandboxSpec, proxy_ports: &[u16]) -> Result<Outcome, String> {
+pub fn restrict(spec: &SandboxSpec) -> Result<Outcome, String> {
     let kernel = kernel_abi();
     if kernel == 0 && spec.require_landlock {
         return Err(
@@ -72,12 +79,6 @@ pub fn restrict(spec: &SandboxSpec, proxy_ports: &[u16]) -> Result<Outcome, Stri
 
     let err = |e: landlock::RulesetError| e.to_string();
     let mut ruleset = Ruleset::default().handle_access(all).map_err(err)?;
-    // TCP connect is limited to the proxy; bind stays free inside the
-    // sandbox's own network namespace (local test servers keep working).
-    let tcp = AccessNet::from_all(abi).contains(AccessNet::ConnectTcp);
-    if tcp {
-        ruleset = ruleset.handle_access(AccessNet::ConnectTcp).map_err(err)?;
-    }
     let scopes = Scope::from_all(abi);
     if !scopes.is_empty() {
         ruleset = ruleset.scope(scopes).map_err(err)?;
@@ -98,11 +99,6 @@ pub fn restrict(spec: &SandboxSpec, proxy_ports: &[u16]) -> Result<Outcome, Stri
                 .add_rule(PathBeneath::new(fd, access))
                 .map_err(|e| format!("{}: {e}", p.display()))?;
         }
-    }
-    for port in proxy_ports.iter().filter(|_| tcp) {
-        created = created
-            .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
-            .map_err(err)?;
     }
     let status = created.restrict_self().map_err(err)?;
     let kernel_abi = kernel;

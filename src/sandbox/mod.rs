@@ -286,7 +286,6 @@ fn monitor_context(
             private: vec!["/tmp".into(), "/etc".into(), spec.user.home.clone()],
             denied: spec.deny.clone(),
         },
-        proxy_ports: net::landlock_ports(spec),
     }
 }
 

@@ -41,18 +41,6 @@ pub fn attach(spec: &mut SandboxSpec, net: NetSpec) {
     spec.net = Some(net);
 }
 
-/// The TCP ports the agent may connect to (Landlock, ABI ≥ 4): the
-/// forwarder, DNS over TCP, and the transparent-mode ports. Empty without
-/// network, so no TCP connection at all is possible.
-pub fn landlock_ports(spec: &SandboxSpec) -> Vec<u16> {
-    let Some(net) = &spec.net else {
-        return Vec::new();
-    };
-    let mut ports = vec![net.port, 53];
-    ports.extend(TransparentConfig::new(&net.extra_ports).ports);
-    ports
-}
-
 /// The enforcement report's value for `network`.
 pub fn summary(spec: &SandboxSpec) -> &str {
     spec.net.as_ref().map_or("loopback only", |n| &n.summary)
