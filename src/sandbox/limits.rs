@@ -70,6 +70,11 @@ pub fn unenforced(l: &Limits) -> Vec<Enforced> {
     }]
 }
 
+/// A number in a `/proc/sys` file.
+fn read_number(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// inotify instances and watches are counted per user at every level of
 /// user namespaces up to the host's, whose limits the user's desktop lives
 /// within (128 instances by default): a task could take them all, and file
@@ -78,7 +83,6 @@ pub fn unenforced(l: &Limits) -> Vec<Enforced> {
 /// enforces. Run by PID 1 while it holds its capabilities there; failures
 /// show in [`inotify_enforced`].
 pub fn limit_inotify() {
-    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
     let pairs = [
         (
             "/proc/sys/fs/inotify/max_user_instances",
@@ -92,7 +96,7 @@ pub fn limit_inotify() {
         ),
     ];
     for (host, ours, share) in pairs {
-        if let Some(v) = read(host) {
+        if let Some(v) = read_number(host) {
             let _ = std::fs::write(ours, (v / share).max(8).to_string());
         }
     }
@@ -100,9 +104,8 @@ pub fn limit_inotify() {
 
 /// What bounds the task's inotify use, read back from its namespace.
 pub fn inotify_enforced() -> Enforced {
-    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
-    let inst = read("/proc/sys/user/max_inotify_instances");
-    let watches = read("/proc/sys/user/max_inotify_watches");
+    let inst = read_number("/proc/sys/user/max_inotify_instances");
+    let watches = read_number("/proc/sys/user/max_inotify_watches");
     match (inst, watches) {
         (Some(i), Some(w)) if i < i32::MAX as u64 && w < i32::MAX as u64 => Enforced {
             what: "inotify".into(),

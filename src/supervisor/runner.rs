@@ -565,7 +565,7 @@ impl Watchdog {
                     ))
                 } else {
                     let walk = Instant::now();
-                    let held = procs.unlinked_bytes();
+                    let held = procs.scan();
                     let over = over_uninspectable(&held)
                         .or_else(|| over_max_upper(&written, held, limits.max_upper, Some(&disk)))
                         .or_else(|| over_epoll_budget(&held, procs.epoll_budget))

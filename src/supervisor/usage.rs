@@ -450,13 +450,13 @@ impl TaskProcs {
         }
     }
 
-    /// Bytes of regular files that a process of the task keeps open (or
-    /// mapped) after deleting them: on disk as much as any file in its layer, yet no
-    /// walk of the layer sees them. Files in memory (tmpfs, memfd) are
-    /// bounded by other limits and not counted. The helper's own children
+    /// What the task's processes hold that no walk of its layers sees
+    /// ([`Held`]): deleted files still open or mapped (on disk as much as
+    /// any file in its layer), epoll watches, memfds and shared mappings,
+    /// and whether some process hides from us. The helper's own children
     /// (PID 1, the uid-map writer) hold none; PID 1 does not even let us
     /// look (it is not dumpable), its children are read all the same.
-    pub fn unlinked_bytes(&mut self) -> Held {
+    pub fn scan(&mut self) -> Held {
         let mut held = Held::default();
         if self.helper == 0 {
             return held;
