@@ -2116,6 +2116,89 @@ sys.stdin.read()",
     assert!(host_ok, "the host user could not make an inotify instance");
 }
 
+/// Queued signals and message-queue bytes are counted per host user across
+/// user namespaces. A task that queued signals up to the user's limit left
+/// the user's own programs unable to create a POSIX timer while it ran; a
+/// task whose message-queue opens were refused still held the bytes, and
+/// the user could open no queue. The task gets a quarter of the pending
+/// signals and no message-queue bytes.
+#[test]
+fn escape_pending_signals_and_message_queues_leave_the_users_share() {
+    use std::io::BufRead;
+    let w = World::new();
+    // SAFETY: getrlimit into a struct we own.
+    let host_max = unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_SIGPENDING, &mut r), 0);
+        r.rlim_cur
+    };
+    let mut c = w.cmd(&[
+        "run",
+        "--",
+        "python3",
+        "-c",
+        "import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+sig = signal.SIGRTMIN
+signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+n = 0
+while libc.sigqueue(os.getpid(), sig, ctypes.c_void_p(0)) == 0:
+    n += 1
+attr = (ctypes.c_long * 8)(0, 10, 8192, 0)
+queues = 0
+for i in range(200):
+    if libc.mq_open(('/airlock-q%d' % i).encode(), os.O_CREAT | os.O_RDWR, 0o600, attr) >= 0:
+        queues += 1
+print('holding', n, queues, flush=True)
+sys.stdin.read()",
+    ]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    // While the task holds all it could, the host user can still make a
+    // POSIX timer (each takes a queued signal) and a message queue.
+    // SAFETY: timer_create and timer_delete on our own timer.
+    let timer_ok = unsafe {
+        let mut t: libc::timer_t = std::mem::zeroed();
+        let ok = libc::timer_create(libc::CLOCK_MONOTONIC, std::ptr::null_mut(), &mut t) == 0;
+        if ok {
+            libc::timer_delete(t);
+        }
+        ok
+    };
+    let name = std::ffi::CString::new(format!("/airlock-test-{}", std::process::id())).unwrap();
+    // SAFETY: an mq_attr we own; the queue is closed and unlinked at once.
+    let queue_ok = unsafe {
+        let mut attr: libc::mq_attr = std::mem::zeroed();
+        attr.mq_maxmsg = 10;
+        attr.mq_msgsize = 8192;
+        let q = libc::mq_open(
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_RDWR,
+            0o600 as libc::mode_t,
+            &mut attr as *mut libc::mq_attr,
+        );
+        if q >= 0 {
+            libc::mq_close(q);
+            libc::mq_unlink(name.as_ptr());
+        }
+        q >= 0
+    };
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let held: Vec<u64> = line
+        .strip_prefix("holding ")
+        .map(|r| r.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    assert!(timer_ok, "the host user could not create a POSIX timer");
+    assert!(queue_ok, "the host user could not open a message queue");
+    assert_eq!(held.len(), 2, "{line}");
+    assert!(held[0] >= 1 && held[0] <= host_max / 4, "{line} of {host_max}");
+    assert_eq!(held[1], 0, "{line}");
+}
+
 /// Memory rlimits count each process's own memory only: a memfd or a
 /// shared anonymous mapping held 1 to 4 GiB under `--memory 64M` (pass
 /// 11A). The watchdog counts them against the memory limit as a whole.
