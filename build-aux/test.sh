@@ -31,12 +31,22 @@ export AIRLOCK_BIN
 # see (the watchdog's free-space backstop), named to it in
 # AIRLOCK_TEST_SMALL_FS; mounted when we may.
 SMALL_FS=
+HUGE_BEFORE=
+restore_huge() {
+  if [ "$HUGE_BEFORE" = 0 ]; then echo 0 >/proc/sys/vm/nr_hugepages 2>/dev/null || true; fi
+}
 if [ "$(id -u)" -eq 0 ]; then
   SMALL_FS=$(mktemp -d /tmp/airlock-smallfs.XXXXXX)
   if mount -t tmpfs -o size=160M,mode=0777 tmpfs "$SMALL_FS"; then
     export AIRLOCK_TEST_SMALL_FS=$SMALL_FS
   fi
-  trap 'umount "$SMALL_FS" 2>/dev/null; rmdir "$SMALL_FS"' EXIT
+  # A few huge pages, so that the test of the machine's huge-page pool
+  # checks something (a task must not take them); put back at the end.
+  HUGE_BEFORE=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo)
+  if [ "$HUGE_BEFORE" = 0 ]; then
+    echo 8 >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+  fi
+  trap 'umount "$SMALL_FS" 2>/dev/null; rmdir "$SMALL_FS"; restore_huge' EXIT
 fi
 
 check "tests as $(id -un)" cargo test --no-fail-fast
@@ -57,7 +67,7 @@ if [ "$(id -u)" -eq 0 ]; then
     d=$(dirname "$d")
   done
   trap 'for d in "${OPENED[@]+"${OPENED[@]}"}"; do setfacl -x "u:$TEST_USER" "$d"; done
-    umount "$SMALL_FS" 2>/dev/null; rmdir "$SMALL_FS"' EXIT
+    umount "$SMALL_FS" 2>/dev/null; rmdir "$SMALL_FS"; restore_huge' EXIT
   USER_DIR=$(mktemp -d /tmp/airlock-usertest.XXXXXX)
   chmod 755 "$USER_DIR"
   mapfile -t EXES < <(cargo test --no-run --message-format=json 2>/dev/null |

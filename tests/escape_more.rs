@@ -9,6 +9,7 @@
 mod common;
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -2190,13 +2191,139 @@ sys.stdin.read()",
     let _ = child.wait();
     let held: Vec<u64> = line
         .strip_prefix("holding ")
-        .map(|r| r.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .map(|r| {
+            r.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     assert!(timer_ok, "the host user could not create a POSIX timer");
     assert!(queue_ok, "the host user could not open a message queue");
     assert_eq!(held.len(), 2, "{line}");
-    assert!(held[0] >= 1 && held[0] <= host_max / 4, "{line} of {host_max}");
+    assert!(
+        held[0] >= 1 && held[0] <= host_max / 4,
+        "{line} of {host_max}"
+    );
     assert_eq!(held[1], 0, "{line}");
+}
+
+fn huge_pages_free() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Quotas for the whole machine or the whole user that no namespace
+/// divides (pass 13A): native AIO contexts (three calls took the machine's
+/// fs.aio-max-nr from every program, root's too), the huge-page pool, the
+/// pseudo-terminals of every devpts but the host's, a lease on a file of a
+/// read-only grant (the user's programs waited 45 s to write it), and
+/// locked shared memory (the user's own SHM_LOCK failed). Each is checked
+/// from the host while the task holds all it could get.
+#[test]
+fn escape_machine_and_user_quotas_stay_with_the_host() {
+    use std::io::BufRead;
+    let w = World::new();
+    let ro = w.path().join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    chmod(&ro, 0o755);
+    let file = ro.join("app.db");
+    std::fs::write(&file, b"data").unwrap();
+    chmod(&file, 0o644);
+    let huge_before = huge_pages_free();
+    let grant = ro.display().to_string();
+    let script = format!(
+        "import ctypes, fcntl, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ctx = ctypes.c_ulong(0)
+aio = 'ok' if libc.syscall({nr}, 65536, ctypes.byref(ctx)) == 0 else 'errno%d' % ctypes.get_errno()
+try:
+    m = mmap.mmap(-1, 2 << 20, flags=mmap.MAP_SHARED | 0x40000)
+    m[0] = 1
+    huge = 'ok'
+except OSError as e:
+    huge = 'errno%d' % e.errno
+ptys = []
+for i in range(100):
+    try:
+        ptys.append(os.open('/dev/ptmx', os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        break
+f = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    fcntl.fcntl(f, 1024, 0)
+    lease = 'ok'
+except OSError as e:
+    lease = 'errno%d' % e.errno
+shm = libc.shmget(0, 8 << 20, 0o1000 | 0o600)
+lock = 'ok' if libc.shmctl(shm, 11, None) == 0 else 'errno%d' % ctypes.get_errno()
+print('aio', aio, 'huge', huge, 'ptys', len(ptys), 'lease', lease, 'shmlock', lock, flush=True)
+sys.stdin.read()
+libc.shmctl(shm, 0, None)",
+        nr = libc::SYS_io_setup
+    );
+    let mut c = w.cmd(&[
+        "run",
+        "--grant",
+        &grant,
+        "--",
+        "python3",
+        "-c",
+        &script,
+        file.to_str().unwrap(),
+    ]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    // The host, meanwhile: an AIO context, a huge page as before, the
+    // granted file opened for writing at once, 4 MiB of locked shared
+    // memory.
+    // SAFETY: io_setup/io_destroy on a context of our own.
+    let aio_ok = unsafe {
+        let mut ctx: libc::c_ulong = 0;
+        let ok = libc::syscall(libc::SYS_io_setup, 128, &mut ctx) == 0;
+        if ok {
+            libc::syscall(libc::SYS_io_destroy, ctx);
+        }
+        ok
+    };
+    let huge_during = huge_pages_free();
+    let write_open = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&file)
+        .map(|_| ());
+    // SAFETY: a private segment of our own, locked, then removed.
+    let shm_ok = unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, 4 << 20, libc::IPC_CREAT | 0o600);
+        let ok = id >= 0 && libc::shmctl(id, libc::SHM_LOCK, std::ptr::null_mut()) == 0;
+        if id >= 0 {
+            libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+        }
+        ok
+    };
+    drop(child.stdin.take());
+    let _ = child.wait();
+    assert!(aio_ok, "the host could not make an AIO context: {line}");
+    assert_eq!(huge_before, huge_during, "huge pages taken: {line}");
+    assert!(
+        write_open.is_ok(),
+        "the host could not open its file for writing: {write_open:?}: {line}"
+    );
+    assert!(shm_ok, "the host user could not lock shared memory: {line}");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f.len(), 10, "{line}");
+    assert_eq!(f[1], format!("errno{}", libc::ENOSYS), "{line}");
+    assert_ne!(f[3], "ok", "{line}");
+    let ptys: u32 = f[5].parse().unwrap();
+    assert!((1..=64).contains(&ptys), "{line}");
+    assert_ne!(f[7], "ok", "{line}");
 }
 
 /// Memory rlimits count each process's own memory only: a memfd or a
@@ -2353,6 +2480,99 @@ time.sleep(25)'"
             "{how}: {t}"
         );
     }
+}
+
+/// Bytes of the regular files under `dir` (not following links).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => tree_bytes(&e.path()),
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The process scan does work the task decides: 500 threads, each with a
+/// file table of its own full of descriptors, slowed every check behind it
+/// to 4–20 s, and `--max-upper 10M` let 144 MiB through to the disk (pass
+/// 13A). The size check no longer waits for the scan, and a scan that
+/// takes more than its budget stops the task.
+#[test]
+fn escape_a_task_cannot_slow_its_checks_with_threads_full_of_descriptors() {
+    let w = World::new();
+    let g = format!("{}:rw", w.project.display());
+    let o = output_within(
+        w.cmd(&[
+            "run",
+            "--max-upper",
+            "10M",
+            "--pids",
+            "512",
+            "--grant",
+            &g,
+            "--",
+            "python3",
+            "-c",
+            "import ctypes, os, resource, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+e = os.eventfd(0)
+soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+for i in range(e + 1, soft - 16):
+    os.dup2(e, i)
+threading.stack_size(256 << 10)
+def own_table():
+    libc.unshare(0x400)
+    time.sleep(60)
+for i in range(400):
+    threading.Thread(target=own_table, daemon=True).start()
+print('threads ready', flush=True)
+block = bytes(9 << 20)
+for i in range(34):
+    with open('w%d' % i, 'wb') as f:
+        f.write(block)
+    time.sleep(0.3)
+print('not stopped', flush=True)",
+        ]),
+        Duration::from_secs(120),
+    );
+    let t = text(&o);
+    let upper: u64 = w.tasks().iter().map(|d| tree_bytes(&d.join("upper"))).sum();
+    assert!(!o.status.success() && !t.contains("not stopped"), "{t}");
+    assert!(
+        t.contains("cannot be checked") || t.contains("more than the 10 MiB allowed"),
+        "{t}"
+    );
+    // 10 MiB, and what a writer at 30 MB/s adds in about a second.
+    assert!(
+        upper <= 48 << 20,
+        "{} MiB reached the disk: {t}",
+        upper >> 20
+    );
+
+    // More than a scan can read in its budget (1.6 million descriptors):
+    // the task is stopped rather than checked less and less often, with
+    // the supervisor's processor time spent on it.
+    let o = w.run(
+        &["--nofile", "4096", "--pids", "512"],
+        "python3 -c 'import ctypes, os, resource, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+e = os.eventfd(0)
+for i in range(e + 1, 4096 - 16):
+    os.dup2(e, i)
+threading.stack_size(256 << 10)
+def own_table():
+    libc.unshare(0x400)
+    time.sleep(60)
+for i in range(400):
+    threading.Thread(target=own_table, daemon=True).start()
+time.sleep(30)
+print(\"not stopped\")'",
+    );
+    assert_stopped_for(&o, "took more than 1 s of processor time");
 }
 
 /// A program the supervisor may not inspect is stopped whatever the

@@ -57,17 +57,30 @@ pub fn apply_rlimits(l: &Limits) -> Vec<Result<Enforced, String>> {
         None,
     );
     set(Resource::RLIMIT_CORE, 0, "core-dumps", "off".into(), None);
-    // Queued signals and message-queue bytes are counted per host user
-    // across user namespaces: a task that queued signals up to the limit
-    // left the user's own programs unable to create a POSIX timer until it
-    // ended. The task gets a quarter of the user's pending signals (each
-    // process's limit, but the kernel counts them per user namespace, so
-    // it is the task's total). It gets no message-queue bytes: it cannot
-    // open a queue (Landlock refuses the queue's file), and a refused open
-    // still held its bytes until the task ended.
-    let sigpending = nix::sys::resource::getrlimit(Resource::RLIMIT_SIGPENDING)
-        .map(|(soft, _)| (soft / 4).max(64))
-        .unwrap_or(1024);
+    // Queued signals, locked shared memory and message-queue bytes are
+    // counted per host user across user namespaces: a task that queued
+    // signals up to the limit left the user's own programs unable to
+    // create a POSIX timer until it ended, and one that locked shared
+    // memory (SHM_LOCK) left them none to lock. The task gets a quarter of
+    // the user's pending signals and locked memory (each process's limit,
+    // but the kernel counts them per user namespace, so it is the task's
+    // total). It gets no message-queue bytes: it cannot open a queue
+    // (Landlock refuses the queue's file), and a refused open still held
+    // its bytes until the task ended.
+    let quarter = |r: Resource, floor: u64| {
+        nix::sys::resource::getrlimit(r)
+            .map(|(soft, hard)| (soft / 4).max(floor).min(hard))
+            .unwrap_or(floor)
+    };
+    let sigpending = quarter(Resource::RLIMIT_SIGPENDING, 64);
+    let memlock = quarter(Resource::RLIMIT_MEMLOCK, 64 << 10);
+    set(
+        Resource::RLIMIT_MEMLOCK,
+        memlock,
+        "locked-memory",
+        format_size(memlock),
+        None,
+    );
     set(
         Resource::RLIMIT_SIGPENDING,
         sigpending,

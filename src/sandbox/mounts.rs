@@ -494,7 +494,11 @@ fn build_dev(dev: &Path) -> Result<(), StepError> {
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=620"),
+        // Every devpts instance but the host's draws on one pool for the
+        // whole machine (kernel.pty.max less the host's reserve, 3072 by
+        // default): a task could take every pseudo-terminal containers
+        // and other tasks get. `--tty` takes its terminal from the host.
+        Some("newinstance,ptmxmode=0666,mode=620,max=64"),
     )
     .map_err(|e| fail("mount devpts", &pts, e))?;
     let shm = dev.join("shm");

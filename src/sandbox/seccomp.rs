@@ -329,8 +329,59 @@ pub fn limit_rules() -> Vec<Rule> {
             args: vec![arg(0, Op::Eq, libc::PR_SET_DUMPABLE as u64)],
             reason: "an undumpable process hides the files it holds from the size limit of a task's writes".into(),
         },
+        // Machine-wide quotas no user or namespace limit divides, which one
+        // task could take from every program on the machine, root's too.
+        // Native AIO contexts count against fs.aio-max-nr: three calls
+        // took all of it, and databases and virtual machines using AIO
+        // failed. ENOSYS, as on a kernel without AIO: libaio users fall
+        // back to threads.
+        Rule {
+            names: vec!["io_setup".into()],
+            action: Action::Errno(ENOSYS),
+            args: vec![],
+            reason: "native AIO contexts come from one quota for the whole machine".into(),
+        },
+        // Huge pages come from the machine's reserved pool, and a shared
+        // huge-page mapping is counted by no memory limit. Refused with
+        // the errors of an empty pool, which programs fall back from.
+        Rule {
+            names: vec!["mmap".into()],
+            action: Action::Errno(libc::ENOMEM as u32),
+            args: vec![arg(3, Op::MaskedEq(MAP_HUGETLB), MAP_HUGETLB)],
+            reason: HUGE_PAGES.into(),
+        },
+        Rule {
+            names: vec!["memfd_create".into()],
+            action: Action::Errno(libc::EINVAL as u32),
+            args: vec![arg(1, Op::MaskedEq(MFD_HUGETLB), MFD_HUGETLB)],
+            reason: HUGE_PAGES.into(),
+        },
+        Rule {
+            names: vec!["shmget".into()],
+            action: Action::Errno(libc::EPERM as u32),
+            args: vec![arg(2, Op::MaskedEq(SHM_HUGETLB), SHM_HUGETLB)],
+            reason: HUGE_PAGES.into(),
+        },
+        // A lease on a file of a read-only grant (the host's own file)
+        // made every host program that opened it for writing wait 45 s,
+        // and told the agent by a signal when one did. Nothing an agent
+        // does needs leases (file servers use them).
+        Rule {
+            names: vec!["fcntl".into()],
+            action: Action::Errno(libc::EACCES as u32),
+            args: vec![arg(1, Op::Eq, libc::F_SETLEASE as u64)],
+            reason: "a lease on the user's file stalls the user's programs that write it".into(),
+        },
     ]
 }
+
+/// `mmap`'s, `memfd_create`'s and `shmget`'s huge-page flags (the same on
+/// x86_64 and aarch64).
+const MAP_HUGETLB: u64 = 0x40000;
+const MFD_HUGETLB: u64 = 0x4;
+const SHM_HUGETLB: u64 = 0o4000;
+const HUGE_PAGES: &str =
+    "huge pages come from one pool for the whole machine, and no memory limit counts them";
 
 /// Unix sockets, refused unless the policy allows them: added to whichever
 /// profile the task uses. A socket file is reachable wherever it is

@@ -545,17 +545,21 @@ impl Watchdog {
         let (stop, rx) = std::sync::mpsc::channel::<()>();
         let limits = policy.limits.clone();
         let thread = std::thread::spawn(move || {
+            // The process scan runs on a thread of its own: the task
+            // decides how long it takes, and neither the timeout nor the
+            // size of what it writes may wait for it.
+            let scan = Scanner::start(ctl.clone(), &written, &limits);
             // Wakes every 100 ms to check, or at once when the task ends. A
             // big persistent home takes a while to walk: the wait grows so
             // that walking takes at most a tenth of a core, but never past
             // a second (a tree made to be slow to walk must not buy the
             // agent minutes).
             let mut wait = Duration::from_millis(100);
-            let mut procs = None;
             let disk = usage::DiskWatch::new(&written);
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
-                let helper = ctl.pid.load(Ordering::SeqCst);
-                let procs = procs.get_or_insert_with(|| usage::TaskProcs::new(helper, &written));
+                if let Some(r) = scan.reason() {
+                    return (Some(r), written);
+                }
                 let reason = if limits.timeout_secs > 0
                     && started.elapsed() >= Duration::from_secs(limits.timeout_secs)
                 {
@@ -565,26 +569,18 @@ impl Watchdog {
                     ))
                 } else {
                     let walk = Instant::now();
-                    let held = procs.scan();
-                    let over = over_uninspectable(&held)
-                        .or_else(|| over_max_upper(&written, held, limits.max_upper, Some(&disk)))
-                        .or_else(|| over_epoll_budget(&held, procs.epoll_budget))
-                        .or_else(|| over_shared_memory(&held, limits.memory));
+                    let over = over_max_upper(&written, scan.held(), limits.max_upper, Some(&disk));
                     wait = (walk.elapsed() * 9)
                         .clamp(Duration::from_millis(100), Duration::from_secs(1));
                     over
                 };
-                let pid = ctl.pid.load(Ordering::SeqCst);
                 if let Some(r) = reason {
-                    if pid != 0 {
-                        // SAFETY: killing our own helper; PID 1 and the
-                        // whole namespace follow it.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    }
+                    kill_task(&ctl);
                     return (Some(r), written);
                 }
             }
-            (None, written)
+            // The scan may have stopped the task just before it ended.
+            (scan.reason(), written)
         });
         Watchdog { stop, thread }
     }
@@ -602,6 +598,94 @@ impl Watchdog {
             ),
             Err(_) => (None, None),
         }
+    }
+}
+
+/// Kills the task: its helper, which PID 1 and the whole namespace follow.
+fn kill_task(ctl: &TaskCtl) {
+    let pid = ctl.pid.load(Ordering::SeqCst);
+    if pid != 0 {
+        // SAFETY: killing our own helper.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// CPU time one scan of the task's processes may take. A task that holds
+/// more than this can read (a few hundred thousand descriptors, or tens of
+/// thousands of mappings over many processes) could otherwise slow every
+/// check for as long as it liked; real work holds a small part of it.
+const SCAN_BUDGET: Duration = Duration::from_secs(1);
+
+/// The scan of the task's processes, on its own thread: what they hold
+/// (for the `--max-upper` check), and the stop for what only it sees.
+struct Scanner {
+    /// Dropped with the scanner: the thread ends at its next wake.
+    _stop: std::sync::mpsc::Sender<()>,
+    state: Arc<Mutex<(usage::Held, Option<LimitReason>)>>,
+}
+
+impl Scanner {
+    fn start(
+        ctl: Arc<TaskCtl>,
+        written: &[usage::Root],
+        limits: &crate::policy::Limits,
+    ) -> Scanner {
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let state = Arc::new(Mutex::new((usage::Held::default(), None)));
+        let out = state.clone();
+        let written = written.to_vec();
+        let (memory, costly) = (limits.memory, SCAN_BUDGET);
+        let task = ctl.clone();
+        let spawned = std::thread::Builder::new()
+            .name("airlock-scan".into())
+            .spawn(move || {
+                let mut procs = None;
+                // The scan takes at most a fifth of a core between scans.
+                let mut wait = Duration::from_millis(100);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
+                    let helper = task.pid.load(Ordering::SeqCst);
+                    let procs =
+                        procs.get_or_insert_with(|| usage::TaskProcs::new(helper, &written));
+                    let took = Instant::now();
+                    let held = procs.scan(costly);
+                    wait = (took.elapsed() * 4)
+                        .clamp(Duration::from_millis(100), Duration::from_secs(4));
+                    let over = over_uninspectable(&held)
+                        .or_else(|| over_epoll_budget(&held, procs.epoll_budget))
+                        .or_else(|| over_shared_memory(&held, memory));
+                    let stop = over.is_some();
+                    if let Ok(mut s) = out.lock() {
+                        *s = (held, over);
+                    }
+                    if stop {
+                        kill_task(&task);
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Without its thread nothing the scan alone sees is checked:
+            // a task must not run so.
+            tracing::error!("cannot start the process scan: {e}");
+            if let Ok(mut s) = state.lock() {
+                s.1 = Some((
+                    "inspection".to_string(),
+                    "could not be checked: the supervisor could not start a thread to inspect its processes".to_string(),
+                ));
+            }
+            kill_task(&ctl);
+        }
+        Scanner { _stop: stop, state }
+    }
+
+    /// What the last scan found the task holds.
+    fn held(&self) -> usage::Held {
+        self.state.lock().map(|s| s.0).unwrap_or_default()
+    }
+
+    /// The limit the scan stopped the task for.
+    fn reason(&self) -> Option<LimitReason> {
+        self.state.lock().ok().and_then(|s| s.1.clone())
     }
 }
 
@@ -652,12 +736,17 @@ fn over_max_upper(
 /// user only): what it holds (deleted files, epoll watches, shared memory)
 /// could not be counted, whatever the task's grants.
 fn over_uninspectable(held: &usage::Held) -> Option<LimitReason> {
-    held.uninspectable.then(|| {
-        (
-            "inspection".to_string(),
-            "runs a program that cannot be inspected (made undumpable, or run from a file it may not read), so the deleted files, epoll watches and shared memory it may hold cannot be checked".to_string(),
+    let why = if held.uninspectable {
+        "runs a program that cannot be inspected (made undumpable, or run from a file it may not read), so the deleted files, epoll watches and shared memory it may hold cannot be checked".to_string()
+    } else if held.too_costly {
+        format!(
+            "keeps so many processes, threads, open files or memory mappings that checking what they hold took more than {} s of processor time, so the deleted files, epoll watches and shared memory it may hold cannot be checked",
+            SCAN_BUDGET.as_secs()
         )
-    })
+    } else {
+        return None;
+    };
+    Some(("inspection".to_string(), why))
 }
 
 /// What the disk may lose beyond the task's visible writes and its

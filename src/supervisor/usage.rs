@@ -7,6 +7,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
@@ -372,15 +373,55 @@ fn overlay_dev(line: &str) -> Option<u64> {
     Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
 }
 
-/// Whether two threads (host ids) share one file table. Where `kcmp` is
-/// missing, they count as apart: both are read.
-fn same_files(a: &str, b: &str) -> bool {
+/// How `kcmp` orders two threads' (host ids) file tables: `Equal` when
+/// they share one. `None` where it cannot tell (a thread gone, no `kcmp`).
+fn files_order(a: &str, b: &str) -> Option<std::cmp::Ordering> {
     let (Ok(a), Ok(b)) = (a.parse::<libc::pid_t>(), b.parse::<libc::pid_t>()) else {
-        return false;
+        return None;
     };
     const KCMP_FILES: libc::c_long = 2;
     // SAFETY: kcmp only compares two tasks' kernel objects.
-    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) == 0 }
+    match unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) } {
+        0 => Some(std::cmp::Ordering::Equal),
+        1 => Some(std::cmp::Ordering::Less),
+        2 => Some(std::cmp::Ordering::Greater),
+        _ => None,
+    }
+}
+
+/// Whether `tid`'s file table is one not read yet; if so it joins
+/// `tables`, which `kcmp`'s order keeps sorted, so that a process of many
+/// threads costs a few comparisons each rather than one per earlier
+/// table. A thread that cannot be compared is read (only time is lost).
+fn new_table<'a>(tables: &mut Vec<&'a str>, tid: &'a str) -> bool {
+    let (mut lo, mut hi) = (0, tables.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match files_order(tables[mid], tid) {
+            Some(std::cmp::Ordering::Equal) => return false,
+            Some(std::cmp::Ordering::Less) => lo = mid + 1,
+            Some(std::cmp::Ordering::Greater) => hi = mid,
+            None => return true,
+        }
+    }
+    tables.insert(lo, tid);
+    true
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Whether a thread (`/proc/PID/task/TID`) still has its memory, i.e. runs a program. A zombie,
@@ -456,11 +497,17 @@ impl TaskProcs {
     /// and whether some process hides from us. The helper's own children
     /// (PID 1, the uid-map writer) hold none; PID 1 does not even let us
     /// look (it is not dumpable), its children are read all the same.
-    pub fn scan(&mut self) -> Held {
+    ///
+    /// The task decides how much there is to read (processes, threads,
+    /// descriptors, mappings), so the scan stops once it has taken more
+    /// than `budget` of CPU time and says so ([`Held::too_costly`]).
+    pub fn scan(&mut self, budget: Duration) -> Held {
         let mut held = Held::default();
         if self.helper == 0 {
             return held;
         }
+        let start = thread_cpu();
+        let over_budget = || thread_cpu().saturating_sub(start) > budget;
         // Children of every thread: a child belongs to the thread that
         // made it.
         let children = |pid: &str| -> Vec<String> {
@@ -490,6 +537,10 @@ impl TaskProcs {
             if !visited.insert(pid.clone()) {
                 continue;
             }
+            if over_budget() {
+                held.too_costly = true;
+                return held;
+            }
             next.extend(children(&pid));
             // Thread by thread: a thread may have a file table of its own
             // (unshare(CLONE_FILES)), and once the main thread has exited
@@ -505,10 +556,13 @@ impl TaskProcs {
             let mut tables: Vec<&str> = Vec::new();
             let mut maps_read = false;
             for tid in &tids {
-                if tables.iter().any(|t| same_files(t, tid)) {
+                if over_budget() {
+                    held.too_costly = true;
+                    return held;
+                }
+                if !new_table(&mut tables, tid) {
                     continue;
                 }
-                tables.push(tid);
                 let base = format!("/proc/{pid}/task/{tid}");
                 let Ok(fds) = std::fs::read_dir(format!("{base}/fd")) else {
                     // Our own processes (PID 1 and the network forwarder,
@@ -523,7 +577,11 @@ impl TaskProcs {
                     }
                     continue;
                 };
-                for fd in fds.flatten() {
+                for (i, fd) in fds.flatten().enumerate() {
+                    if i % 256 == 255 && over_budget() {
+                        held.too_costly = true;
+                        return held;
+                    }
                     self.scan_fd(&base, &fd, &mut held, &mut seen, &mut shm);
                 }
                 if maps_read {
@@ -590,6 +648,9 @@ pub struct Held {
     pub bytes: u64,
     /// A process of the task could not be inspected.
     pub uninspectable: bool,
+    /// The scan stopped at its CPU budget: the task keeps more processes,
+    /// threads, descriptors or mappings than can be checked in time.
+    pub too_costly: bool,
     /// Epoll watches registered by the task's processes (counted up to a
     /// little past the budget).
     pub epoll_watches: u64,
