@@ -659,10 +659,13 @@ impl<'a> Txn<'a> {
                 // An original we cannot open (mode 0200) has nothing we
                 // could read back either.
                 if let (Ok(orig), Ok(new)) = (orig, new) {
+                    // Not the user's file capabilities: they were granted
+                    // to the user's content, not the agent's.
                     fsx::copy_xattrs(
                         orig.as_raw_fd(),
                         new.as_raw_fd(),
                         op.perm & 0o777 == o.perm & 0o777,
+                        false,
                     );
                 }
             }
@@ -934,7 +937,12 @@ pub(crate) fn copy_node(
             fsx::fchmod(f.as_raw_fd(), perm)?;
             // Backups and what undo restores from them keep ACLs and
             // extended attributes.
-            fsx::copy_xattrs(src.as_raw_fd(), f.as_raw_fd(), perm_override.is_none());
+            fsx::copy_xattrs(
+                src.as_raw_fd(),
+                f.as_raw_fd(),
+                perm_override.is_none(),
+                true,
+            );
             fsx::set_times_at(ddir, dname, &st)
         }
         NodeKind::Symlink => {
@@ -952,7 +960,7 @@ pub(crate) fn copy_node(
             }
             chown_ok(fsx::lchown_at(ddir, dname, st.st_uid, st.st_gid))?;
             fsx::fchmod(d.as_raw_fd(), perm)?;
-            fsx::copy_xattrs(s.as_raw_fd(), d.as_raw_fd(), perm_override.is_none());
+            fsx::copy_xattrs(s.as_raw_fd(), d.as_raw_fd(), perm_override.is_none(), true);
             fsx::set_times_at(ddir, dname, &st)
         }
         // Special files are never part of a grant we write; skip them.
