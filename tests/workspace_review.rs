@@ -7,8 +7,10 @@
 
 mod workspace_support;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use workspace_support::*;
 
@@ -37,6 +39,103 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Runs `airlock args` with at most 2 GiB of address space (so a build
+/// that reads a huge file into memory fails rather than takes the
+/// machine's); returns its output, how long it took and its peak memory
+/// in KiB.
+fn measured(f: &Fixture, args: &[&str]) -> (Output, Duration, i64) {
+    let mut c = cmd(f, args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let l = libc::rlimit {
+                rlim_cur: 2 << 30,
+                rlim_max: 2 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let start = Instant::now();
+    // Reaped by the wait4 below, which also gives its peak memory.
+    #[allow(clippy::zombie_processes)]
+    let mut child = c.spawn().unwrap();
+    let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut se, &mut v).unwrap();
+        v
+    });
+    let mut stdout = Vec::new();
+    std::io::Read::read_to_end(&mut so, &mut stdout).unwrap();
+    let stderr = t.join().unwrap();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid);
+    let took = start.elapsed();
+    let status = std::os::unix::process::ExitStatusExt::from_raw(status);
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        took,
+        ru.ru_maxrss,
+    )
+}
+
+#[test]
+fn huge_sparse_files_are_reviewed_quickly_in_little_memory() {
+    let f = Fixture::new();
+    f.setup("echo small > keep");
+    f.snapshot();
+    // 12 GiB that take no disk.
+    f.agent("for i in 1 2 3; do truncate -s 4G big$i.dat; done && printf '#!/bin/sh\\n' | dd of=big1.dat conv=notrunc status=none");
+    for args in [&["changes"][..], &["diff"][..]] {
+        let mut a = args.to_vec();
+        a.push(f.id.as_str());
+        let (o, took, kib) = measured(&f, &a);
+        let t = text(&o);
+        assert!(o.status.success(), "{args:?}: {t}");
+        assert!(t.contains("A big3.dat"), "{t}");
+        assert!(
+            took < Duration::from_secs(8),
+            "{args:?} took {took:?} for sparse files"
+        );
+        assert!(kib < 300 << 10, "{args:?} peaked at {kib} KiB");
+        if args == ["diff"] {
+            assert!(t.contains("large file, not diffed"), "{t}");
+            assert!(t.contains("4294967296 bytes"), "{t}");
+        }
+    }
+}
+
+#[test]
+fn a_change_inside_a_sparse_file_after_review_is_refused() {
+    let f = Fixture::new();
+    f.setup("echo small > keep");
+    f.snapshot();
+    f.agent("truncate -s 1G s.dat && printf data | dd of=s.dat bs=1 seek=500000000 conv=notrunc status=none");
+    let o = airlock(&f, &["changes", f.id.as_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The upper layer changes after the review: same size, other data.
+    let up = f.task.upper(0).join("s.dat");
+    let file = std::fs::OpenOptions::new().write(true).open(&up).unwrap();
+    std::os::unix::fs::FileExt::write_at(&file, b"DATA", 500_000_000).unwrap();
+    drop(file);
+    let o = airlock(&f, &["commit", f.id.as_str()]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(!f.grant.join("s.dat").exists(), "{t}");
 }
 
 fn getcap(p: &std::path::Path) -> String {

@@ -352,16 +352,30 @@ fn changes_inner(args: ChangesArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_side(root: &Path, rel: &[u8]) -> Result<Vec<u8>> {
+/// One side of a file for the diff: all of it up to the diff's size cap,
+/// only its first bytes above it (decided from its size before reading:
+/// an agent's sparse file can claim gigabytes without using any disk),
+/// and its size.
+fn read_side(root: &Path, rel: &[u8]) -> Result<(Vec<u8>, u64)> {
     use std::io::Read;
     let fd = ws::fsx::open_dir_path(root).map_err(|e| crate::Error::io(root, e))?;
     let (parent, name) = ws::fsx::split_last(rel);
     let mut out = Vec::new();
-    ws::fsx::open_dir_at(&fd, parent)
+    let size = ws::fsx::open_dir_at(&fd, parent)
         .and_then(|d| ws::fsx::open_file_at(std::os::fd::AsRawFd::as_raw_fd(&d), name))
-        .and_then(|mut f| f.read_to_end(&mut out))
+        .and_then(|f| {
+            let size = f.metadata()?.len();
+            let want = if size > diff::SIZE_CAP {
+                ws::content::HEAD as u64
+            } else {
+                // It may grow meanwhile: one byte more tells.
+                diff::SIZE_CAP + 1
+            };
+            f.take(want).read_to_end(&mut out)?;
+            Ok(size.max(out.len() as u64))
+        })
         .map_err(|e| crate::Error::io(ws::fsx::rel_display(root, rel), e))?;
-    Ok(out)
+    Ok((out, size))
 }
 
 /// The diff of one change, when it has file content on either side.
@@ -382,7 +396,16 @@ pub fn file_diff(cs: &ChangeSet, c: &Change) -> Result<Option<FileDiff>> {
     } else {
         None
     };
-    Ok(Some(diff::diff_files(old.as_deref(), new.as_deref())))
+    fn side(s: &(Vec<u8>, u64)) -> diff::Side<'_> {
+        diff::Side {
+            bytes: &s.0,
+            size: s.1,
+        }
+    }
+    Ok(Some(diff::diff_sides(
+        old.as_ref().map(side),
+        new.as_ref().map(side),
+    )))
 }
 
 fn line_text(st: &Style, l: &diff::Line) -> String {
@@ -513,12 +536,15 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
             super::tell!("  {what}");
             for (label, s) in [("before", old), ("after", new)] {
                 if let Some(s) = s {
-                    super::tell!(
-                        "  {label}: {} bytes, {}, sha256 {}",
-                        s.size,
-                        s.type_guess,
-                        s.sha256.map(hex).unwrap_or_default()
-                    );
+                    match s.sha256 {
+                        Some(h) => super::tell!(
+                            "  {label}: {} bytes, {}, sha256 {}",
+                            s.size,
+                            s.type_guess,
+                            hex(h)
+                        ),
+                        None => super::tell!("  {label}: {} bytes, {}", s.size, s.type_guess),
+                    }
                 }
             }
         }

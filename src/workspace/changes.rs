@@ -11,15 +11,15 @@
 //! renamed folder is a new copy plus a whiteout, and a copied-up file
 //! holds its whole content.
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::content;
 use super::fsx;
 use super::risk::{self, Risk};
-use super::snapshot::{hash_reader, Snapshot};
+use super::snapshot::Snapshot;
 use crate::Error;
 
 /// What kind of file system object a node is.
@@ -175,32 +175,6 @@ fn is_whiteout(dir: RawFd, name: &[u8], st: &libc::stat) -> bool {
     false
 }
 
-fn same_content(a: &mut impl Read, b: &mut impl Read) -> std::io::Result<bool> {
-    let mut ba = vec![0u8; 64 * 1024];
-    let mut bb = vec![0u8; 64 * 1024];
-    loop {
-        let n = read_full(a, &mut ba)?;
-        let m = read_full(b, &mut bb)?;
-        if n != m || ba[..n] != bb[..m] {
-            return Ok(false);
-        }
-        if n == 0 {
-            return Ok(true);
-        }
-    }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
 impl<'a> Walker<'a> {
     fn err(&self, rel: &[u8], e: std::io::Error) -> Error {
         Error::io(fsx::rel_display(self.grant, rel), e)
@@ -303,19 +277,20 @@ impl<'a> Walker<'a> {
                     }
                 }
                 NodeKind::File => {
-                    let mut uf = fsx::open_file_at(upper.as_raw_fd(), &name)
+                    let uf = fsx::open_file_at(upper.as_raw_fd(), &name)
                         .map_err(|e| self.err(&child, e))?;
+                    // Hashed by its data only: a sparse file costs what it
+                    // holds, not its apparent size (see `content`).
+                    let scan = content::scan(&uf).map_err(|e| self.err(&child, e))?;
                     let after = Node::from_stat(&ust, None);
                     match before {
                         Some((b, _)) if b.kind == NodeKind::File => {
                             let same = if b.size == after.size {
                                 let l = lfd.unwrap_or(-1);
-                                let mut lf =
+                                let lf =
                                     fsx::open_file_at(l, &name).map_err(|e| self.err(&child, e))?;
-                                let s = same_content(&mut uf, &mut lf)
-                                    .map_err(|e| self.err(&child, e))?;
-                                std::io::Seek::rewind(&mut uf).map_err(|e| self.err(&child, e))?;
-                                s
+                                content::scan(&lf).map_err(|e| self.err(&child, e))?.hash
+                                    == scan.hash
                             } else {
                                 false
                             };
@@ -327,12 +302,10 @@ impl<'a> Walker<'a> {
                                 // Copied up (touched, opened for writing) but equal.
                                 continue;
                             };
-                            let h = hash_reader(uf).map_err(|e| self.err(&child, e))?;
-                            self.push(child, kind, Some(b), Some(after), Some(h), 0);
+                            self.push(child, kind, Some(b), Some(after), Some(scan.hash), 0);
                         }
                         before => {
-                            let h = hash_reader(uf).map_err(|e| self.err(&child, e))?;
-                            self.replace_or_add(lfd, &name, child, before, after, Some(h))?;
+                            self.replace_or_add(lfd, &name, child, before, after, Some(scan.hash))?;
                         }
                     }
                 }

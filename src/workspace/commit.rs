@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::changes::{Change, ChangeKind, ChangeSet, NodeKind};
+use super::content::{self, ContentHasher};
 use super::fsx;
 use super::select::{self, FileChoice, Selection};
 use super::snapshot::{hash_reader, Meta, Snapshot};
@@ -684,13 +684,14 @@ impl<'a> Txn<'a> {
     ) -> Result<(), Error> {
         let uf = fsx::open_file_at(udir, uname).map_err(|e| self.gerr(&op.path, e))?;
         let ust = fsx::fstat(uf.as_raw_fd()).map_err(|e| self.gerr(&op.path, e))?;
+        // The review's content hash, of exactly the bytes copied.
         let mut hasher = HashingReader {
             inner: uf,
-            h: Sha256::new(),
+            h: ContentHasher::new(),
         };
         write_file(dir, tmp, &mut hasher, op.perm, owner, Some(&ust))
             .map_err(|e| self.gerr(&op.path, e))?;
-        let got: [u8; 32] = hasher.h.finalize().into();
+        let got = hasher.h.finish();
         if op.hash.is_some_and(|h| h != got) {
             return Err(Error::ReviewMismatch {
                 path: fsx::rel_display(self.grant, &op.path),
@@ -816,7 +817,7 @@ impl<'a> Txn<'a> {
 
 struct HashingReader<R> {
     inner: R,
-    h: Sha256,
+    h: ContentHasher,
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -1430,9 +1431,7 @@ fn plan(
             fsx::open_file_at(udir.as_raw_fd(), uname)
                 .and_then(|mut f| f.read_to_end(&mut new))
                 .map_err(gerr)?;
-            if c.hash
-                .is_some_and(|hh| hash_reader(&new[..]).ok() != Some(hh))
-            {
+            if c.hash.is_some_and(|hh| content::hash_bytes(&new) != hh) {
                 return Err(Error::ReviewMismatch {
                     path: fsx::rel_display(&cs.grant, &c.path),
                 });

@@ -333,17 +333,48 @@ fn inline(old: &[u8], new: &[u8]) -> (Vec<Segment>, Vec<Segment>) {
     (l, r)
 }
 
+/// One side of a file to diff: its first bytes (all of them up to
+/// [`SIZE_CAP`]) and its real size.
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    pub bytes: &'a [u8],
+    pub size: u64,
+}
+
+impl<'a> Side<'a> {
+    pub fn whole(bytes: &'a [u8]) -> Side<'a> {
+        Side {
+            bytes,
+            size: bytes.len() as u64,
+        }
+    }
+}
+
 /// The diff of one file. `old`/`new` are `None` when the file does not
-/// exist on that side; `sizes` are the real sizes when a side was not read
-/// because it is above [`SIZE_CAP`].
+/// exist on that side.
 pub fn diff_files(old: Option<&[u8]>, new: Option<&[u8]>) -> FileDiff {
-    let too_large = |b: Option<&[u8]>| b.is_some_and(|b| b.len() as u64 > SIZE_CAP);
+    diff_sides(old.map(Side::whole), new.map(Side::whole))
+}
+
+/// [`diff_files`] for sides that may have been read only in part: a side
+/// above [`SIZE_CAP`] is summarised from its size and first bytes (its
+/// hash is not computed: that would read it all).
+pub fn diff_sides(old: Option<Side>, new: Option<Side>) -> FileDiff {
+    let too_large = |s: Option<Side>| s.is_some_and(|s| s.size > SIZE_CAP);
     if too_large(old) || too_large(new) {
+        let sum = |s: Side| Summary {
+            size: s.size,
+            type_guess: type_guess(s.bytes).to_string(),
+            sha256: (s.size <= SIZE_CAP)
+                .then(|| super::snapshot::hash_reader(s.bytes).ok())
+                .flatten(),
+        };
         return FileDiff::TooLarge {
-            old: old.map(summary),
-            new: new.map(summary),
+            old: old.map(sum),
+            new: new.map(sum),
         };
     }
+    let (old, new) = (old.map(|s| s.bytes), new.map(|s| s.bytes));
     if old.is_some_and(is_binary) || new.is_some_and(is_binary) {
         return FileDiff::Binary {
             old: old.map(summary),
