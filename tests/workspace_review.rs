@@ -138,6 +138,126 @@ fn a_change_inside_a_sparse_file_after_review_is_refused() {
     assert!(!f.grant.join("s.dat").exists(), "{t}");
 }
 
+#[test]
+fn a_script_with_a_nul_is_diffed_as_text() {
+    let f = Fixture::new();
+    f.setup("printf '#!/bin/sh\\necho hi\\n' > deploy.sh && chmod +x deploy.sh && printf 'notes\\n' > notes.txt");
+    f.snapshot();
+    f.agent("printf '#!/bin/sh\\n# \\000\\necho deploying\\ntouch PWNED_nul\\n' > deploy.sh && printf 'notes\\n\\000touch PWNED_txt\\n' > notes.txt");
+    let o = airlock(&f, &["diff", f.id.as_str()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("+touch PWNED_nul"), "{t}");
+    assert!(t.contains("+# \\x00"), "the NUL is shown as an escape: {t}");
+    // Text before the change stays text.
+    assert!(t.contains("\\x00touch PWNED_txt"), "{t}");
+    assert!(!t.contains("binary file"), "{t}");
+}
+
+#[test]
+fn content_the_review_cannot_show_is_flagged() {
+    let f = Fixture::new();
+    f.setup("echo keep > keep");
+    f.snapshot();
+    f.agent(
+        "printf '\\177ELF\\002\\001\\001\\000\\000' > tool && chmod +x tool \
+         && printf 'PNG\\000' > image.dat \
+         && { echo '#!/bin/sh'; head -c 9000000 /dev/zero | tr '\\000' '#'; echo; echo 'touch PWNED_big'; } > big.sh",
+    );
+    let o = airlock(&f, &["changes", f.id.as_str()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let line = |name: &str| {
+        t.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("A tool").contains("content not shown"), "{t}");
+    assert!(line("A big.sh").contains("content not shown"), "{t}");
+    assert!(
+        !line("A image.dat").contains("content not shown"),
+        "data that cannot run is not flagged: {t}"
+    );
+}
+
+#[test]
+fn control_characters_in_new_text_are_flagged() {
+    let f = Fixture::new();
+    f.setup("echo keep > keep");
+    f.snapshot();
+    f.agent(
+        "printf 'SEP = \"\\\\r\\\\n\"\\n# strip \\\\r first:\\rimport os\\n' > app.py \
+         && printf 'a\\r\\nb\\r\\n' > dos.txt",
+    );
+    let o = airlock(&f, &["changes", f.id.as_str()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let app = t
+        .lines()
+        .find(|l| l.contains("A app.py"))
+        .unwrap_or_default();
+    assert!(app.contains("contains control characters"), "{t}");
+    let dos = t
+        .lines()
+        .find(|l| l.contains("A dos.txt"))
+        .unwrap_or_default();
+    assert!(
+        !dos.contains("control characters"),
+        "CRLF is not flagged: {t}"
+    );
+
+    let o = airlock(&f, &["changes", f.id.as_str(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let app = v[0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["display"] == "app.py")
+        .cloned()
+        .unwrap();
+    assert!(
+        app["risks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["risk"] == "control_characters"),
+        "{app}"
+    );
+}
+
+#[test]
+fn package_json_scripts_and_hidden_git_config_are_flagged() {
+    let f = Fixture::new();
+    f.setup(
+        "printf '{\"name\":\"p\",\"scripts\":{\"test\":\"jest\"},\"version\":\"1.0.0\"}\\n' > package.json \
+         && mkdir -p .git/modules/sub && echo '[core]' > .git/modules/sub/config",
+    );
+    f.snapshot();
+    f.agent(
+        "printf '{\"name\":\"p\",\"scripts\":{\"test\":\"touch PWNED; jest\"},\"version\":\"1.0.0\"}\\n' > package.json \
+         && printf '[core]\\nfsmonitor = touch PWNED\\n' > .git/modules/sub/config \
+         && mkdir -p sub && echo 'gitdir: ../.meta' > sub/.git \
+         && mkdir -p .venv/lib/python3.11/site-packages && echo 'import os' > .venv/lib/python3.11/site-packages/zz.pth",
+    );
+    let o = airlock(&f, &["changes", f.id.as_str()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let line = |name: &str| {
+        t.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("M package.json").contains("npm scripts"), "{t}");
+    assert!(
+        line("M .git/modules/sub/config").contains("git configuration"),
+        "{t}"
+    );
+    assert!(line("A sub/.git").contains("gitdir"), "{t}");
+    assert!(line("zz.pth").contains("Python start-up hook"), "{t}");
+}
+
 fn getcap(p: &std::path::Path) -> String {
     let o = Command::new("getcap").arg(p).output().unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -17,7 +17,7 @@ use crate::i18n::{gettext, gettext_f};
 use crate::task::{TaskDir, TaskId, TaskManifest, TaskState};
 use crate::workspace::changes::{hex, unhex, Change, ChangeKind, ChangeSet, NodeKind};
 use crate::workspace::diff::{self, FileDiff, Tag};
-use crate::workspace::names::{escape, escape_path, escape_text};
+use crate::workspace::names::{self, escape, escape_path};
 use crate::workspace::{self as ws, CommitOptions, Selection, Snapshot};
 
 #[derive(Debug, clap::Args)]
@@ -408,18 +408,68 @@ pub fn file_diff(cs: &ChangeSet, c: &Change) -> Result<Option<FileDiff>> {
     )))
 }
 
-fn line_text(st: &Style, l: &diff::Line) -> String {
-    let mut s = String::new();
+/// How escapes (a real control character shown as `\r`, `\x1b`…) look on
+/// a terminal, so they differ from the same characters typed as text.
+const ESCAPE_STYLE: &str = "1;4;35";
+
+/// A line's text as characters with their style (emphasis, escapes, the
+/// line-end notes), so a line can be cut into rows without losing either.
+fn styled_chars(l: &diff::Line, expand_tabs: bool) -> Vec<(char, &'static str)> {
+    let mut out = Vec::new();
     for seg in &l.segments {
-        let t = escape_text(&seg.text);
-        s.push_str(&if seg.emphasized { st.paint("7", &t) } else { t });
+        for (t, escaped) in names::escape_text_runs(&seg.text) {
+            let style = if escaped {
+                ESCAPE_STYLE
+            } else if seg.emphasized {
+                "7"
+            } else {
+                ""
+            };
+            for c in t.chars() {
+                if c == '\t' && expand_tabs {
+                    // Columns must stay aligned.
+                    let n = 8 - out.len() % 8;
+                    out.extend(std::iter::repeat((' ', style)).take(n));
+                } else {
+                    out.push((c, style));
+                }
+            }
+        }
     }
     match l.ending.as_str() {
-        "\r\n" => s.push_str(&st.paint("2", "␍")),
-        "" => s.push_str(&st.paint("2", &format!(" {}", gettext("(no newline at end)")))),
+        "\r\n" => out.push(('␍', "2")),
+        "" => out.extend(
+            format!(" {}", gettext("(no newline at end)"))
+                .chars()
+                .map(|c| (c, "2")),
+        ),
         _ => {}
     }
+    out
+}
+
+fn render(st: &Style, chars: &[(char, &'static str)]) -> String {
+    let mut s = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let style = chars[i].1;
+        let run: String = chars[i..]
+            .iter()
+            .take_while(|c| c.1 == style)
+            .map(|c| c.0)
+            .collect();
+        i += run.chars().count();
+        s.push_str(&if style.is_empty() {
+            run
+        } else {
+            st.paint(style, &run)
+        });
+    }
     s
+}
+
+fn line_text(st: &Style, l: &diff::Line) -> String {
+    render(st, &styled_chars(l, false))
 }
 
 fn print_diff(st: &Style, d: &FileDiff, side: bool) {
@@ -994,4 +1044,32 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
         record_decision(&r.manifest.id, to, commits, false);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> diff::Line {
+        diff::Line {
+            tag: Tag::Insert,
+            old_no: None,
+            new_no: Some(1),
+            segments: vec![diff::Segment {
+                text: text.into(),
+                emphasized: false,
+            }],
+            ending: "\n".into(),
+        }
+    }
+
+    #[test]
+    fn a_real_control_character_looks_unlike_its_spelling() {
+        let on = Style { on: true };
+        // The two characters `\r`, then a real CR.
+        let t = line_text(&on, &line("a\\r\rb"));
+        assert_eq!(t, format!("a\\r\x1b[{ESCAPE_STYLE}m\\r\x1b[0mb"));
+        let off = Style { on: false };
+        assert_eq!(line_text(&off, &line("a\\r\rb")), "a\\r\\rb");
+    }
 }

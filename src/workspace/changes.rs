@@ -11,6 +11,7 @@
 //! renamed folder is a new copy plus a whiteout, and a copied-up file
 //! holds its whole content.
 
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -175,6 +176,27 @@ fn is_whiteout(dir: RawFd, name: &[u8], st: &libc::stat) -> bool {
     false
 }
 
+fn is_package_json(path: &[u8]) -> bool {
+    path.rsplit(|&b| b == b'/').next() == Some(b"package.json")
+}
+
+/// Whether a `package.json` edit changes its scripts; one too large to
+/// read for this counts as changed.
+fn scripts_changed(old: Option<&std::fs::File>, new: &std::fs::File) -> bool {
+    const MAX: u64 = 4 << 20;
+    let read = |f: &std::fs::File| -> Option<Vec<u8>> {
+        let mut v = Vec::new();
+        f.take(MAX + 1).read_to_end(&mut v).ok()?;
+        (v.len() as u64 <= MAX).then_some(v)
+    };
+    let Some(n) = read(new) else { return true };
+    match old.map(read) {
+        None => risk::package_scripts_changed(None, &n),
+        Some(Some(o)) => risk::package_scripts_changed(Some(&o), &n),
+        Some(None) => true,
+    }
+}
+
 impl<'a> Walker<'a> {
     fn err(&self, rel: &[u8], e: std::io::Error) -> Error {
         Error::io(fsx::rel_display(self.grant, rel), e)
@@ -283,16 +305,32 @@ impl<'a> Walker<'a> {
                     // holds, not its apparent size (see `content`).
                     let scan = content::scan(&uf).map_err(|e| self.err(&child, e))?;
                     let after = Node::from_stat(&ust, None);
+                    let lower_file = match (&before, lfd) {
+                        (Some((b, _)), Some(l)) if b.kind == NodeKind::File => {
+                            Some(fsx::open_file_at(l, &name).map_err(|e| self.err(&child, e))?)
+                        }
+                        _ => None,
+                    };
+                    let old_head = match &lower_file {
+                        Some(lf) => Some(
+                            content::head(lf, content::HEAD).map_err(|e| self.err(&child, e))?,
+                        ),
+                        None => None,
+                    };
+                    let facts = risk::Content {
+                        old_head: old_head.as_deref(),
+                        new: Some(&scan),
+                        scripts_changed: is_package_json(&child)
+                            && scripts_changed(lower_file.as_ref(), &uf),
+                    };
                     match before {
                         Some((b, _)) if b.kind == NodeKind::File => {
-                            let same = if b.size == after.size {
-                                let l = lfd.unwrap_or(-1);
-                                let lf =
-                                    fsx::open_file_at(l, &name).map_err(|e| self.err(&child, e))?;
-                                content::scan(&lf).map_err(|e| self.err(&child, e))?.hash
-                                    == scan.hash
-                            } else {
-                                false
+                            let same = match &lower_file {
+                                Some(lf) if b.size == after.size => {
+                                    content::scan(lf).map_err(|e| self.err(&child, e))?.hash
+                                        == scan.hash
+                                }
+                                _ => false,
                             };
                             let kind = if !same {
                                 ChangeKind::Modified
@@ -302,10 +340,26 @@ impl<'a> Walker<'a> {
                                 // Copied up (touched, opened for writing) but equal.
                                 continue;
                             };
-                            self.push(child, kind, Some(b), Some(after), Some(scan.hash), 0);
+                            self.push_with(
+                                child,
+                                kind,
+                                Some(b),
+                                Some(after),
+                                Some(scan.hash),
+                                0,
+                                &facts,
+                            );
                         }
                         before => {
-                            self.replace_or_add(lfd, &name, child, before, after, Some(scan.hash))?;
+                            self.replace_or_add(
+                                lfd,
+                                &name,
+                                child,
+                                before,
+                                after,
+                                Some(scan.hash),
+                                &facts,
+                            )?;
                         }
                     }
                 }
@@ -326,7 +380,15 @@ impl<'a> Walker<'a> {
                                 );
                             }
                         }
-                        before => self.replace_or_add(lfd, &name, child, before, after, None)?,
+                        before => self.replace_or_add(
+                            lfd,
+                            &name,
+                            child,
+                            before,
+                            after,
+                            None,
+                            &risk::Content::default(),
+                        )?,
                     }
                 }
                 _ => {
@@ -345,6 +407,7 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn replace_or_add(
         &mut self,
         lower: Option<RawFd>,
@@ -353,22 +416,24 @@ impl<'a> Walker<'a> {
         before: Option<(Node, libc::stat)>,
         after: Node,
         hash: Option<[u8; 32]>,
+        facts: &risk::Content,
     ) -> Result<(), Error> {
         match before {
-            None => self.push(child, ChangeKind::Added, None, Some(after), hash, 0),
+            None => self.push_with(child, ChangeKind::Added, None, Some(after), hash, 0, facts),
             Some((b, _)) => {
                 let n = if b.kind == NodeKind::Dir {
                     count_tree(lower.unwrap_or(-1), name).map_err(|e| self.err(&child, e))?
                 } else {
                     0
                 };
-                self.push(
+                self.push_with(
                     child,
                     ChangeKind::TypeChanged,
                     Some(b),
                     Some(after),
                     hash,
                     n,
+                    facts,
                 )
             }
         }
@@ -401,6 +466,22 @@ impl<'a> Walker<'a> {
         hash: Option<[u8; 32]>,
         deleted_entries: u64,
     ) {
+        let facts = risk::Content::default();
+        self.push_with(path, kind, before, after, hash, deleted_entries, &facts)
+    }
+
+    /// [`push`](Self::push) with what is known of a file's content.
+    #[allow(clippy::too_many_arguments)]
+    fn push_with(
+        &mut self,
+        path: Vec<u8>,
+        kind: ChangeKind,
+        before: Option<Node>,
+        after: Option<Node>,
+        hash: Option<[u8; 32]>,
+        deleted_entries: u64,
+        facts: &risk::Content,
+    ) {
         let mut c = Change {
             path,
             kind,
@@ -411,7 +492,7 @@ impl<'a> Walker<'a> {
             risks: Vec::new(),
             conflict: false,
         };
-        c.risks = risk::assess(self.grant, &c);
+        c.risks = risk::assess(self.grant, &c, facts);
         self.out.push(c);
     }
 }

@@ -230,8 +230,20 @@ fn text_side(b: &[u8]) -> TextSide {
     }
 }
 
-fn is_binary(b: &[u8]) -> bool {
-    b[..b.len().min(8000)].contains(&0)
+/// Whether the first bytes of a file make it binary: a NUL among them,
+/// unless it starts with `#!` (a shell ignores a NUL after the first line,
+/// so a script with one must still be read as text).
+pub fn looks_binary(b: &[u8]) -> bool {
+    !b.starts_with(b"#!") && b[..b.len().min(super::content::HEAD)].contains(&0)
+}
+
+/// Whether a change is diffed as text (NULs and other controls shown as
+/// escapes): unless every side that exists looks binary. A file that was
+/// text stays text, whatever the agent wrote into it.
+pub fn shown_as_text(old: Option<&[u8]>, new: Option<&[u8]>) -> bool {
+    let sides = [old, new];
+    let mut present = sides.iter().flatten().peekable();
+    present.peek().is_none() || present.any(|b| !looks_binary(b))
 }
 
 /// A guess at a binary file's type from its first bytes.
@@ -375,7 +387,7 @@ pub fn diff_sides(old: Option<Side>, new: Option<Side>) -> FileDiff {
         };
     }
     let (old, new) = (old.map(|s| s.bytes), new.map(|s| s.bytes));
-    if old.is_some_and(is_binary) || new.is_some_and(is_binary) {
+    if !shown_as_text(old, new) {
         return FileDiff::Binary {
             old: old.map(summary),
             new: new.map(summary),
@@ -574,5 +586,37 @@ mod tests {
             panic!()
         };
         assert!(!n.utf8);
+    }
+
+    #[test]
+    fn scripts_and_former_text_stay_text_and_size_decides_too_large() {
+        // A NUL after a shebang, or in a file that was text: still text.
+        assert!(matches!(
+            diff_files(None, Some(b"#!/bin/sh\n# \0\ntouch x\n")),
+            FileDiff::Text { .. }
+        ));
+        assert!(matches!(
+            diff_files(Some(b"notes\n"), Some(b"notes\0x\n")),
+            FileDiff::Text { .. }
+        ));
+        assert!(matches!(
+            diff_files(Some(b"\0old"), Some(b"\0new")),
+            FileDiff::Binary { .. }
+        ));
+        // Only the first bytes were read: the size says it is too large.
+        let d = diff_sides(
+            None,
+            Some(Side {
+                bytes: b"#!/bin/sh\n",
+                size: 8 << 30,
+            }),
+        );
+        let FileDiff::TooLarge { new: Some(n), .. } = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            (n.size, n.sha256, n.type_guess.as_str()),
+            (8 << 30, None, "script")
+        );
     }
 }
