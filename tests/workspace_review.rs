@@ -94,6 +94,35 @@ fn measured(f: &Fixture, args: &[&str]) -> (Output, Duration, i64) {
 }
 
 #[test]
+fn side_by_side_shows_a_change_past_column_60() {
+    let f = Fixture::new();
+    f.setup("printf 'import os\\nx = 1\\ny = 2\\n' > app.py");
+    f.snapshot();
+    // Equal to the old line for its first 60 characters.
+    f.agent("printf 'import os%59s;os.system(\"touch PWNED\")\\nx = 1\\ny = 3\\n' '' > app.py");
+    let o = airlock(&f, &["diff", f.id.as_str(), "--side-by-side"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains(";os.system(\"touch PWNED\")"),
+        "the whole new line is shown: {t}"
+    );
+    assert!(t.contains("y = 3"), "{t}");
+}
+
+#[test]
+fn side_by_side_says_when_lines_differ_only_invisibly() {
+    let f = Fixture::new();
+    f.setup("printf 'a = 1\\n' > t.py");
+    f.snapshot();
+    f.agent("printf 'a = 1   \\n' > t.py");
+    let o = airlock(&f, &["diff", f.id.as_str(), "--side-by-side"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("differ only in trailing spaces"), "{t}");
+}
+
+#[test]
 fn huge_sparse_files_are_reviewed_quickly_in_little_memory() {
     let f = Fixture::new();
     f.setup("echo small > keep");

@@ -472,6 +472,67 @@ fn line_text(st: &Style, l: &diff::Line) -> String {
     render(st, &styled_chars(l, false))
 }
 
+/// Width of one side of `diff --side-by-side`; longer lines continue on
+/// the next rows, never cut.
+const SIDE_WIDTH: usize = 60;
+
+/// The rows of one side-by-side pair: both lines whole, wrapped.
+fn side_rows(st: &Style, row: &diff::Row) -> Vec<String> {
+    let cells = |l: &Option<diff::Line>| -> Vec<String> {
+        let Some(l) = l else {
+            return vec![format!("{:w$}", "", w = SIDE_WIDTH + 6)];
+        };
+        let no = l
+            .old_no
+            .or(l.new_no)
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let chars = styled_chars(l, true);
+        let mut out = Vec::new();
+        for (k, part) in chars.chunks(SIDE_WIDTH).enumerate() {
+            let pad = " ".repeat(SIDE_WIDTH - part.len());
+            let no = if k == 0 { no.as_str() } else { "↳" };
+            out.push(format!("{no:>5} {}{pad}", render(st, part)));
+        }
+        if out.is_empty() {
+            out.push(format!("{no:>5} {:w$}", "", w = SIDE_WIDTH));
+        }
+        out
+    };
+    let (left, right) = (cells(&row.left), cells(&row.right));
+    let changed = row.left.as_ref().map(|l| l.tag) != Some(Tag::Context);
+    let mark = if changed {
+        st.paint("33", "|")
+    } else {
+        " ".into()
+    };
+    let blank = format!("{:w$}", "", w = SIDE_WIDTH + 6);
+    let mut out: Vec<String> = (0..left.len().max(right.len()))
+        .map(|k| {
+            let l = left.get(k).unwrap_or(&blank);
+            let r = right.get(k).unwrap_or(&blank);
+            format!("{l} {mark} {r}").trim_end().to_string()
+        })
+        .collect();
+    // A changed pair that reads the same (trailing spaces, bytes that are
+    // not UTF-8): say so rather than show two equal lines.
+    if let (true, Some(l), Some(r)) = (changed, &row.left, &row.right) {
+        let plain =
+            |l: &diff::Line| -> String { styled_chars(l, true).iter().map(|c| c.0).collect() };
+        if plain(l).trim_end() == plain(r).trim_end() {
+            out.push(format!(
+                "{:>5} {}",
+                "",
+                st.paint(
+                    "1;33",
+                    &gettext("(these lines differ only in trailing spaces or in bytes that are not UTF-8)")
+                )
+            ));
+        }
+    }
+    out
+}
+
 fn print_diff(st: &Style, d: &FileDiff, side: bool) {
     match d {
         FileDiff::Text {
@@ -532,30 +593,9 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
                 );
                 if side {
                     for row in h.side_by_side() {
-                        let cell = |l: &Option<diff::Line>| -> String {
-                            match l {
-                                Some(l) => {
-                                    let no = l
-                                        .old_no
-                                        .or(l.new_no)
-                                        .map(|n| n.to_string())
-                                        .unwrap_or_default();
-                                    let t: String = line_text(&Style { on: false }, l)
-                                        .chars()
-                                        .take(60)
-                                        .collect();
-                                    format!("{no:>5} {t:<60}")
-                                }
-                                None => format!("{:66}", ""),
-                            }
-                        };
-                        let changed = row.left.as_ref().map(|l| l.tag) != Some(Tag::Context);
-                        let mark = if changed {
-                            st.paint("33", "|")
-                        } else {
-                            " ".into()
-                        };
-                        super::tell!("{} {mark} {}", cell(&row.left), cell(&row.right));
+                        for line in side_rows(st, &row) {
+                            super::tell!("{line}");
+                        }
                     }
                 } else {
                     for l in &h.lines {
@@ -1071,5 +1111,29 @@ mod tests {
         assert_eq!(t, format!("a\\r\x1b[{ESCAPE_STYLE}m\\r\x1b[0mb"));
         let off = Style { on: false };
         assert_eq!(line_text(&off, &line("a\\r\rb")), "a\\r\\rb");
+    }
+
+    #[test]
+    fn side_by_side_wraps_and_never_cuts() {
+        let st = Style { on: false };
+        let long: String = (0..150)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let row = diff::Row {
+            left: None,
+            right: Some(line(&long)),
+        };
+        let rows = side_rows(&st, &row);
+        assert_eq!(rows.len(), 3);
+        let shown: String = rows
+            .iter()
+            .map(|r| {
+                r.rsplit("    ")
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches(['↳', ' ', '1'])
+            })
+            .collect();
+        assert_eq!(shown, long);
     }
 }
