@@ -959,6 +959,24 @@ fn report(r: Result<ExitCode>) -> ExitCode {
     }
 }
 
+/// Folders committed though not approved (new folders the user skipped),
+/// each with an approved path inside that needed it: the count of
+/// committed changes includes them, so the review says why.
+fn created_for<'a>(
+    committed: &'a [Vec<u8>],
+    wanted: &'a BTreeSet<Vec<u8>>,
+) -> Vec<(&'a [u8], &'a [u8])> {
+    committed
+        .iter()
+        .filter(|p| !wanted.contains(*p))
+        .filter_map(|dir| {
+            let prefix = [dir.as_slice(), b"/"].concat();
+            let by = wanted.iter().find(|p| p.starts_with(&prefix))?;
+            Some((dir.as_slice(), by.as_slice()))
+        })
+        .collect()
+}
+
 /// The terminal review `airlock run --review` ends with: each change is
 /// shown and the user approves, skips, looks at the diff, or quits (which
 /// commits nothing). Approved changes are committed at the end.
@@ -1045,6 +1063,7 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
         if approved.is_empty() {
             continue;
         }
+        let wanted: BTreeSet<Vec<u8>> = approved.iter().cloned().collect();
         let mut sel = Selection::exactly(approved);
         sel.keep_agent = keep;
         let finished = || r.finished();
@@ -1066,6 +1085,15 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
                 &[("n", &rep.committed.len().to_string())]
             )
         );
+        for (dir, by) in created_for(&rep.committed, &wanted) {
+            super::tell!(
+                "  {}",
+                gettext_f(
+                    "also created {dir}/, needed by {path}",
+                    &[("dir", &escape(dir)), ("path", &escape(by))]
+                )
+            );
+        }
         for p in &rep.conflicts {
             super::tell!(
                 "  {}",
@@ -1135,5 +1163,15 @@ mod tests {
             })
             .collect();
         assert_eq!(shown, long);
+    }
+
+    #[test]
+    fn skipped_folders_created_for_an_approved_path_are_named() {
+        let committed = vec![b"nd".to_vec(), b"nd/sub".to_vec(), b"x".to_vec()];
+        let wanted: BTreeSet<Vec<u8>> = [b"nd/sub".to_vec(), b"x".to_vec()].into();
+        assert_eq!(
+            created_for(&committed, &wanted),
+            vec![(&b"nd"[..], &b"nd/sub"[..])]
+        );
     }
 }
