@@ -123,7 +123,7 @@ fn side_by_side_says_when_lines_differ_only_invisibly() {
 }
 
 #[test]
-fn huge_sparse_files_are_reviewed_quickly_in_little_memory() {
+fn huge_sparse_files_are_reviewed_and_committed_cheaply() {
     let f = Fixture::new();
     f.setup("echo small > keep");
     f.snapshot();
@@ -146,6 +146,20 @@ fn huge_sparse_files_are_reviewed_quickly_in_little_memory() {
             assert!(t.contains("4294967296 bytes"), "{t}");
         }
     }
+    // The commit, too, costs what the files hold, and keeps them sparse.
+    let (o, took, _) = measured(&f, &["commit", f.id.as_str()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(took < Duration::from_secs(8), "commit took {took:?}");
+    let big = f.grant.join("big1.dat");
+    let m = std::fs::metadata(&big).unwrap();
+    assert_eq!(m.len(), 4 << 30);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&m) * 512 <= 1 << 20,
+        "still sparse"
+    );
+    let mut head = [0u8; 10];
+    std::io::Read::read_exact(&mut std::fs::File::open(&big).unwrap(), &mut head).unwrap();
+    assert_eq!(&head, b"#!/bin/sh\n");
 }
 
 #[test]

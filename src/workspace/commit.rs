@@ -29,7 +29,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use super::changes::{Change, ChangeKind, ChangeSet, NodeKind};
-use super::content::{self, ContentHasher};
+use super::content;
 use super::fsx;
 use super::select::{self, FileChoice, Selection};
 use super::snapshot::{hash_reader, Meta, Snapshot};
@@ -685,13 +685,12 @@ impl<'a> Txn<'a> {
         let uf = fsx::open_file_at(udir, uname).map_err(|e| self.gerr(&op.path, e))?;
         let ust = fsx::fstat(uf.as_raw_fd()).map_err(|e| self.gerr(&op.path, e))?;
         // The review's content hash, of exactly the bytes copied.
-        let mut hasher = HashingReader {
-            inner: uf,
-            h: ContentHasher::new(),
-        };
-        write_file(dir, tmp, &mut hasher, op.perm, owner, Some(&ust))
-            .map_err(|e| self.gerr(&op.path, e))?;
-        let got = hasher.h.finish();
+        let mut got = [0u8; 32];
+        write_file_with(dir, tmp, op.perm, owner, Some(&ust), |f| {
+            got = content::copy(&uf, f)?;
+            Ok(())
+        })
+        .map_err(|e| self.gerr(&op.path, e))?;
         if op.hash.is_some_and(|h| h != got) {
             return Err(Error::ReviewMismatch {
                 path: fsx::rel_display(self.grant, &op.path),
@@ -815,19 +814,6 @@ impl<'a> Txn<'a> {
     }
 }
 
-struct HashingReader<R> {
-    inner: R,
-    h: ContentHasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.h.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// Without root, a file cannot be given away: keep it ours then.
 fn chown_ok(r: std::io::Result<()>) -> std::io::Result<()> {
     match r {
@@ -848,8 +834,22 @@ fn write_file(
     owner: Option<(u32, u32)>,
     times_of: Option<&libc::stat>,
 ) -> std::io::Result<()> {
+    write_file_with(dir, name, perm, owner, times_of, |f| {
+        copy_sparse(src, f).map(|_| ())
+    })
+}
+
+/// [`write_file`] with the content written by `fill`.
+fn write_file_with(
+    dir: RawFd,
+    name: &[u8],
+    perm: u32,
+    owner: Option<(u32, u32)>,
+    times_of: Option<&libc::stat>,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut f = fsx::create_file_at(dir, name, 0o600)?;
-    copy_sparse(src, &mut f)?;
+    fill(&mut f)?;
     f.flush()?;
     if let Some((u, g)) = owner {
         chown_ok(fsx::lchown_at(dir, name, u, g))?;

@@ -148,32 +148,32 @@ fn seek(f: &File, off: u64, whence: libc::c_int) -> std::io::Result<Option<u64>>
     }
 }
 
-/// Hashes and scans the open regular file `f`, reading only its data
-/// extents (whole blocks around them).
-pub fn scan(f: &File) -> std::io::Result<Scan> {
-    let size = f.metadata()?.len();
-    let head = head(f, HEAD.min(size as usize))?;
-    let mut h = ContentHasher::new();
-    let mut ctl = Controls::default();
+/// Calls `each(offset, bytes)` for the data of `f` up to `size` in whole
+/// blocks (the last may be shorter), in order, skipping holes; `gap()`
+/// when zeros that were not read lie before the next bytes or at the end.
+fn each_data(
+    f: &File,
+    size: u64,
+    mut gap: impl FnMut(),
+    mut each: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let b = BLOCK as u64;
     let mut buf = vec![0u8; 16 * BLOCK];
-    // Everything before `off` is hashed.
+    // Everything before `off` is done.
     let mut off = 0u64;
     while off < size {
         let data = match seek(f, off, libc::SEEK_DATA)? {
             Some(d) if d < size => d,
             // Only a hole is left.
             _ => {
-                ctl.found = true;
+                gap();
                 break;
             }
         };
         let hole = seek(f, data, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
         let start = (data / b * b).max(off);
-        if start > off || data > start {
-            // Zeros (a hole) in between.
-            ctl.found = true;
-            ctl.reset();
+        if start > off {
+            gap();
         }
         let end = hole.div_ceil(b).saturating_mul(b).min(size).max(start);
         let mut pos = start;
@@ -193,14 +193,39 @@ pub fn scan(f: &File) -> std::io::Result<Scan> {
                     Err(e) => return Err(e),
                 }
             }
-            for (i, blk) in buf[..want].chunks(BLOCK).enumerate() {
-                h.block(pos / b + i as u64, blk);
-            }
-            ctl.feed(&buf[..want]);
+            each(pos, &buf[..want])?;
             pos += want as u64;
         }
         off = end;
     }
+    Ok(())
+}
+
+/// Hashes and scans the open regular file `f`, reading only its data
+/// extents (whole blocks around them).
+pub fn scan(f: &File) -> std::io::Result<Scan> {
+    let size = f.metadata()?.len();
+    let head = head(f, HEAD.min(size as usize))?;
+    let mut h = ContentHasher::new();
+    let ctl = std::cell::RefCell::new(Controls::default());
+    each_data(
+        f,
+        size,
+        || {
+            // Zeros: NULs, and no line runs across them.
+            let mut c = ctl.borrow_mut();
+            c.found = true;
+            c.reset();
+        },
+        |pos, bytes| {
+            for (i, blk) in bytes.chunks(BLOCK).enumerate() {
+                h.block(pos / BLOCK as u64 + i as u64, blk);
+            }
+            ctl.borrow_mut().feed(bytes);
+            Ok(())
+        },
+    )?;
+    let mut ctl = ctl.into_inner();
     ctl.end();
     Ok(Scan {
         hash: h.finish_with_len(size),
@@ -208,6 +233,33 @@ pub fn scan(f: &File) -> std::io::Result<Scan> {
         head,
         controls: ctl.found,
     })
+}
+
+/// Copies the regular file `src` into the new, empty file `dst` and
+/// returns its content hash: only data extents are read, and blocks of
+/// zeros stay holes, so an agent's sparse file costs the commit what it
+/// holds, not its apparent size. The bytes are the same.
+pub fn copy(src: &File, dst: &File) -> std::io::Result<[u8; 32]> {
+    let size = src.metadata()?.len();
+    let mut h = ContentHasher::new();
+    each_data(
+        src,
+        size,
+        || {},
+        |pos, bytes| {
+            for (i, blk) in bytes.chunks(BLOCK).enumerate() {
+                if blk.iter().any(|&x| x != 0) {
+                    let at = pos + (i * BLOCK) as u64;
+                    h.block(at / BLOCK as u64, blk);
+                    dst.write_all_at(blk, at)?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    // A trailing hole needs the length set; so does an all-zero file.
+    dst.set_len(size)?;
+    Ok(h.finish_with_len(size))
 }
 
 /// Finds control characters in a stream of bytes.
@@ -293,6 +345,19 @@ mod tests {
         }
         assert_eq!(h.finish(), s.hash);
         assert!(s.controls, "holes are NULs");
+        // Copied: same bytes, same hash, holes kept.
+        let d = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(copy(&t, d.as_file()).unwrap(), s.hash);
+        assert_eq!(std::fs::read(d.path()).unwrap(), all);
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&d.as_file().metadata().unwrap());
+        assert!(blocks * 512 <= 64 << 10, "{} bytes allocated", blocks * 512);
+        for len in [0usize, 3, 4096, 10000] {
+            let z = tempfile::tempfile().unwrap();
+            z.set_len(len as u64).unwrap();
+            let d = tempfile::NamedTempFile::new().unwrap();
+            assert_eq!(copy(&z, d.as_file()).unwrap(), hash_bytes(&vec![0u8; len]));
+            assert_eq!(std::fs::read(d.path()).unwrap(), vec![0u8; len]);
+        }
         assert_eq!(&s.head[..2], b"#!");
         // Any change shows: a byte, the size, a zero becoming data.
         let mut other = all.clone();
