@@ -8,8 +8,8 @@
 //! read as zeros, so they are skipped (`SEEK_DATA`/`SEEK_HOLE`) without
 //! being read, and a hole and written zeros hash the same: the hash
 //! depends on the content only, and any change of it (a byte, the size)
-//! changes the hash. [`ContentHasher`] computes the same value from a
-//! stream, as the commit copies a file.
+//! changes the hash. [`copy`] computes it while the commit copies a file,
+//! [`hash_bytes`] for content in memory (a hunk merge's check).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -162,15 +162,22 @@ fn each_data(
     // Everything before `off` is done.
     let mut off = 0u64;
     while off < size {
-        let data = match seek(f, off, libc::SEEK_DATA)? {
-            Some(d) if d < size => d,
+        let (data, hole) = match seek(f, off, libc::SEEK_DATA) {
+            Ok(Some(d)) if d < size => {
+                let h = seek(f, d, libc::SEEK_HOLE)?;
+                (d, h.unwrap_or(size).min(size))
+            }
             // Only a hole is left.
-            _ => {
+            Ok(_) => {
                 gap();
                 break;
             }
+            // A file system that cannot tell: all of it is data.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                (off, size)
+            }
+            Err(e) => return Err(e),
         };
-        let hole = seek(f, data, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
         let start = (data / b * b).max(off);
         if start > off {
             gap();
