@@ -336,7 +336,7 @@ const NOT_FOR_NEW_CONTENT: &[&[u8]] = &[b"security.capability", b"security.ima",
 
 /// Copies the extended attributes of `src` onto `dst`, the ACL
 /// (`system.posix_acl_access`) only when `with_acl`, and those in
-/// [`NOT_FOR_NEW_CONTENT`] only when `same_content` (a backup, a restore).
+/// `NOT_FOR_NEW_CONTENT` only when `same_content` (a backup, a restore).
 /// Best effort: an attribute this user may not set (a security label) is
 /// left out.
 pub fn copy_xattrs(src: RawFd, dst: RawFd, with_acl: bool, same_content: bool) {
