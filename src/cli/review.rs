@@ -17,7 +17,7 @@ use crate::i18n::{gettext, gettext_f};
 use crate::task::{TaskDir, TaskId, TaskManifest, TaskState};
 use crate::workspace::changes::{hex, unhex, Change, ChangeKind, ChangeSet, NodeKind};
 use crate::workspace::diff::{self, FileDiff, Tag};
-use crate::workspace::names::{escape, escape_path, escape_text};
+use crate::workspace::names::{self, escape, escape_path};
 use crate::workspace::{self as ws, CommitOptions, Selection, Snapshot};
 
 #[derive(Debug, clap::Args)]
@@ -352,16 +352,30 @@ fn changes_inner(args: ChangesArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_side(root: &Path, rel: &[u8]) -> Result<Vec<u8>> {
+/// One side of a file for the diff: all of it up to the diff's size cap,
+/// only its first bytes above it (decided from its size before reading:
+/// an agent's sparse file can claim gigabytes without using any disk),
+/// and its size.
+fn read_side(root: &Path, rel: &[u8]) -> Result<(Vec<u8>, u64)> {
     use std::io::Read;
     let fd = ws::fsx::open_dir_path(root).map_err(|e| crate::Error::io(root, e))?;
     let (parent, name) = ws::fsx::split_last(rel);
     let mut out = Vec::new();
-    ws::fsx::open_dir_at(&fd, parent)
+    let size = ws::fsx::open_dir_at(&fd, parent)
         .and_then(|d| ws::fsx::open_file_at(std::os::fd::AsRawFd::as_raw_fd(&d), name))
-        .and_then(|mut f| f.read_to_end(&mut out))
+        .and_then(|f| {
+            let size = f.metadata()?.len();
+            let want = if size > diff::SIZE_CAP {
+                ws::content::HEAD as u64
+            } else {
+                // It may grow meanwhile: one byte more tells.
+                diff::SIZE_CAP + 1
+            };
+            f.take(want).read_to_end(&mut out)?;
+            Ok(size.max(out.len() as u64))
+        })
         .map_err(|e| crate::Error::io(ws::fsx::rel_display(root, rel), e))?;
-    Ok(out)
+    Ok((out, size))
 }
 
 /// The diff of one change, when it has file content on either side.
@@ -382,21 +396,141 @@ pub fn file_diff(cs: &ChangeSet, c: &Change) -> Result<Option<FileDiff>> {
     } else {
         None
     };
-    Ok(Some(diff::diff_files(old.as_deref(), new.as_deref())))
+    fn side(s: &(Vec<u8>, u64)) -> diff::Side<'_> {
+        diff::Side {
+            bytes: &s.0,
+            size: s.1,
+        }
+    }
+    Ok(Some(diff::diff_sides(
+        old.as_ref().map(side),
+        new.as_ref().map(side),
+    )))
+}
+
+/// How escapes (a real control character shown as `\r`, `\x1b`…) look on
+/// a terminal, so they differ from the same characters typed as text.
+const ESCAPE_STYLE: &str = "1;4;35";
+
+/// A line's text as characters with their style (emphasis, escapes, the
+/// line-end notes), so a line can be cut into rows without losing either.
+fn styled_chars(l: &diff::Line, expand_tabs: bool) -> Vec<(char, &'static str)> {
+    let mut out = Vec::new();
+    for seg in &l.segments {
+        for (t, escaped) in names::escape_text_runs(&seg.text) {
+            let style = if escaped {
+                ESCAPE_STYLE
+            } else if seg.emphasized {
+                "7"
+            } else {
+                ""
+            };
+            for c in t.chars() {
+                if c == '\t' && expand_tabs {
+                    // Columns must stay aligned.
+                    let n = 8 - out.len() % 8;
+                    out.extend(std::iter::repeat((' ', style)).take(n));
+                } else {
+                    out.push((c, style));
+                }
+            }
+        }
+    }
+    match l.ending.as_str() {
+        "\r\n" => out.push(('␍', "2")),
+        "" => out.extend(
+            format!(" {}", gettext("(no newline at end)"))
+                .chars()
+                .map(|c| (c, "2")),
+        ),
+        _ => {}
+    }
+    out
+}
+
+fn render(st: &Style, chars: &[(char, &'static str)]) -> String {
+    let mut s = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let style = chars[i].1;
+        let run: String = chars[i..]
+            .iter()
+            .take_while(|c| c.1 == style)
+            .map(|c| c.0)
+            .collect();
+        i += run.chars().count();
+        s.push_str(&if style.is_empty() {
+            run
+        } else {
+            st.paint(style, &run)
+        });
+    }
+    s
 }
 
 fn line_text(st: &Style, l: &diff::Line) -> String {
-    let mut s = String::new();
-    for seg in &l.segments {
-        let t = escape_text(&seg.text);
-        s.push_str(&if seg.emphasized { st.paint("7", &t) } else { t });
+    render(st, &styled_chars(l, false))
+}
+
+/// Width of one side of `diff --side-by-side`; longer lines continue on
+/// the next rows, never cut.
+const SIDE_WIDTH: usize = 60;
+
+/// The rows of one side-by-side pair: both lines whole, wrapped.
+fn side_rows(st: &Style, row: &diff::Row) -> Vec<String> {
+    let cells = |l: &Option<diff::Line>| -> Vec<String> {
+        let Some(l) = l else {
+            return vec![format!("{:w$}", "", w = SIDE_WIDTH + 6)];
+        };
+        let no = l
+            .old_no
+            .or(l.new_no)
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let chars = styled_chars(l, true);
+        let mut out = Vec::new();
+        for (k, part) in chars.chunks(SIDE_WIDTH).enumerate() {
+            let pad = " ".repeat(SIDE_WIDTH - part.len());
+            let no = if k == 0 { no.as_str() } else { "↳" };
+            out.push(format!("{no:>5} {}{pad}", render(st, part)));
+        }
+        if out.is_empty() {
+            out.push(format!("{no:>5} {:w$}", "", w = SIDE_WIDTH));
+        }
+        out
+    };
+    let (left, right) = (cells(&row.left), cells(&row.right));
+    let changed = row.left.as_ref().map(|l| l.tag) != Some(Tag::Context);
+    let mark = if changed {
+        st.paint("33", "|")
+    } else {
+        " ".into()
+    };
+    let blank = format!("{:w$}", "", w = SIDE_WIDTH + 6);
+    let mut out: Vec<String> = (0..left.len().max(right.len()))
+        .map(|k| {
+            let l = left.get(k).unwrap_or(&blank);
+            let r = right.get(k).unwrap_or(&blank);
+            format!("{l} {mark} {r}").trim_end().to_string()
+        })
+        .collect();
+    // A changed pair that reads the same (trailing spaces, bytes that are
+    // not UTF-8): say so rather than show two equal lines.
+    if let (true, Some(l), Some(r)) = (changed, &row.left, &row.right) {
+        let plain =
+            |l: &diff::Line| -> String { styled_chars(l, true).iter().map(|c| c.0).collect() };
+        if plain(l).trim_end() == plain(r).trim_end() {
+            out.push(format!(
+                "{:>5} {}",
+                "",
+                st.paint(
+                    "1;33",
+                    &gettext("(these lines differ only in trailing spaces or in bytes that are not UTF-8)")
+                )
+            ));
+        }
     }
-    match l.ending.as_str() {
-        "\r\n" => s.push_str(&st.paint("2", "␍")),
-        "" => s.push_str(&st.paint("2", &format!(" {}", gettext("(no newline at end)")))),
-        _ => {}
-    }
-    s
+    out
 }
 
 fn print_diff(st: &Style, d: &FileDiff, side: bool) {
@@ -459,30 +593,9 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
                 );
                 if side {
                     for row in h.side_by_side() {
-                        let cell = |l: &Option<diff::Line>| -> String {
-                            match l {
-                                Some(l) => {
-                                    let no = l
-                                        .old_no
-                                        .or(l.new_no)
-                                        .map(|n| n.to_string())
-                                        .unwrap_or_default();
-                                    let t: String = line_text(&Style { on: false }, l)
-                                        .chars()
-                                        .take(60)
-                                        .collect();
-                                    format!("{no:>5} {t:<60}")
-                                }
-                                None => format!("{:66}", ""),
-                            }
-                        };
-                        let changed = row.left.as_ref().map(|l| l.tag) != Some(Tag::Context);
-                        let mark = if changed {
-                            st.paint("33", "|")
-                        } else {
-                            " ".into()
-                        };
-                        super::tell!("{} {mark} {}", cell(&row.left), cell(&row.right));
+                        for line in side_rows(st, &row) {
+                            super::tell!("{line}");
+                        }
                     }
                 } else {
                     for l in &h.lines {
@@ -513,12 +626,15 @@ fn print_diff(st: &Style, d: &FileDiff, side: bool) {
             super::tell!("  {what}");
             for (label, s) in [("before", old), ("after", new)] {
                 if let Some(s) = s {
-                    super::tell!(
-                        "  {label}: {} bytes, {}, sha256 {}",
-                        s.size,
-                        s.type_guess,
-                        s.sha256.map(hex).unwrap_or_default()
-                    );
+                    match s.sha256 {
+                        Some(h) => super::tell!(
+                            "  {label}: {} bytes, {}, sha256 {}",
+                            s.size,
+                            s.type_guess,
+                            hex(h)
+                        ),
+                        None => super::tell!("  {label}: {} bytes, {}", s.size, s.type_guess),
+                    }
                 }
             }
         }
@@ -843,6 +959,24 @@ fn report(r: Result<ExitCode>) -> ExitCode {
     }
 }
 
+/// Folders committed though not approved (new folders the user skipped),
+/// each with an approved path inside that needed it: the count of
+/// committed changes includes them, so the review says why.
+fn created_for<'a>(
+    committed: &'a [Vec<u8>],
+    wanted: &'a BTreeSet<Vec<u8>>,
+) -> Vec<(&'a [u8], &'a [u8])> {
+    committed
+        .iter()
+        .filter(|p| !wanted.contains(*p))
+        .filter_map(|dir| {
+            let prefix = [dir.as_slice(), b"/"].concat();
+            let by = wanted.iter().find(|p| p.starts_with(&prefix))?;
+            Some((dir.as_slice(), by.as_slice()))
+        })
+        .collect()
+}
+
 /// The terminal review `airlock run --review` ends with: each change is
 /// shown and the user approves, skips, looks at the diff, or quits (which
 /// commits nothing). Approved changes are committed at the end.
@@ -929,6 +1063,7 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
         if approved.is_empty() {
             continue;
         }
+        let wanted: BTreeSet<Vec<u8>> = approved.iter().cloned().collect();
         let mut sel = Selection::exactly(approved);
         sel.keep_agent = keep;
         let finished = || r.finished();
@@ -950,6 +1085,15 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
                 &[("n", &rep.committed.len().to_string())]
             )
         );
+        for (dir, by) in created_for(&rep.committed, &wanted) {
+            super::tell!(
+                "  {}",
+                gettext_f(
+                    "also created {dir}/, needed by {path}",
+                    &[("dir", &escape(dir)), ("path", &escape(by))]
+                )
+            );
+        }
         for p in &rep.conflicts {
             super::tell!(
                 "  {}",
@@ -968,4 +1112,66 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
         record_decision(&r.manifest.id, to, commits, false);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> diff::Line {
+        diff::Line {
+            tag: Tag::Insert,
+            old_no: None,
+            new_no: Some(1),
+            segments: vec![diff::Segment {
+                text: text.into(),
+                emphasized: false,
+            }],
+            ending: "\n".into(),
+        }
+    }
+
+    #[test]
+    fn a_real_control_character_looks_unlike_its_spelling() {
+        let on = Style { on: true };
+        // The two characters `\r`, then a real CR.
+        let t = line_text(&on, &line("a\\r\rb"));
+        assert_eq!(t, format!("a\\r\x1b[{ESCAPE_STYLE}m\\r\x1b[0mb"));
+        let off = Style { on: false };
+        assert_eq!(line_text(&off, &line("a\\r\rb")), "a\\r\\rb");
+    }
+
+    #[test]
+    fn side_by_side_wraps_and_never_cuts() {
+        let st = Style { on: false };
+        let long: String = (0..150)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let row = diff::Row {
+            left: None,
+            right: Some(line(&long)),
+        };
+        let rows = side_rows(&st, &row);
+        assert_eq!(rows.len(), 3);
+        let shown: String = rows
+            .iter()
+            .map(|r| {
+                r.rsplit("    ")
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches(['↳', ' ', '1'])
+            })
+            .collect();
+        assert_eq!(shown, long);
+    }
+
+    #[test]
+    fn skipped_folders_created_for_an_approved_path_are_named() {
+        let committed = vec![b"nd".to_vec(), b"nd/sub".to_vec(), b"x".to_vec()];
+        let wanted: BTreeSet<Vec<u8>> = [b"nd/sub".to_vec(), b"x".to_vec()].into();
+        assert_eq!(
+            created_for(&committed, &wanted),
+            vec![(&b"nd"[..], &b"nd/sub"[..])]
+        );
+    }
 }

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::content;
 use super::fsx;
 use super::risk::{self, Risk};
-use super::snapshot::{hash_reader, Snapshot};
+use super::snapshot::Snapshot;
 use crate::Error;
 
 /// What kind of file system object a node is.
@@ -175,30 +176,25 @@ fn is_whiteout(dir: RawFd, name: &[u8], st: &libc::stat) -> bool {
     false
 }
 
-fn same_content(a: &mut impl Read, b: &mut impl Read) -> std::io::Result<bool> {
-    let mut ba = vec![0u8; 64 * 1024];
-    let mut bb = vec![0u8; 64 * 1024];
-    loop {
-        let n = read_full(a, &mut ba)?;
-        let m = read_full(b, &mut bb)?;
-        if n != m || ba[..n] != bb[..m] {
-            return Ok(false);
-        }
-        if n == 0 {
-            return Ok(true);
-        }
-    }
+fn is_package_json(path: &[u8]) -> bool {
+    path.rsplit(|&b| b == b'/').next() == Some(b"package.json")
 }
 
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
+/// Whether a `package.json` edit changes its scripts; one too large to
+/// read for this counts as changed.
+fn scripts_changed(old: Option<&std::fs::File>, new: &std::fs::File) -> bool {
+    const MAX: u64 = 4 << 20;
+    let read = |f: &std::fs::File| -> Option<Vec<u8>> {
+        let mut v = Vec::new();
+        f.take(MAX + 1).read_to_end(&mut v).ok()?;
+        (v.len() as u64 <= MAX).then_some(v)
+    };
+    let Some(n) = read(new) else { return true };
+    match old.map(read) {
+        None => risk::package_scripts_changed(None, &n),
+        Some(Some(o)) => risk::package_scripts_changed(Some(&o), &n),
+        Some(None) => true,
     }
-    Ok(n)
 }
 
 impl<'a> Walker<'a> {
@@ -303,21 +299,38 @@ impl<'a> Walker<'a> {
                     }
                 }
                 NodeKind::File => {
-                    let mut uf = fsx::open_file_at(upper.as_raw_fd(), &name)
+                    let uf = fsx::open_file_at(upper.as_raw_fd(), &name)
                         .map_err(|e| self.err(&child, e))?;
+                    // Hashed by its data only: a sparse file costs what it
+                    // holds, not its apparent size (see `content`).
+                    let scan = content::scan(&uf).map_err(|e| self.err(&child, e))?;
                     let after = Node::from_stat(&ust, None);
+                    let lower_file = match (&before, lfd) {
+                        (Some((b, _)), Some(l)) if b.kind == NodeKind::File => {
+                            Some(fsx::open_file_at(l, &name).map_err(|e| self.err(&child, e))?)
+                        }
+                        _ => None,
+                    };
+                    let old_head = match &lower_file {
+                        Some(lf) => Some(
+                            content::head(lf, content::HEAD).map_err(|e| self.err(&child, e))?,
+                        ),
+                        None => None,
+                    };
+                    let facts = risk::Content {
+                        old_head: old_head.as_deref(),
+                        new: Some(&scan),
+                        scripts_changed: is_package_json(&child)
+                            && scripts_changed(lower_file.as_ref(), &uf),
+                    };
                     match before {
                         Some((b, _)) if b.kind == NodeKind::File => {
-                            let same = if b.size == after.size {
-                                let l = lfd.unwrap_or(-1);
-                                let mut lf =
-                                    fsx::open_file_at(l, &name).map_err(|e| self.err(&child, e))?;
-                                let s = same_content(&mut uf, &mut lf)
-                                    .map_err(|e| self.err(&child, e))?;
-                                std::io::Seek::rewind(&mut uf).map_err(|e| self.err(&child, e))?;
-                                s
-                            } else {
-                                false
+                            let same = match &lower_file {
+                                Some(lf) if b.size == after.size => {
+                                    content::scan(lf).map_err(|e| self.err(&child, e))?.hash
+                                        == scan.hash
+                                }
+                                _ => false,
                             };
                             let kind = if !same {
                                 ChangeKind::Modified
@@ -327,12 +340,26 @@ impl<'a> Walker<'a> {
                                 // Copied up (touched, opened for writing) but equal.
                                 continue;
                             };
-                            let h = hash_reader(uf).map_err(|e| self.err(&child, e))?;
-                            self.push(child, kind, Some(b), Some(after), Some(h), 0);
+                            self.push_with(
+                                child,
+                                kind,
+                                Some(b),
+                                Some(after),
+                                Some(scan.hash),
+                                0,
+                                &facts,
+                            );
                         }
                         before => {
-                            let h = hash_reader(uf).map_err(|e| self.err(&child, e))?;
-                            self.replace_or_add(lfd, &name, child, before, after, Some(h))?;
+                            self.replace_or_add(
+                                lfd,
+                                &name,
+                                child,
+                                before,
+                                after,
+                                Some(scan.hash),
+                                &facts,
+                            )?;
                         }
                     }
                 }
@@ -353,7 +380,15 @@ impl<'a> Walker<'a> {
                                 );
                             }
                         }
-                        before => self.replace_or_add(lfd, &name, child, before, after, None)?,
+                        before => self.replace_or_add(
+                            lfd,
+                            &name,
+                            child,
+                            before,
+                            after,
+                            None,
+                            &risk::Content::default(),
+                        )?,
                     }
                 }
                 _ => {
@@ -372,6 +407,7 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn replace_or_add(
         &mut self,
         lower: Option<RawFd>,
@@ -380,22 +416,24 @@ impl<'a> Walker<'a> {
         before: Option<(Node, libc::stat)>,
         after: Node,
         hash: Option<[u8; 32]>,
+        facts: &risk::Content,
     ) -> Result<(), Error> {
         match before {
-            None => self.push(child, ChangeKind::Added, None, Some(after), hash, 0),
+            None => self.push_with(child, ChangeKind::Added, None, Some(after), hash, 0, facts),
             Some((b, _)) => {
                 let n = if b.kind == NodeKind::Dir {
                     count_tree(lower.unwrap_or(-1), name).map_err(|e| self.err(&child, e))?
                 } else {
                     0
                 };
-                self.push(
+                self.push_with(
                     child,
                     ChangeKind::TypeChanged,
                     Some(b),
                     Some(after),
                     hash,
                     n,
+                    facts,
                 )
             }
         }
@@ -428,6 +466,22 @@ impl<'a> Walker<'a> {
         hash: Option<[u8; 32]>,
         deleted_entries: u64,
     ) {
+        let facts = risk::Content::default();
+        self.push_with(path, kind, before, after, hash, deleted_entries, &facts)
+    }
+
+    /// [`push`](Self::push) with what is known of a file's content.
+    #[allow(clippy::too_many_arguments)]
+    fn push_with(
+        &mut self,
+        path: Vec<u8>,
+        kind: ChangeKind,
+        before: Option<Node>,
+        after: Option<Node>,
+        hash: Option<[u8; 32]>,
+        deleted_entries: u64,
+        facts: &risk::Content,
+    ) {
         let mut c = Change {
             path,
             kind,
@@ -438,7 +492,7 @@ impl<'a> Walker<'a> {
             risks: Vec::new(),
             conflict: false,
         };
-        c.risks = risk::assess(self.grant, &c);
+        c.risks = risk::assess(self.grant, &c, facts);
         self.out.push(c);
     }
 }

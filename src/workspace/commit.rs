@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::changes::{Change, ChangeKind, ChangeSet, NodeKind};
+use super::content;
 use super::fsx;
 use super::select::{self, FileChoice, Selection};
 use super::snapshot::{hash_reader, Meta, Snapshot};
@@ -659,10 +659,13 @@ impl<'a> Txn<'a> {
                 // An original we cannot open (mode 0200) has nothing we
                 // could read back either.
                 if let (Ok(orig), Ok(new)) = (orig, new) {
+                    // Not the user's file capabilities: they were granted
+                    // to the user's content, not the agent's.
                     fsx::copy_xattrs(
                         orig.as_raw_fd(),
                         new.as_raw_fd(),
                         op.perm & 0o777 == o.perm & 0o777,
+                        false,
                     );
                 }
             }
@@ -681,13 +684,13 @@ impl<'a> Txn<'a> {
     ) -> Result<(), Error> {
         let uf = fsx::open_file_at(udir, uname).map_err(|e| self.gerr(&op.path, e))?;
         let ust = fsx::fstat(uf.as_raw_fd()).map_err(|e| self.gerr(&op.path, e))?;
-        let mut hasher = HashingReader {
-            inner: uf,
-            h: Sha256::new(),
-        };
-        write_file(dir, tmp, &mut hasher, op.perm, owner, Some(&ust))
-            .map_err(|e| self.gerr(&op.path, e))?;
-        let got: [u8; 32] = hasher.h.finalize().into();
+        // The review's content hash, of exactly the bytes copied.
+        let mut got = [0u8; 32];
+        write_file_with(dir, tmp, op.perm, owner, Some(&ust), |f| {
+            got = content::copy(&uf, f)?;
+            Ok(())
+        })
+        .map_err(|e| self.gerr(&op.path, e))?;
         if op.hash.is_some_and(|h| h != got) {
             return Err(Error::ReviewMismatch {
                 path: fsx::rel_display(self.grant, &op.path),
@@ -811,19 +814,6 @@ impl<'a> Txn<'a> {
     }
 }
 
-struct HashingReader<R> {
-    inner: R,
-    h: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.h.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// Without root, a file cannot be given away: keep it ours then.
 fn chown_ok(r: std::io::Result<()>) -> std::io::Result<()> {
     match r {
@@ -844,8 +834,22 @@ fn write_file(
     owner: Option<(u32, u32)>,
     times_of: Option<&libc::stat>,
 ) -> std::io::Result<()> {
+    write_file_with(dir, name, perm, owner, times_of, |f| {
+        copy_sparse(src, f).map(|_| ())
+    })
+}
+
+/// [`write_file`] with the content written by `fill`.
+fn write_file_with(
+    dir: RawFd,
+    name: &[u8],
+    perm: u32,
+    owner: Option<(u32, u32)>,
+    times_of: Option<&libc::stat>,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut f = fsx::create_file_at(dir, name, 0o600)?;
-    copy_sparse(src, &mut f)?;
+    fill(&mut f)?;
     f.flush()?;
     if let Some((u, g)) = owner {
         chown_ok(fsx::lchown_at(dir, name, u, g))?;
@@ -934,7 +938,12 @@ pub(crate) fn copy_node(
             fsx::fchmod(f.as_raw_fd(), perm)?;
             // Backups and what undo restores from them keep ACLs and
             // extended attributes.
-            fsx::copy_xattrs(src.as_raw_fd(), f.as_raw_fd(), perm_override.is_none());
+            fsx::copy_xattrs(
+                src.as_raw_fd(),
+                f.as_raw_fd(),
+                perm_override.is_none(),
+                true,
+            );
             fsx::set_times_at(ddir, dname, &st)
         }
         NodeKind::Symlink => {
@@ -952,7 +961,7 @@ pub(crate) fn copy_node(
             }
             chown_ok(fsx::lchown_at(ddir, dname, st.st_uid, st.st_gid))?;
             fsx::fchmod(d.as_raw_fd(), perm)?;
-            fsx::copy_xattrs(s.as_raw_fd(), d.as_raw_fd(), perm_override.is_none());
+            fsx::copy_xattrs(s.as_raw_fd(), d.as_raw_fd(), perm_override.is_none(), true);
             fsx::set_times_at(ddir, dname, &st)
         }
         // Special files are never part of a grant we write; skip them.
@@ -1422,9 +1431,7 @@ fn plan(
             fsx::open_file_at(udir.as_raw_fd(), uname)
                 .and_then(|mut f| f.read_to_end(&mut new))
                 .map_err(gerr)?;
-            if c.hash
-                .is_some_and(|hh| hash_reader(&new[..]).ok() != Some(hh))
-            {
+            if c.hash.is_some_and(|hh| content::hash_bytes(&new) != hh) {
                 return Err(Error::ReviewMismatch {
                     path: fsx::rel_display(&cs.grant, &c.path),
                 });

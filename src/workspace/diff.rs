@@ -230,8 +230,20 @@ fn text_side(b: &[u8]) -> TextSide {
     }
 }
 
-fn is_binary(b: &[u8]) -> bool {
-    b[..b.len().min(8000)].contains(&0)
+/// Whether the first bytes of a file make it binary: a NUL among them,
+/// unless it starts with `#!` (a shell ignores a NUL after the first line,
+/// so a script with one must still be read as text).
+pub fn looks_binary(b: &[u8]) -> bool {
+    !b.starts_with(b"#!") && b[..b.len().min(super::content::HEAD)].contains(&0)
+}
+
+/// Whether a change is diffed as text (NULs and other controls shown as
+/// escapes): unless every side that exists looks binary. A file that was
+/// text stays text, whatever the agent wrote into it.
+pub fn shown_as_text(old: Option<&[u8]>, new: Option<&[u8]>) -> bool {
+    let sides = [old, new];
+    let mut present = sides.iter().flatten().peekable();
+    present.peek().is_none() || present.any(|b| !looks_binary(b))
 }
 
 /// A guess at a binary file's type from its first bytes.
@@ -333,18 +345,49 @@ fn inline(old: &[u8], new: &[u8]) -> (Vec<Segment>, Vec<Segment>) {
     (l, r)
 }
 
+/// One side of a file to diff: its first bytes (all of them up to
+/// [`SIZE_CAP`]) and its real size.
+#[derive(Debug, Clone, Copy)]
+pub struct Side<'a> {
+    pub bytes: &'a [u8],
+    pub size: u64,
+}
+
+impl<'a> Side<'a> {
+    pub fn whole(bytes: &'a [u8]) -> Side<'a> {
+        Side {
+            bytes,
+            size: bytes.len() as u64,
+        }
+    }
+}
+
 /// The diff of one file. `old`/`new` are `None` when the file does not
-/// exist on that side; `sizes` are the real sizes when a side was not read
-/// because it is above [`SIZE_CAP`].
+/// exist on that side.
 pub fn diff_files(old: Option<&[u8]>, new: Option<&[u8]>) -> FileDiff {
-    let too_large = |b: Option<&[u8]>| b.is_some_and(|b| b.len() as u64 > SIZE_CAP);
+    diff_sides(old.map(Side::whole), new.map(Side::whole))
+}
+
+/// [`diff_files`] for sides that may have been read only in part: a side
+/// above [`SIZE_CAP`] is summarised from its size and first bytes (its
+/// hash is not computed: that would read it all).
+pub fn diff_sides(old: Option<Side>, new: Option<Side>) -> FileDiff {
+    let too_large = |s: Option<Side>| s.is_some_and(|s| s.size > SIZE_CAP);
     if too_large(old) || too_large(new) {
+        let sum = |s: Side| Summary {
+            size: s.size,
+            type_guess: type_guess(s.bytes).to_string(),
+            sha256: (s.size <= SIZE_CAP)
+                .then(|| super::snapshot::hash_reader(s.bytes).ok())
+                .flatten(),
+        };
         return FileDiff::TooLarge {
-            old: old.map(summary),
-            new: new.map(summary),
+            old: old.map(sum),
+            new: new.map(sum),
         };
     }
-    if old.is_some_and(is_binary) || new.is_some_and(is_binary) {
+    let (old, new) = (old.map(|s| s.bytes), new.map(|s| s.bytes));
+    if !shown_as_text(old, new) {
         return FileDiff::Binary {
             old: old.map(summary),
             new: new.map(summary),
@@ -543,5 +586,37 @@ mod tests {
             panic!()
         };
         assert!(!n.utf8);
+    }
+
+    #[test]
+    fn scripts_and_former_text_stay_text_and_size_decides_too_large() {
+        // A NUL after a shebang, or in a file that was text: still text.
+        assert!(matches!(
+            diff_files(None, Some(b"#!/bin/sh\n# \0\ntouch x\n")),
+            FileDiff::Text { .. }
+        ));
+        assert!(matches!(
+            diff_files(Some(b"notes\n"), Some(b"notes\0x\n")),
+            FileDiff::Text { .. }
+        ));
+        assert!(matches!(
+            diff_files(Some(b"\0old"), Some(b"\0new")),
+            FileDiff::Binary { .. }
+        ));
+        // Only the first bytes were read: the size says it is too large.
+        let d = diff_sides(
+            None,
+            Some(Side {
+                bytes: b"#!/bin/sh\n",
+                size: 8 << 30,
+            }),
+        );
+        let FileDiff::TooLarge { new: Some(n), .. } = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            (n.size, n.sha256, n.type_guess.as_str()),
+            (8 << 30, None, "script")
+        );
     }
 }

@@ -329,10 +329,17 @@ pub fn default_acl_mode(dir: RawFd) -> Option<u32> {
     Some((user? << 6) | (mask.or(group)? << 3) | other?)
 }
 
+/// Attributes that vouch for the content they were set on: file
+/// capabilities (which the kernel drops when a file is written, as it drops
+/// set-id bits) and integrity measurements. Never carried onto new content.
+const NOT_FOR_NEW_CONTENT: &[&[u8]] = &[b"security.capability", b"security.ima", b"security.evm"];
+
 /// Copies the extended attributes of `src` onto `dst`, the ACL
-/// (`system.posix_acl_access`) only when `with_acl`. Best effort: an
-/// attribute this user may not set (a security label) is left out.
-pub fn copy_xattrs(src: RawFd, dst: RawFd, with_acl: bool) {
+/// (`system.posix_acl_access`) only when `with_acl`, and those in
+/// `NOT_FOR_NEW_CONTENT` only when `same_content` (a backup, a restore).
+/// Best effort: an attribute this user may not set (a security label) is
+/// left out.
+pub fn copy_xattrs(src: RawFd, dst: RawFd, with_acl: bool, same_content: bool) {
     let mut names = vec![0u8; 4096];
     let n = loop {
         // SAFETY: flistxattr writes at most names.len() bytes into names.
@@ -349,6 +356,9 @@ pub fn copy_xattrs(src: RawFd, dst: RawFd, with_acl: bool) {
     };
     for name in names[..n].split(|b| *b == 0).filter(|x| !x.is_empty()) {
         if !with_acl && name == b"system.posix_acl_access" {
+            continue;
+        }
+        if !same_content && NOT_FOR_NEW_CONTENT.contains(&name) {
             continue;
         }
         let Ok(cname) = std::ffi::CString::new(name) else {

@@ -5,6 +5,7 @@
 
 pub mod changes;
 pub mod commit;
+pub mod content;
 pub mod diff;
 pub mod fsx;
 pub mod names;

@@ -42,11 +42,30 @@ pub fn escape_path(p: &std::path::Path) -> String {
 /// backslashes stay as they are (code is full of them); escape sequences,
 /// other control and bidi characters are still made visible.
 pub fn escape_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+    escape_text_runs(s).into_iter().map(|(t, _)| t).collect()
+}
+
+/// [`escape_text`] in runs, each saying whether it is an escape, so a
+/// terminal can show a real carriage return (`\r`, highlighted) apart from
+/// the two characters backslash and r in the text.
+pub fn escape_text_runs(s: &str) -> Vec<(String, bool)> {
+    let mut out: Vec<(String, bool)> = Vec::new();
+    let mut one = String::new();
     for c in s.chars() {
-        match c {
-            '\\' | '\t' => out.push(c),
-            c => push_char(&mut out, c),
+        one.clear();
+        let escaped = match c {
+            '\\' | '\t' => {
+                one.push(c);
+                false
+            }
+            c => {
+                push_char(&mut one, c);
+                one.len() != c.len_utf8() || !one.starts_with(c)
+            }
+        };
+        match out.last_mut() {
+            Some((t, e)) if *e == escaped => t.push_str(&one),
+            _ => out.push((one.clone(), escaped)),
         }
     }
     out
@@ -98,6 +117,14 @@ mod tests {
         assert_eq!(escape("\u{9b}31m".as_bytes()), "\\u{9b}31m");
         assert_eq!(escape("Größe €".as_bytes()), "Größe €");
         assert_eq!(escape_text("\tif a\\b \x1b[2J"), "\tif a\\b \\x1b[2J");
+        assert_eq!(
+            escape_text_runs("a\\r\rb"),
+            vec![
+                ("a\\r".to_string(), false),
+                ("\\r".to_string(), true),
+                ("b".to_string(), false)
+            ]
+        );
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub enum Risk {
     /// everyone (another user could then plant files or edit it). New
     /// entries get the user's umask at commit instead.
     OthersCanWrite,
+    /// An executable, script or former text file whose new content the
+    /// review cannot show (binary or too large to diff).
+    ContentNotShown,
+    /// The new text holds control characters (a lone carriage return,
+    /// escape, backspace, NUL…) or invisible/bidi formatting characters:
+    /// what a tool reads can differ from what the diff seems to say.
+    ControlCharacters,
 }
 
 impl Risk {
@@ -45,6 +52,12 @@ impl Risk {
             Risk::LargeDeletion => gettext("deletes a lot of data"),
             Risk::Truncation => gettext("removes most of a large file"),
             Risk::SpecialFile => gettext("device, pipe or socket: never copied"),
+            Risk::ContentNotShown => {
+                gettext("content not shown (binary or too large) in a file that can run")
+            }
+            Risk::ControlCharacters => gettext(
+                "contains control characters (carriage return, escape, …) or invisible characters",
+            ),
         }
     }
 }
@@ -57,12 +70,23 @@ const TRUNCATION_MIN: u64 = 64 << 10;
 fn runs_code(path: &[u8]) -> Option<&'static str> {
     let s = String::from_utf8_lossy(path);
     let name = s.rsplit('/').next().unwrap_or(&s);
-    let in_git = s.starts_with(".git/") || s.contains("/.git/");
-    if in_git && s.contains(".git/hooks/") {
-        return Some("git hook");
+    let parts: Vec<&str> = s.split('/').collect();
+    // Inside a `.git` folder at any depth, submodules' (`.git/modules/…`)
+    // and worktrees' (`.git/worktrees/…`) own folders included.
+    if let Some(i) = parts.iter().position(|&p| p == ".git") {
+        let rest = &parts[i + 1..];
+        if rest.iter().rev().skip(1).any(|&p| p == "hooks") {
+            return Some("git hook");
+        }
+        if rest.last() == Some(&"config") || rest.ends_with(&["info", "attributes"]) {
+            return Some("git configuration (core.fsmonitor, core.sshCommand, filters)");
+        }
     }
-    if in_git && (s.ends_with(".git/config") || s.ends_with(".git/info/attributes")) {
-        return Some("git configuration (core.fsmonitor, core.sshCommand, filters)");
+    if parts.contains(&".devcontainer") {
+        return Some("dev container configuration");
+    }
+    if parts.contains(&".idea") {
+        return Some("IDE project settings (run configurations)");
     }
     if s.ends_with(".vscode/tasks.json")
         || s.ends_with(".vscode/settings.json")
@@ -88,6 +112,9 @@ fn runs_code(path: &[u8]) -> Option<&'static str> {
         "Makefile" | "makefile" | "GNUmakefile" => Some("Makefile"),
         "build.rs" => Some("cargo build script"),
         "setup.py" | "conftest.py" => Some("Python build or test hook"),
+        "sitecustomize.py" | "usercustomize.py" => Some("Python start-up hook"),
+        n if n.ends_with(".pth") => Some("Python start-up hook (.pth)"),
+        ".pre-commit-config.yaml" => Some("pre-commit hooks"),
         ".bashrc" | ".bash_profile" | ".bash_login" | ".profile" | ".zshrc" | ".zshenv"
         | ".zprofile" | ".zlogin" | ".cshrc" | ".tcshrc" | "config.fish" | ".inputrc"
         | ".xprofile" | ".xsession" | ".xinitrc" | ".pam_environment" => {
@@ -168,8 +195,35 @@ fn lexical(parts: Vec<&[u8]>) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
+/// What the change set read of a file's content, for the flags that
+/// depend on it.
+#[derive(Debug, Default)]
+pub struct Content<'a> {
+    /// The first bytes of the user's file, when it is a regular file.
+    pub old_head: Option<&'a [u8]>,
+    /// The agent's file, when it is a regular file.
+    pub new: Option<&'a super::content::Scan>,
+    /// A `package.json` whose `scripts` changed.
+    pub scripts_changed: bool,
+}
+
+/// Names of files that are code whatever their mode.
+fn is_code_name(path: &[u8]) -> bool {
+    const EXT: &[&str] = &[
+        "sh", "bash", "zsh", "fish", "py", "pyw", "pth", "js", "mjs", "cjs", "ts", "rb", "pl",
+        "pm", "php", "lua", "ps1", "bat", "cmd", "mk", "cmake", "tcl",
+    ];
+    let s = String::from_utf8_lossy(path);
+    let name = s.rsplit('/').next().unwrap_or(&s);
+    runs_code(path).is_some()
+        || name
+            .rsplit_once('.')
+            .is_some_and(|(_, e)| EXT.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// The risk flags of one change.
-pub fn assess(grant: &Path, c: &Change) -> Vec<Risk> {
+pub fn assess(grant: &Path, c: &Change, content: &Content) -> Vec<Risk> {
+    use super::diff;
     let mut r = Vec::new();
     if c.kind == ChangeKind::Refused {
         r.push(Risk::SpecialFile);
@@ -177,6 +231,28 @@ pub fn assess(grant: &Path, c: &Change) -> Vec<Risk> {
     }
     if let Some(why) = runs_code(&c.path) {
         r.push(Risk::RunsCode(why.to_string()));
+    } else if content.scripts_changed {
+        r.push(Risk::RunsCode("npm scripts (package.json)".into()));
+    } else if c.path.rsplit(|&b| b == b'/').next() == Some(b".git")
+        && c.after.as_ref().is_some_and(|a| a.kind == NodeKind::File)
+    {
+        // `gitdir: elsewhere`: git then obeys that folder's config and hooks.
+        r.push(Risk::RunsCode("git folder redirection (gitdir)".into()));
+    }
+    if let (Some(n), Some(a)) = (content.new, &c.after) {
+        let old_size = c.before.as_ref().map(|b| b.size).unwrap_or(0);
+        let text = diff::shown_as_text(content.old_head, Some(&n.head));
+        let shown = text && n.size <= diff::SIZE_CAP && old_size <= diff::SIZE_CAP;
+        let can_run = a.perm & 0o111 != 0
+            || n.head.starts_with(b"#!")
+            || content.old_head.is_some_and(|o| !diff::looks_binary(o))
+            || is_code_name(&c.path);
+        if !shown && can_run {
+            r.push(Risk::ContentNotShown);
+        }
+        if shown && n.controls {
+            r.push(Risk::ControlCharacters);
+        }
     }
     if let Some(a) = &c.after {
         if a.kind == NodeKind::File && a.perm & 0o111 != 0 {
@@ -235,6 +311,116 @@ mod tests {
         assert!(runs_code(b"x.desktop").is_some());
         assert!(runs_code(b"notes.txt").is_none());
         assert!(runs_code(b"gitconfig").is_none());
+        // `.git` at any depth, submodules and worktrees included.
+        assert!(runs_code(b".git/modules/sub/config").is_some());
+        assert!(runs_code(b".git/modules/sub/hooks/post-checkout").is_some());
+        assert!(runs_code(b"a/.git/worktrees/w/config").is_some());
+        assert!(runs_code(b".git/modules/m/info/attributes").is_some());
+        assert!(runs_code(b".git/objects/ab/cdef").is_none());
+        assert!(runs_code(b"src/config").is_none());
+        // Python start-up hooks, pre-commit, dev containers, IDE settings.
+        assert!(runs_code(b".venv/lib/python3.11/site-packages/zz.pth").is_some());
+        assert!(runs_code(b"lib/sitecustomize.py").is_some());
+        assert!(runs_code(b"usercustomize.py").is_some());
+        assert!(runs_code(b".pre-commit-config.yaml").is_some());
+        assert!(runs_code(b".devcontainer/devcontainer.json").is_some());
+        assert!(runs_code(b".idea/workspace.xml").is_some());
+    }
+
+    fn node(kind: NodeKind, perm: u32, size: u64) -> super::super::changes::Node {
+        super::super::changes::Node {
+            kind,
+            perm,
+            size,
+            target: None,
+            ino: 1,
+            uid: 0,
+            gid: 0,
+            mtime: (0, 0),
+            ctime: (0, 0),
+        }
+    }
+
+    fn change(path: &[u8], before: Option<NodeKind>, after: NodeKind, perm: u32) -> Change {
+        Change {
+            path: path.to_vec(),
+            kind: if before.is_some() {
+                ChangeKind::Modified
+            } else {
+                ChangeKind::Added
+            },
+            before: before.map(|k| node(k, 0o644, 10)),
+            after: Some(node(after, perm, 10)),
+            hash: None,
+            deleted_entries: 0,
+            risks: Vec::new(),
+            conflict: false,
+        }
+    }
+
+    fn scan(b: &[u8]) -> super::super::content::Scan {
+        super::super::content::Scan {
+            hash: super::super::content::hash_bytes(b),
+            size: b.len() as u64,
+            head: b.to_vec(),
+            controls: super::super::content::has_controls(b),
+        }
+    }
+
+    #[test]
+    fn content_flags() {
+        let g = Path::new("/g");
+        let runs = |r: &[Risk]| r.iter().any(|r| matches!(r, Risk::RunsCode(_)));
+        // A `.git` that is a file redirects git elsewhere; a folder does not.
+        let c = change(b"sub/.git", None, NodeKind::File, 0o644);
+        assert!(runs(&assess(g, &c, &Content::default())));
+        let c = change(b"sub/.git", None, NodeKind::Dir, 0o755);
+        assert!(!runs(&assess(g, &c, &Content::default())));
+        // package.json: only when its scripts changed.
+        let c = change(b"package.json", Some(NodeKind::File), NodeKind::File, 0o644);
+        assert!(!runs(&assess(g, &c, &Content::default())));
+        let facts = Content {
+            scripts_changed: true,
+            ..Content::default()
+        };
+        assert!(runs(&assess(g, &c, &facts)));
+        assert!(package_scripts_changed(
+            Some(br#"{"scripts":{"test":"jest"}}"#),
+            br#"{"scripts":{"test":"touch x; jest"}}"#
+        ));
+        assert!(!package_scripts_changed(
+            Some(br#"{"version":"1","scripts":{"t":"a"}}"#),
+            br#"{"version":"2","scripts":{"t":"a"}}"#
+        ));
+
+        // Binary content: flagged when it can run, not otherwise.
+        let bin = scan(b"\x7fELF\0\0");
+        let new = |s| Content {
+            new: Some(s),
+            ..Content::default()
+        };
+        let c = change(b"tool", None, NodeKind::File, 0o755);
+        assert!(assess(g, &c, &new(&bin)).contains(&Risk::ContentNotShown));
+        let c = change(b"image.dat", None, NodeKind::File, 0o644);
+        assert!(!assess(g, &c, &new(&bin)).contains(&Risk::ContentNotShown));
+        let c = change(b"run.py", None, NodeKind::File, 0o644);
+        assert!(assess(g, &c, &new(&bin)).contains(&Risk::ContentNotShown));
+        // A script with a NUL is shown as text: not "not shown"; its NUL is
+        // a control character.
+        let c = change(b"deploy", Some(NodeKind::File), NodeKind::File, 0o755);
+        let nul = scan(b"#!/bin/sh\n# \0\necho hi\n");
+        let r = assess(g, &c, &new(&nul));
+        assert!(!r.contains(&Risk::ContentNotShown), "{r:?}");
+        assert!(r.contains(&Risk::ControlCharacters), "{r:?}");
+        // Too large to diff, whatever it holds.
+        let mut big = scan(b"#!/bin/sh\n");
+        big.size = super::super::diff::SIZE_CAP + 1;
+        assert!(assess(g, &c, &new(&big)).contains(&Risk::ContentNotShown));
+        // A lone CR is flagged; CRLF line ends are not.
+        let c = change(b"a.txt", None, NodeKind::File, 0o644);
+        let (cr, crlf) = (scan(b"# x\rimport os\n"), scan(b"a\r\nb\r\n"));
+        assert!(assess(g, &c, &new(&cr)).contains(&Risk::ControlCharacters));
+        assert!(!assess(g, &c, &new(&crlf)).contains(&Risk::ControlCharacters));
     }
 
     #[test]
