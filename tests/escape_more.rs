@@ -2326,6 +2326,59 @@ libc.shmctl(shm, 0, None)",
     assert_ne!(f[7], "ok", "{line}");
 }
 
+/// Descriptors in flight in unix sockets are counted per host user and
+/// checked against the sender's own open-file limit: a task with 1,204
+/// put 1,250 in flight, and the user's programs, which mostly run with
+/// 1,024, could pass none (pass 14A). The default limit keeps the task's
+/// share under theirs.
+#[test]
+fn escape_descriptors_in_flight_leave_the_users_programs_room() {
+    use std::io::BufRead;
+    let w = World::new();
+    let mut c = w.cmd(&[
+        "run",
+        "--",
+        "python3",
+        "-c",
+        "import array, os, socket, sys
+a, b = socket.socketpair()
+fds = [os.open('/dev/null', os.O_RDONLY) for i in range(200)]
+n = 0
+try:
+    while True:
+        a.sendmsg([b'x'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', fds))])
+        n += len(fds)
+except OSError as e:
+    print('in flight', n, e.errno, flush=True)
+sys.stdin.read()",
+    ]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    // A program of the user's with the usual 1,024 passes a descriptor.
+    let host = w
+        .command("sh")
+        .args([
+            "-c",
+            "ulimit -n 1024 && python3 -c 'import array, os, socket
+a, b = socket.socketpair()
+a.sendmsg([b\"x\"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array(\"i\", [0]))])
+print(\"passed\")'",
+        ])
+        .output()
+        .unwrap();
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let h = text(&host);
+    assert!(
+        h.contains("passed"),
+        "the user's program could not pass a descriptor: {h} (task: {line})"
+    );
+    assert!(line.starts_with("in flight"), "{line}");
+}
+
 /// Memory rlimits count each process's own memory only: a memfd or a
 /// shared anonymous mapping held 1 to 4 GiB under `--memory 64M` (pass
 /// 11A). The watchdog counts them against the memory limit as a whole.

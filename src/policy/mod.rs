@@ -228,12 +228,19 @@ fn nofile_hard_limit() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+const MAX_DEFAULT_NOFILE: u64 = 512;
+
 /// The open-file limit per process when none is given: 4096, or less
 /// where `pids` processes with that many would hold more than a quarter of
 /// the machine's file table (`fs.file-max`, about RAM in KiB / 10 where
 /// systemd has not lifted it), which every user's programs share: a full
-/// table fails every open on the machine with ENFILE. Never under 256, and
-/// never above what a process may have here at all.
+/// table fails every open on the machine with ENFILE. Never above 512
+/// either: descriptors in flight in unix sockets are counted per host user
+/// and checked against the sender's own limit, so a task of 1,204 filled
+/// the count past the 1,024 most desktop programs run with, and they could
+/// pass no descriptor (D-Bus, Wayland, PipeWire) while it ran. At 512 a
+/// task keeps at most 765 in flight. Never under 256, and never above what
+/// a process may have here at all.
 pub fn default_nofile(pids: u64) -> u64 {
     let table = std::fs::read_to_string("/proc/sys/fs/file-max")
         .ok()
@@ -241,7 +248,7 @@ pub fn default_nofile(pids: u64) -> u64 {
         .unwrap_or(u64::MAX);
     let share = table / 4 / pids.max(1);
     share
-        .clamp(256, 4096)
+        .clamp(256, MAX_DEFAULT_NOFILE)
         .min(nofile_hard_limit())
         .max(MIN_NOFILE)
 }
@@ -449,7 +456,7 @@ mod tests {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(u64::MAX);
         let n = default_nofile(512);
-        assert!((MIN_NOFILE..=4096).contains(&n), "{n}");
+        assert!((MIN_NOFILE..=MAX_DEFAULT_NOFILE).contains(&n), "{n}");
         assert!(n <= nofile_hard_limit());
         // Where 256 fits the quarter at all, the default fits it too.
         if table / 4 / 512 >= 256 {

@@ -569,7 +569,12 @@ impl Watchdog {
                     ))
                 } else {
                     let walk = Instant::now();
-                    let over = over_max_upper(&written, scan.held(), limits.max_upper, Some(&disk));
+                    let over = over_max_upper(
+                        &written,
+                        scan.held(),
+                        limits.max_upper,
+                        Some((&disk, &scan.walked)),
+                    );
                     wait = (walk.elapsed() * 9)
                         .clamp(Duration::from_millis(100), Duration::from_secs(1));
                     over
@@ -622,6 +627,8 @@ struct Scanner {
     /// Dropped with the scanner: the thread ends at its next wake.
     _stop: std::sync::mpsc::Sender<()>,
     state: Arc<Mutex<(usage::Held, Option<LimitReason>)>>,
+    /// What the last walk of the task's layers found, in bytes.
+    walked: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Scanner {
@@ -634,25 +641,34 @@ impl Scanner {
         let state = Arc::new(Mutex::new((usage::Held::default(), None)));
         let out = state.clone();
         let written = written.to_vec();
-        let (memory, costly) = (limits.memory, SCAN_BUDGET);
+        let (memory, max_upper) = (limits.memory, limits.max_upper);
+        let walked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let walk = walked.clone();
         let task = ctl.clone();
         let spawned = std::thread::Builder::new()
             .name("airlock-scan".into())
             .spawn(move || {
                 let mut procs = None;
-                // The scan takes at most a fifth of a core between scans.
+                let machine = usage::MemoryWatch::new();
+                // The scan takes at most a quarter of a core, and what it
+                // has not seen yet is at most about three seconds old.
                 let mut wait = Duration::from_millis(100);
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(wait) {
                     let helper = task.pid.load(Ordering::SeqCst);
                     let procs =
                         procs.get_or_insert_with(|| usage::TaskProcs::new(helper, &written));
                     let took = Instant::now();
-                    let held = procs.scan(costly);
-                    wait = (took.elapsed() * 4)
-                        .clamp(Duration::from_millis(100), Duration::from_secs(4));
+                    let held = procs.scan(usage::ScanLimits {
+                        budget: SCAN_BUDGET,
+                        memory,
+                        bytes: max_upper.saturating_sub(walk.load(Ordering::SeqCst)),
+                    });
+                    wait = (took.elapsed() * 3)
+                        .clamp(Duration::from_millis(100), Duration::from_secs(2));
                     let over = over_uninspectable(&held)
                         .or_else(|| over_epoll_budget(&held, procs.epoll_budget))
-                        .or_else(|| over_shared_memory(&held, memory));
+                        .or_else(|| over_shared_memory(&held, memory))
+                        .or_else(|| over_machine_memory(&machine, &held, memory));
                     let stop = over.is_some();
                     if let Ok(mut s) = out.lock() {
                         *s = (held, over);
@@ -675,7 +691,11 @@ impl Scanner {
             }
             kill_task(&ctl);
         }
-        Scanner { _stop: stop, state }
+        Scanner {
+            _stop: stop,
+            state,
+            walked,
+        }
     }
 
     /// What the last scan found the task holds.
@@ -695,12 +715,17 @@ fn over_max_upper(
     written: &[usage::Root],
     held: usage::Held,
     max_upper: u64,
-    disk: Option<&usage::DiskWatch>,
+    watch: Option<(&usage::DiskWatch, &std::sync::atomic::AtomicU64)>,
 ) -> Option<LimitReason> {
     if written.is_empty() {
         return None;
     }
     let mut used = usage::measure(written);
+    // The scan stops at first sight of deleted files past what is left.
+    let disk = watch.map(|(disk, walked)| {
+        walked.store(used.bytes, Ordering::SeqCst);
+        disk
+    });
     // Deleted files the task still holds open count as written: they
     // take the disk until it closes them.
     used.bytes += held.bytes;
@@ -782,6 +807,33 @@ fn over_shared_memory(held: &usage::Held, memory: u64) -> Option<LimitReason> {
             ),
         )
     })
+}
+
+/// What the machine's shared memory may gain beyond what the task shows
+/// and its memory limit before the backstop stops it (the user's other
+/// programs, the desktop's buffers).
+const UNEXPLAINED_MEMORY_SLACK: u64 = 256 << 20;
+
+/// Whether the machine's shared memory grew past what the task shows and
+/// its memory limit while the machine ran low: memory a task keeps where
+/// no scan sees it would otherwise be counted nowhere without a cgroup.
+fn over_machine_memory(
+    watch: &usage::MemoryWatch,
+    held: &usage::Held,
+    memory: u64,
+) -> Option<LimitReason> {
+    let lost = watch.unexplained(
+        held.shared_memory,
+        memory.saturating_add(UNEXPLAINED_MEMORY_SLACK),
+    )?;
+    Some((
+        "memory".to_string(),
+        format!(
+            "ran while the machine's shared memory grew by {} beyond what the task shows, more than its {} memory limit, and the machine is down to its last tenth of memory: it was stopped before memory runs out (memory a task keeps out of sight, such as memfds handed between processes that come and go, does that; so would other programs)",
+            crate::policy::format_size(lost),
+            crate::policy::format_size(memory)
+        ),
+    ))
 }
 
 fn write_exit(shared: &Shared, id: &TaskId, task_dir: &TaskDir, status: i32) -> ExitStatus {

@@ -249,6 +249,61 @@ impl DiskWatch {
     }
 }
 
+/// The machine's shared memory: a backstop for memory no scan can see
+/// (memfds handed from process to process faster than a scan can read
+/// them, pass 14A). Without a memory cgroup nothing else counts it.
+pub struct MemoryWatch {
+    /// `Shmem` of /proc/meminfo when the task started, in bytes.
+    shmem0: u64,
+}
+
+/// `Shmem`, `MemAvailable` and `MemTotal` of a meminfo text, in bytes.
+fn meminfo(text: &str) -> Option<(u64, u64, u64)> {
+    let field = |name: &str| -> Option<u64> {
+        let rest = text.lines().find_map(|l| l.strip_prefix(name))?;
+        let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some((
+        field("Shmem:")?,
+        field("MemAvailable:")?,
+        field("MemTotal:")?,
+    ))
+}
+
+fn read_meminfo() -> Option<(u64, u64, u64)> {
+    meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
+impl MemoryWatch {
+    pub fn new() -> MemoryWatch {
+        MemoryWatch {
+            shmem0: read_meminfo().map(|m| m.0).unwrap_or(0),
+        }
+    }
+
+    /// Shared memory the machine gained during the task beyond what the
+    /// task shows (`shown`) plus `allowed`, while it is down to its last
+    /// tenth of available memory. Both conditions, so that the user's own
+    /// programs on a machine with memory to spare never stop a task.
+    pub fn unexplained(&self, shown: u64, allowed: u64) -> Option<u64> {
+        let (shmem, available, total) = read_meminfo()?;
+        unexplained_memory(self.shmem0, shmem, available, total, shown, allowed)
+    }
+}
+
+fn unexplained_memory(
+    shmem0: u64,
+    shmem: u64,
+    available: u64,
+    total: u64,
+    shown: u64,
+    allowed: u64,
+) -> Option<u64> {
+    let lost = shmem.saturating_sub(shmem0).saturating_sub(shown);
+    (lost > allowed && available < total / 10).then_some(lost)
+}
+
 /// The processes of a running task: the sandbox helper's descendants
 /// (orphans of the task are adopted by its PID 1, so none escapes this).
 pub struct TaskProcs {
@@ -501,13 +556,34 @@ impl TaskProcs {
     /// The task decides how much there is to read (processes, threads,
     /// descriptors, mappings), so the scan stops once it has taken more
     /// than `budget` of CPU time and says so ([`Held::too_costly`]).
-    pub fn scan(&mut self, budget: Duration) -> Held {
+    ///
+    /// It also stops as soon as what it has found so far is past one of
+    /// `limits`: the task is stopped at first sight, not after the rest of
+    /// the scan.
+    pub fn scan(&mut self, limits: ScanLimits) -> Held {
         let mut held = Held::default();
         if self.helper == 0 {
             return held;
         }
         let start = thread_cpu();
-        let over_budget = || thread_cpu().saturating_sub(start) > budget;
+        let over_budget = || thread_cpu().saturating_sub(start) > limits.budget;
+        let epoll_budget = self.epoll_budget;
+        // Whether the scan may stop here: past its budget, or past a limit
+        // with what it found so far.
+        let enough = |held: &mut Held, shm: &std::collections::HashMap<(u64, u64), u64>| {
+            held.shared_memory = shm.values().sum();
+            if held.shared_memory > limits.memory
+                || held.epoll_watches > epoll_budget
+                || held.bytes > limits.bytes
+            {
+                return true;
+            }
+            if over_budget() {
+                held.too_costly = true;
+                return true;
+            }
+            false
+        };
         // Children of every thread: a child belongs to the thread that
         // made it.
         let children = |pid: &str| -> Vec<String> {
@@ -537,8 +613,7 @@ impl TaskProcs {
             if !visited.insert(pid.clone()) {
                 continue;
             }
-            if over_budget() {
-                held.too_costly = true;
+            if enough(&mut held, &shm) {
                 return held;
             }
             next.extend(children(&pid));
@@ -556,8 +631,7 @@ impl TaskProcs {
             let mut tables: Vec<&str> = Vec::new();
             let mut maps_read = false;
             for tid in &tids {
-                if over_budget() {
-                    held.too_costly = true;
+                if enough(&mut held, &shm) {
                     return held;
                 }
                 if !new_table(&mut tables, tid) {
@@ -578,8 +652,7 @@ impl TaskProcs {
                     continue;
                 };
                 for (i, fd) in fds.flatten().enumerate() {
-                    if i % 256 == 255 && over_budget() {
-                        held.too_costly = true;
+                    if i % 256 == 255 && enough(&mut held, &shm) {
                         return held;
                     }
                     self.scan_fd(&base, &fd, &mut held, &mut seen, &mut shm);
@@ -619,7 +692,18 @@ impl TaskProcs {
                 // from smaps (dearer than maps: only where there is some).
                 // A segment mapped whole but little used (a database's
                 // buffers) must not count at its mapped length.
-                if !maps.lines().any(|l| shared_mapping(l).is_some()) {
+                // A process that maps nothing more of any object than is
+                // already counted (the forks of a database, each mapping
+                // the same pool another was seen holding whole) has
+                // nothing to add: its smaps is not read.
+                let mut here: std::collections::HashMap<(u64, u64), u64> = Default::default();
+                for (key, len) in maps.lines().filter_map(shared_mapping) {
+                    *here.entry(key).or_insert(0) += len;
+                }
+                if here
+                    .iter()
+                    .all(|(key, len)| shm.get(key).is_some_and(|seen| seen >= len))
+                {
                     continue;
                 }
                 let Ok(smaps) = std::fs::read_to_string(format!("{base}/smaps")) else {
@@ -639,6 +723,18 @@ impl TaskProcs {
         }
         held
     }
+}
+
+/// When a scan of the task's processes may stop early.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanLimits {
+    /// CPU time one scan may take.
+    pub budget: Duration,
+    /// Shared memory past which the task is over its memory limit.
+    pub memory: u64,
+    /// Deleted files past which the task is over `--max-upper` (what it
+    /// may still write beyond its layers' size).
+    pub bytes: u64,
 }
 
 /// What the processes of a task hold on disk beyond their layers.
@@ -662,6 +758,20 @@ pub struct Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_backstop_needs_both_growth_and_a_nearly_full_machine() {
+        let text =
+            "MemTotal:       1000 kB\nMemFree: 5 kB\nMemAvailable:     50 kB\nShmem:  700 kB\n";
+        assert_eq!(meminfo(text), Some((700 << 10, 50 << 10, 1000 << 10)));
+        let g = 1u64 << 30;
+        // Grew 3 GiB, shows 1, allowed 1: 2 GiB unexplained, memory low.
+        assert_eq!(unexplained_memory(0, 3 * g, g, 16 * g, g, g), Some(2 * g));
+        // The same growth with memory to spare: not stopped.
+        assert_eq!(unexplained_memory(0, 3 * g, 8 * g, 16 * g, g, g), None);
+        // Memory low but the growth is the task's own, shown and allowed.
+        assert_eq!(unexplained_memory(0, 3 * g, g, 16 * g, 2 * g, g), None);
+    }
 
     #[test]
     fn maps_lines_name_deleted_files_and_shared_memory() {
