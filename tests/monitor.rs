@@ -263,7 +263,7 @@ fn a_flood_of_denials_is_counted_exactly_in_bounded_memory() {
 fn coalesced_counts_are_exact() {
     let w = World::new();
     let script = format!(
-        "python3 -c 'import ctypes; l = ctypes.CDLL(None)\nfor i in range(1234): l.syscall({}, 16, 1, 0, 0)\nfor i in range(77): l.syscall({}, 0x5412, 0)'",
+        "python3 -c 'import ctypes; l = ctypes.CDLL(None)\nfor i in range(1234): l.syscall({}, 16, 1, 0, 0)\nfor i in range(77): l.syscall({}, 0x200, 0)'",
         libc::SYS_ptrace,
         libc::SYS_unshare
     );

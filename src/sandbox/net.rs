@@ -111,11 +111,21 @@ pub fn start_forwarder(spec: &SandboxSpec) -> Result<(), String> {
                 unsafe { libc::_exit(1) }
             }
             // The forwarder holds what the agent opens: the task's own
-            // open-file limit (not the supervisor's raised one), and memory
-            // for its most connections' copy buffers, whatever the agent's
-            // own memory limit.
+            // open-file limit (not the supervisor's raised one), or what
+            // its most connections need (two descriptors each) where that
+            // is more, and memory for their copy buffers, whatever the
+            // agent's own memory limit.
+            let nofile = spec
+                .limits
+                .nofile
+                .max(2 * (crate::netproxy::MAX_CONNECTIONS as u64 + 16) + 32)
+                .min(
+                    nix::sys::resource::getrlimit(Resource::RLIMIT_NOFILE)
+                        .map(|(_, hard)| hard)
+                        .unwrap_or(u64::MAX),
+                );
             for (res, v) in [
-                (Resource::RLIMIT_NOFILE, spec.limits.nofile),
+                (Resource::RLIMIT_NOFILE, nofile),
                 (Resource::RLIMIT_DATA, FORWARDER_MEMORY),
             ] {
                 if let Err(e) = setrlimit(res, v, v) {
