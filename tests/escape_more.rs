@@ -1545,6 +1545,18 @@ fn a_partial_commit_does_not_replace_an_unnamed_file() {
     assert_eq!(std::fs::read_to_string(b.join("one")).unwrap(), "agent\n");
 }
 
+/// Starts a task that prints one line once it holds what it could get,
+/// then waits for its stdin to close: the task, and that line.
+fn holding(mut c: Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    (child, line)
+}
+
 /// `airlock run` with the project granted read-write and `--max-upper`.
 /// The task was stopped (failed, never printed "not stopped"), and its
 /// output says why, naming `why`.
@@ -2073,14 +2085,13 @@ print(\"not stopped\")'"
 /// the kernel; checked on the host while the task holds all it can.
 #[test]
 fn escape_inotify_instances_are_bounded_to_a_share_of_the_users() {
-    use std::io::BufRead;
     let w = World::new();
     let host_max: u64 = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    let mut c = w.cmd(&[
+    let c = w.cmd(&[
         "run",
         "--",
         "python3",
@@ -2093,11 +2104,7 @@ while libc.inotify_init() >= 0:
 print('holding', n, flush=True)
 sys.stdin.read()",
     ]);
-    c.stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let (mut child, line) = holding(c);
     // While the task holds every instance it could make, the host user
     // can still make its own.
     // SAFETY: inotify_init1 and close on our own descriptor.
@@ -2125,7 +2132,6 @@ sys.stdin.read()",
 /// signals and no message-queue bytes.
 #[test]
 fn escape_pending_signals_and_message_queues_leave_the_users_share() {
-    use std::io::BufRead;
     let w = World::new();
     // SAFETY: getrlimit into a struct we own.
     let host_max = unsafe {
@@ -2133,7 +2139,7 @@ fn escape_pending_signals_and_message_queues_leave_the_users_share() {
         assert_eq!(libc::getrlimit(libc::RLIMIT_SIGPENDING, &mut r), 0);
         r.rlim_cur
     };
-    let mut c = w.cmd(&[
+    let c = w.cmd(&[
         "run",
         "--",
         "python3",
@@ -2153,11 +2159,7 @@ for i in range(200):
 print('holding', n, queues, flush=True)
 sys.stdin.read()",
     ]);
-    c.stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let (mut child, line) = holding(c);
     // While the task holds all it could, the host user can still make a
     // POSIX timer (each takes a queued signal) and a message queue.
     // SAFETY: timer_create and timer_delete on our own timer.
@@ -2226,7 +2228,6 @@ fn huge_pages_free() -> Option<u64> {
 /// from the host while the task holds all it could get.
 #[test]
 fn escape_machine_and_user_quotas_stay_with_the_host() {
-    use std::io::BufRead;
     let w = World::new();
     let ro = w.path().join("ro");
     std::fs::create_dir_all(&ro).unwrap();
@@ -2266,7 +2267,7 @@ sys.stdin.read()
 libc.shmctl(shm, 0, None)",
         nr = libc::SYS_io_setup
     );
-    let mut c = w.cmd(&[
+    let c = w.cmd(&[
         "run",
         "--grant",
         &grant,
@@ -2276,11 +2277,7 @@ libc.shmctl(shm, 0, None)",
         &script,
         file.to_str().unwrap(),
     ]);
-    c.stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let (mut child, line) = holding(c);
     // The host, meanwhile: an AIO context, a huge page as before, the
     // granted file opened for writing at once, 4 MiB of locked shared
     // memory.
@@ -2333,9 +2330,8 @@ libc.shmctl(shm, 0, None)",
 /// share under theirs.
 #[test]
 fn escape_descriptors_in_flight_leave_the_users_programs_room() {
-    use std::io::BufRead;
     let w = World::new();
-    let mut c = w.cmd(&[
+    let c = w.cmd(&[
         "run",
         "--",
         "python3",
@@ -2352,11 +2348,7 @@ except OSError as e:
     print('in flight', n, e.errno, flush=True)
 sys.stdin.read()",
     ]);
-    c.stdin(Stdio::piped()).stdout(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let (mut child, line) = holding(c);
     // A program of the user's with the usual 1,024 passes a descriptor.
     let host = w
         .command("sh")
