@@ -211,12 +211,7 @@ pub fn default_profile() -> Profile {
     }
     // clone3 passes its flags in memory, which seccomp cannot read: answer
     // ENOSYS so that libc falls back to clone, whose flags we can inspect.
-    rules.push(Rule {
-        names: vec!["clone3".into()],
-        action: Action::Errno(ENOSYS),
-        args: vec![],
-        reason: "clone3's flags cannot be inspected; libc falls back to clone".into(),
-    });
+    rules.push(answer("clone3", ENOSYS, vec![], CLONE3));
     // TIOCSTI and TIOCLINUX (the same numbers on x86_64 and aarch64).
     for req in [0x5412u64, 0x541c] {
         rules.push(deny_if(
@@ -311,24 +306,22 @@ pub const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
 /// write the blocks instead, at a pace the watchdog keeps up with.
 pub fn limit_rules() -> Vec<Rule> {
     vec![
-        Rule {
-            names: vec!["fallocate".into()],
-            action: Action::Errno(libc::EOPNOTSUPP as u32),
-            args: vec![],
-            reason:
-                "preallocation fills the disk faster than the size limit of a task's writes is checked"
-                    .into(),
-        },
+        answer(
+            "fallocate",
+            libc::EOPNOTSUPP as u32,
+            vec![],
+            "preallocation fills the disk faster than the size limit of a task's writes is checked",
+        ),
         // Answered with success and not done: inside the sandbox it
         // protects nothing (ptrace is refused, core dumps are off), and an
         // undumpable process hides its open files from an unprivileged
         // supervisor, which must see the deleted files it holds.
-        Rule {
-            names: vec!["prctl".into()],
-            action: Action::Errno(0),
-            args: vec![arg(0, Op::Eq, libc::PR_SET_DUMPABLE as u64)],
-            reason: "an undumpable process hides the files it holds from the size limit of a task's writes".into(),
-        },
+        answer(
+            "prctl",
+            0,
+            vec![arg(0, Op::Eq, libc::PR_SET_DUMPABLE as u64)],
+            "an undumpable process hides the files it holds from the size limit of a task's writes",
+        ),
         // One file table per process. A thread with a table of its own (a
         // clone with CLONE_THREAD but not CLONE_FILES, or
         // unshare(CLONE_FILES)) could hand what it holds to the next such
@@ -336,70 +329,84 @@ pub fn limit_rules() -> Vec<Rule> {
         // of every scan of what the task holds (pass 14A: a 2 GiB memfd
         // under --memory 256M). No threading library makes such threads.
         // clone3 hides its flags from seccomp: ENOSYS, so libc uses clone.
-        Rule {
-            names: vec!["clone".into()],
-            action: Action::Errno(libc::EPERM as u32),
-            args: vec![arg(0, Op::MaskedEq(THREAD_FILES), libc::CLONE_THREAD as u64)],
-            reason: FILE_TABLES.into(),
-        },
-        Rule {
-            names: vec!["unshare".into()],
-            action: Action::Errno(libc::EPERM as u32),
-            args: vec![arg(0, Op::MaskedEq(libc::CLONE_FILES as u64), libc::CLONE_FILES as u64)],
-            reason: FILE_TABLES.into(),
-        },
-        Rule {
-            names: vec!["clone3".into()],
-            action: Action::Errno(ENOSYS),
-            args: vec![],
-            reason: "clone3's flags cannot be inspected; libc falls back to clone".into(),
-        },
+        answer(
+            "clone",
+            libc::EPERM as u32,
+            vec![arg(
+                0,
+                Op::MaskedEq(THREAD_FILES),
+                libc::CLONE_THREAD as u64,
+            )],
+            FILE_TABLES,
+        ),
+        answer(
+            "unshare",
+            libc::EPERM as u32,
+            vec![arg(
+                0,
+                Op::MaskedEq(libc::CLONE_FILES as u64),
+                libc::CLONE_FILES as u64,
+            )],
+            FILE_TABLES,
+        ),
+        answer("clone3", ENOSYS, vec![], CLONE3),
         // Machine-wide quotas no user or namespace limit divides, which one
         // task could take from every program on the machine, root's too.
         // Native AIO contexts count against fs.aio-max-nr: three calls
         // took all of it, and databases and virtual machines using AIO
         // failed. ENOSYS, as on a kernel without AIO: libaio users fall
         // back to threads.
-        Rule {
-            names: vec!["io_setup".into()],
-            action: Action::Errno(ENOSYS),
-            args: vec![],
-            reason: "native AIO contexts come from one quota for the whole machine".into(),
-        },
+        answer(
+            "io_setup",
+            ENOSYS,
+            vec![],
+            "native AIO contexts come from one quota for the whole machine",
+        ),
         // Huge pages come from the machine's reserved pool, and a shared
         // huge-page mapping is counted by no memory limit. Refused with
         // the errors of an empty pool, which programs fall back from.
-        Rule {
-            names: vec!["mmap".into()],
-            action: Action::Errno(libc::ENOMEM as u32),
-            args: vec![arg(3, Op::MaskedEq(MAP_HUGETLB), MAP_HUGETLB)],
-            reason: HUGE_PAGES.into(),
-        },
-        Rule {
-            names: vec!["memfd_create".into()],
-            action: Action::Errno(libc::EINVAL as u32),
-            args: vec![arg(1, Op::MaskedEq(MFD_HUGETLB), MFD_HUGETLB)],
-            reason: HUGE_PAGES.into(),
-        },
-        Rule {
-            names: vec!["shmget".into()],
-            action: Action::Errno(libc::EPERM as u32),
-            args: vec![arg(2, Op::MaskedEq(SHM_HUGETLB), SHM_HUGETLB)],
-            reason: HUGE_PAGES.into(),
-        },
+        answer(
+            "mmap",
+            libc::ENOMEM as u32,
+            vec![arg(3, Op::MaskedEq(MAP_HUGETLB), MAP_HUGETLB)],
+            HUGE_PAGES,
+        ),
+        answer(
+            "memfd_create",
+            libc::EINVAL as u32,
+            vec![arg(1, Op::MaskedEq(MFD_HUGETLB), MFD_HUGETLB)],
+            HUGE_PAGES,
+        ),
+        answer(
+            "shmget",
+            libc::EPERM as u32,
+            vec![arg(2, Op::MaskedEq(SHM_HUGETLB), SHM_HUGETLB)],
+            HUGE_PAGES,
+        ),
         // A lease on a file of a read-only grant (the host's own file)
         // made every host program that opened it for writing wait 45 s,
         // and told the agent by a signal when one did. Nothing an agent
         // does needs leases (file servers use them).
-        Rule {
-            names: vec!["fcntl".into()],
-            action: Action::Errno(libc::EACCES as u32),
-            args: vec![arg(1, Op::Eq, libc::F_SETLEASE as u64)],
-            reason: "a lease on the user's file stalls the user's programs that write it".into(),
-        },
+        answer(
+            "fcntl",
+            libc::EACCES as u32,
+            vec![arg(1, Op::Eq, libc::F_SETLEASE as u64)],
+            "a lease on the user's file stalls the user's programs that write it",
+        ),
     ]
 }
 
+/// Syscall `name` answers `errno` (0: success, not done) when `args` hold.
+fn answer(name: &str, errno: u32, args: Vec<ArgCond>, reason: &str) -> Rule {
+    Rule {
+        names: vec![name.into()],
+        action: Action::Errno(errno),
+        args,
+        reason: reason.into(),
+    }
+}
+
+const CLONE3: &str = "clone3's flags cannot be inspected; libc falls back to clone";
 const THREAD_FILES: u64 = (libc::CLONE_THREAD | libc::CLONE_FILES) as u64;
 const FILE_TABLES: &str =
     "a thread with a file table of its own can keep what it holds out of the task's checks";
