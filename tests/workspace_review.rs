@@ -33,6 +33,14 @@ fn airlock(f: &Fixture, args: &[&str]) -> Output {
     cmd(f, args).output().unwrap()
 }
 
+/// The first line of `t` that contains `name` (empty when none does).
+fn line_naming(t: &str, name: &str) -> String {
+    t.lines()
+        .find(|l| l.contains(name))
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -210,12 +218,7 @@ fn content_the_review_cannot_show_is_flagged() {
     let o = airlock(&f, &["changes", f.id.as_str()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    let line = |name: &str| {
-        t.lines()
-            .find(|l| l.contains(name))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let line = |name: &str| line_naming(&t, name);
     assert!(line("A tool").contains("content not shown"), "{t}");
     assert!(line("A big.sh").contains("content not shown"), "{t}");
     assert!(
@@ -286,12 +289,7 @@ fn package_json_scripts_and_hidden_git_config_are_flagged() {
     let o = airlock(&f, &["changes", f.id.as_str()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    let line = |name: &str| {
-        t.lines()
-            .find(|l| l.contains(name))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let line = |name: &str| line_naming(&t, name);
     assert!(line("M package.json").contains("npm scripts"), "{t}");
     assert!(
         line("M .git/modules/sub/config").contains("git configuration"),
