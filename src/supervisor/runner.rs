@@ -569,12 +569,14 @@ impl Watchdog {
                     ))
                 } else {
                     let walk = Instant::now();
-                    let over = over_max_upper(
-                        &written,
-                        scan.held(),
-                        limits.max_upper,
-                        Some((&disk, &scan.walked)),
-                    );
+                    let over = (!written.is_empty())
+                        .then(|| usage::measure(&written))
+                        .and_then(|used| {
+                            // The scan stops at first sight of deleted files
+                            // past what this leaves.
+                            scan.walked.store(used.bytes, Ordering::SeqCst);
+                            over_max_upper(used, scan.held(), limits.max_upper, Some(&disk))
+                        });
                     wait = (walk.elapsed() * 9)
                         .clamp(Duration::from_millis(100), Duration::from_secs(1));
                     over
@@ -599,7 +601,9 @@ impl Watchdog {
             Ok((Some(hit), _)) => (Some(hit), None),
             Ok((None, written)) => (
                 None,
-                over_max_upper(&written, usage::Held::default(), max_upper, None),
+                (!written.is_empty())
+                    .then(|| usage::measure(&written))
+                    .and_then(|used| over_max_upper(used, usage::Held::default(), max_upper, None)),
             ),
             Err(_) => (None, None),
         }
@@ -709,23 +713,15 @@ impl Scanner {
     }
 }
 
-/// Whether what the task keeps on disk is past `--max-upper`, or cannot
-/// be measured; the limit and why.
+/// Whether what the task keeps on disk (`used`, measured in its layers,
+/// and `held` in deleted files) is past `--max-upper`, or cannot be
+/// measured; the limit and why.
 fn over_max_upper(
-    written: &[usage::Root],
+    mut used: usage::UpperUsage,
     held: usage::Held,
     max_upper: u64,
-    watch: Option<(&usage::DiskWatch, &std::sync::atomic::AtomicU64)>,
+    disk: Option<&usage::DiskWatch>,
 ) -> Option<LimitReason> {
-    if written.is_empty() {
-        return None;
-    }
-    let mut used = usage::measure(written);
-    // The scan stops at first sight of deleted files past what is left.
-    let disk = watch.map(|(disk, walked)| {
-        walked.store(used.bytes, Ordering::SeqCst);
-        disk
-    });
     // Deleted files the task still holds open count as written: they
     // take the disk until it closes them.
     used.bytes += held.bytes;
