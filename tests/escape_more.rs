@@ -1090,13 +1090,12 @@ fn escape_grant_replaced_between_planning_and_mounting() {
         grant.join("secret.txt").to_string_lossy().into_owned(),
     ];
     let (spec, _) = sandbox::plan::plan(&policy, &argv, &task_dir).unwrap();
-    std::fs::rename(&grant, w.home.join("moved-away")).unwrap();
-    std::fs::rename(&secrets, &grant).unwrap();
     let (r, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let w2 = wr.try_clone().unwrap();
     let exe = airlock_bin();
-    let mut running = sandbox::spawn(
-        &spec,
+    // The helper builds its namespaces and base meanwhile, as in a task.
+    let starting = sandbox::start(
+        &spec.base(),
         Launch::New {
             exe: &exe,
             stdin: None,
@@ -1106,6 +1105,9 @@ fn escape_grant_replaced_between_planning_and_mounting() {
         |_| Ok(()),
     )
     .unwrap();
+    std::fs::rename(&grant, w.home.join("moved-away")).unwrap();
+    std::fs::rename(&secrets, &grant).unwrap();
+    let mut running = starting.plan(&spec).unwrap();
     let report = running.setup();
     let _ = running.wait();
     running.reap();
@@ -1118,6 +1120,94 @@ fn escape_grant_replaced_between_planning_and_mounting() {
     let (stage, message) = report.error.expect("the set-up must fail");
     assert_eq!(stage, "open grant", "{message}");
     assert!(message.contains("renamed or replaced"), "{message}");
+}
+
+/// The helper builds the namespaces and the root's base before the plan
+/// comes. A supervisor that gives the task up then (its plan failed)
+/// leaves no process behind, and a plan made for another sandbox (another
+/// user) is refused, not carried out in the base built for the first.
+#[test]
+fn a_sandbox_given_up_or_sent_another_plan_before_its_plan_runs_nothing() {
+    use airlock::policy::{Access, Grant, Policy};
+    use airlock::sandbox::{self, Launch};
+    use airlock::task::{TaskDir, TaskId};
+    let w = World::new();
+    let tasks = w.state().join("tasks");
+    let exe = airlock_bin();
+    let children = |pid: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z ") && !s.contains(") X "))
+            .unwrap_or(false)
+    };
+    let policy = Policy {
+        grants: vec![Grant {
+            path: w.project.clone(),
+            access: Access::Rw,
+        }],
+        ..Default::default()
+    };
+    let argv = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        "echo x > ran".to_string(),
+    ];
+    for attempt in ["given up", "another plan"] {
+        let task_dir = TaskDir::new(&tasks, &TaskId::generate());
+        std::fs::create_dir_all(task_dir.path()).unwrap();
+        let base = sandbox::plan::base(&policy, &task_dir).unwrap();
+        let (mut spec, _) = sandbox::plan::plan(&policy, &argv, &task_dir).unwrap();
+        let starting = sandbox::start(
+            &base,
+            Launch::New {
+                exe: &exe,
+                stdin: None,
+                stdout: None,
+                stderr: None,
+            },
+            |_| Ok(()),
+        )
+        .unwrap();
+        let helper = starting.pid();
+        // PID 1 exists and builds the base while nothing is planned yet.
+        let mut pid1 = None;
+        for _ in 0..200 {
+            pid1 = children(helper).first().copied();
+            if pid1.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid1 = pid1.expect("the helper made PID 1 before its plan");
+        if attempt == "given up" {
+            drop(starting);
+        } else {
+            spec.user.uid += 1;
+            spec.user.name = "someone-else".into();
+            assert!(
+                starting.plan(&spec).is_err(),
+                "a plan for another sandbox was sent"
+            );
+        }
+        let mut gone = false;
+        for _ in 0..300 {
+            if !alive(helper) && !alive(pid1) {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone, "{attempt}: the helper or PID 1 is still running");
+        for written in [w.project.join("ran"), task_dir.upper(0).join("ran")] {
+            assert!(!written.exists(), "{attempt}: the agent ran ({written:?})");
+        }
+    }
 }
 
 /// `--max-upper` against a folder the agent makes unreadable to the

@@ -918,6 +918,63 @@ fn tty_gives_the_task_its_own_terminal() {
     assert!(t.contains("TASK-HAS-TTY") && t.contains("got:hello"), "{t}");
 }
 
+/// With `--tty` the helper puts the user's terminal into raw mode. A task
+/// stopped by a limit ends with the helper killed, before it can put the
+/// modes back: `airlock run` must, or the user's shell is left without
+/// echo, line editing and Ctrl+C. Decided on the terminal's own modes.
+#[test]
+fn a_tty_task_stopped_by_its_timeout_gives_the_terminal_back_as_it_was() {
+    use nix::sys::termios::{tcgetattr, LocalFlags};
+    let w = World::new();
+    let c = w.cmd(&[
+        "run",
+        "--local",
+        "--tty",
+        "--timeout",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo STARTED; sleep 60",
+    ]);
+    let (mut child, mut master) = common::spawn_on_pty(c, true);
+    let before = tcgetattr(&master).unwrap().local_flags;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = std::time::Instant::now();
+    let mut raw_seen = false;
+    while start.elapsed() < Duration::from_secs(40) {
+        if !raw_seen && String::from_utf8_lossy(&out).contains("STARTED") {
+            raw_seen = !tcgetattr(&master)
+                .unwrap()
+                .local_flags
+                .contains(LocalFlags::ICANON);
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let _ = child.wait();
+    let t = String::from_utf8_lossy(&out);
+    assert!(raw_seen, "the task never had the terminal raw: {t}");
+    assert!(
+        t.contains("stopped"),
+        "the timeout did not stop the task: {t}"
+    );
+    let after = tcgetattr(&master).unwrap().local_flags;
+    for flag in [LocalFlags::ECHO, LocalFlags::ICANON, LocalFlags::ISIG] {
+        assert_eq!(
+            after.contains(flag),
+            before.contains(flag),
+            "{flag:?} was left changed after the stop: {t}"
+        );
+    }
+}
+
 #[test]
 fn run_review_commits_what_was_approved_on_the_terminal() {
     let w = World::new();

@@ -180,3 +180,169 @@ fn a_persistent_home_counts_against_max_upper() {
         text(&o)
     );
 }
+
+const SECRET: &str = "AIRLOCK-HOME-LINK-SECRET-7d1f";
+
+/// A persistent home is a folder the agent writes, and grants nested in
+/// `$HOME` are mounted in it. Links an earlier task left there must not
+/// send a grant elsewhere (so that a hidden path inside it is no longer
+/// found and covered), nor make the sandbox's set-up create folders or
+/// files outside, nor truncate a file. Decided on the host: the secret was
+/// not printed, the outside folder and file are as they were.
+#[test]
+fn escape_links_left_in_a_persistent_home_redirect_no_mount() {
+    let w = World::new();
+    let project = w.home.join("src/proj");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("notes.txt"), "notes\n").unwrap();
+    std::fs::write(project.join(".env"), SECRET).unwrap();
+    let victim = w.outside.join("victim.txt");
+    std::fs::write(&victim, "keep me\n").unwrap();
+    for p in [w.home.join("src"), project.clone()] {
+        common::chmod(&p, 0o755);
+    }
+    for p in [
+        project.join("notes.txt"),
+        project.join(".env"),
+        victim.clone(),
+    ] {
+        common::chmod(&p, 0o666);
+    }
+    std::fs::create_dir_all(w.home.join("cfg")).unwrap();
+    common::chmod(&w.home.join("cfg"), 0o755);
+    std::fs::write(w.home.join("cfg/config"), "[core]\n").unwrap();
+    common::chmod(&w.home.join("cfg/config"), 0o644);
+    write_profile(
+        &w,
+        "linker",
+        "command = [\"sh\", \"-c\"]\npersistent_home = true\ndeny = [\"~/src/proj/.env\"]\n\n[[grant]]\npath = \"~/src/proj\"\naccess = \"ro\"\n\n[[grant]]\npath = \"~/cfg/config\"\naccess = \"ro\"\n",
+    );
+    let run = |script: &str| {
+        output_within(
+            w.cmd(&["run", "--local", "--agent", "linker", "--", script]),
+            Duration::from_secs(60),
+        )
+    };
+    let home = w.state().join("airlock/agents/linker/home");
+    // A first task sees the hidden file covered.
+    let o = run("cat ~/src/proj/notes.txt; cat ~/src/proj/.env; echo done");
+    assert!(
+        text(&o).contains("notes") && !text(&o).contains(SECRET),
+        "{}",
+        text(&o)
+    );
+    let attempts = [
+        // A chain through a hidden folder: covering ~/.aws would cut it,
+        // and the grant would have landed on ~/Q/proj with .env unhidden.
+        "mv ~/src ~/src.old && mkdir -p ~/.aws ~/Q/proj && ln -s ../Q ~/.aws/y && ln -s .aws/y ~/src",
+        // A link out of the home: the mount point would be made there.
+        &format!("mv ~/src ~/src.old && ln -s {} ~/src", w.outside.display()),
+        // A file grant's mount point as a link to a file outside.
+        &format!(
+            "mv ~/cfg ~/cfg.old; mkdir ~/cfg && ln -s {} ~/cfg/config",
+            victim.display()
+        ),
+    ];
+    for plant in attempts {
+        // As the user would after such a refusal: a clean home.
+        let _ = std::fs::remove_dir_all(&home);
+        let o = run(&format!("{plant}; echo planted"));
+        assert!(text(&o).contains("planted"), "{plant}: {}", text(&o));
+        let o = run("cat ~/Q/proj/.env ~/src/proj/.env 2>&1; echo ran");
+        let t = text(&o);
+        assert!(
+            !t.contains(SECRET),
+            "{plant}: the hidden file was read: {t}"
+        );
+        // Refused, naming the link in the home so the user can remove it.
+        // (As root the agent's home is /home/airlock, not the user's: the
+        // grants are not in it, and the links lead nowhere that matters.)
+        if !common::is_root() {
+            assert!(
+                !o.status.success() && t.contains(&home.display().to_string()),
+                "{plant}: {t}"
+            );
+        }
+        assert!(
+            !w.outside.join("proj").exists(),
+            "{plant}: a mount point was made outside the home"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "keep me\n",
+            "{plant}: the file outside was changed"
+        );
+    }
+}
+
+/// Tasks of one agent with a persistent home take turns: one running
+/// beside the start of another could move the home's folders while the
+/// second sandbox's mounts and hidden paths are placed. The second is
+/// refused, naming the first; once that has ended, it runs.
+#[test]
+fn tasks_of_an_agent_with_a_persistent_home_take_turns() {
+    let w = World::new();
+    write_profile(
+        &w,
+        "single",
+        "command = [\"sh\", \"-c\"]\npersistent_home = true\n",
+    );
+    let first = w
+        .cmd(&[
+            "run",
+            "--local",
+            "--agent",
+            "single",
+            "--",
+            "sleep 4; echo first-done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the first task has its home.
+    let lock = w.state().join("airlock/agents/single/lock");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&lock)
+        .unwrap_or_default()
+        .is_empty()
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let holder = std::fs::read_to_string(&lock).unwrap();
+    let o = output_within(
+        w.cmd(&[
+            "run",
+            "--local",
+            "--agent",
+            "single",
+            "--",
+            "echo second-ran",
+        ]),
+        Duration::from_secs(30),
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && !t.contains("second-ran") && t.contains(holder.trim()),
+        "{t}"
+    );
+    let out = first.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("first-done"));
+    let o = output_within(
+        w.cmd(&[
+            "run",
+            "--local",
+            "--agent",
+            "single",
+            "--",
+            "echo second-ran",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        o.status.success() && text(&o).contains("second-ran"),
+        "{}",
+        text(&o)
+    );
+}

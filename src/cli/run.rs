@@ -415,7 +415,10 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         (false, false) => OutputMode::Inherit,
     };
     let tty = policy.tty;
-    let (code, id) = run_local(local()?, policy, argv, helper, output, follow, verbose)?;
+    let modes = TerminalModes::save(tty);
+    let ran = run_local(local()?, policy, argv, helper, output, follow, verbose);
+    drop(modes);
+    let (code, id) = ran?;
     // SAFETY: isatty on our own standard descriptors.
     let terminal = unsafe { libc::isatty(0) == 1 && libc::isatty(2) == 1 };
     if terminal && !tty {
@@ -439,6 +442,36 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// The terminal's modes from before a `--tty` task, put back however it
+/// ended: the helper sets the terminal raw and restores it on the way out,
+/// but a task stopped by a limit or `airlock kill` ends with the helper
+/// killed, which would leave the user's terminal without echo or Ctrl+C.
+struct TerminalModes(Option<nix::sys::termios::Termios>);
+
+impl TerminalModes {
+    fn save(tty: bool) -> TerminalModes {
+        // SAFETY: isatty only queries.
+        let terminal = tty && unsafe { libc::isatty(0) } == 1;
+        TerminalModes(
+            terminal
+                .then(|| nix::sys::termios::tcgetattr(std::io::stdin()).ok())
+                .flatten(),
+        )
+    }
+}
+
+impl Drop for TerminalModes {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                t,
+            );
+        }
+    }
 }
 
 fn run_local(

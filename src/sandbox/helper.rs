@@ -12,14 +12,14 @@
 //! The control socket (fd 3) carries the spec in and [`HelperMsg`]s out.
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use super::spec::{HelperMsg, SandboxSpec};
+use super::spec::{read_frame, HelperMsg, SandboxBase, SandboxSpec};
 use super::{landlock, limits, mounts, seccomp, sys};
 use crate::event::Enforced;
 
@@ -71,16 +71,12 @@ pub fn main() -> ! {
     // SAFETY: fd 3 was placed there by the supervisor for us alone.
     let sock = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
     let mut ctl = Control { sock };
-    let spec: SandboxSpec = {
-        let mut reader = BufReader::new(&ctl.sock);
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(n) if n > 0 => match serde_json::from_str(&line) {
-                Ok(s) => s,
-                Err(e) => ctl.fail("read plan", e),
-            },
-            _ => ctl.fail("read plan", "the supervisor sent no sandbox plan"),
-        }
+    // First what every sandbox of this user looks like; the task's own plan
+    // follows, for PID 1, once the supervisor has made it.
+    let base: SandboxBase = match read_frame(&ctl.sock) {
+        Ok(Some(b)) => b,
+        Ok(None) => ctl.fail("read plan", "the supervisor sent no sandbox plan"),
+        Err(e) => ctl.fail("read plan", e),
     };
     // The helper dies with the supervisor thread that started it.
     // SAFETY: prctl with integer arguments.
@@ -100,7 +96,7 @@ pub fn main() -> ! {
     // --tty: a pseudo-terminal of the task's own. The agent gets the
     // subsidiary side as its controlling terminal; we relay the main side
     // to our stdio, so the user's terminal is never the agent's.
-    let pty = if spec.tty {
+    let pty = if base.tty {
         let winsize = terminal_size(0);
         match nix::pty::openpty(winsize.as_ref(), None) {
             Ok(p) => {
@@ -151,11 +147,11 @@ pub fn main() -> ! {
             unsafe { libc::_exit(SETUP_FAILED) }
         }
         drop(go_r);
-        pid1(spec, ctl, drained);
+        pid1(base, ctl, drained);
     }
     let pipes = stdio.map(super::stdio::TaskStdio::leave);
     drop(go_r);
-    if let Err(e) = write_id_maps(pid, &spec, outer_uid, outer_gid) {
+    if let Err(e) = write_id_maps(pid, &base, outer_uid, outer_gid) {
         // SAFETY: killing our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         ctl.fail("map user ids", e);
@@ -277,14 +273,19 @@ fn relay(master: std::os::fd::OwnedFd, pid1: libc::pid_t) -> i32 {
     status
 }
 
-fn write_id_maps(pid: libc::pid_t, spec: &SandboxSpec, uid: u32, gid: u32) -> std::io::Result<()> {
+fn write_id_maps(
+    pid: libc::pid_t,
+    sandbox: &SandboxBase,
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<()> {
     let base = PathBuf::from(format!("/proc/{pid}"));
-    if spec.outer_root {
+    if sandbox.outer_root {
         // Root keeps uid 0 for building the mounts (files it creates in our
         // tmpfs must be owned by a mapped id) and maps the agent's
         // unprivileged id; the agent drops to it before exec.
-        let u = spec.user.uid;
-        let g = spec.user.gid;
+        let u = sandbox.user.uid;
+        let g = sandbox.user.gid;
         std::fs::write(base.join("uid_map"), format!("0 0 1\n{u} {u} 1\n"))?;
         std::fs::write(base.join("gid_map"), format!("0 0 1\n{g} {g} 1\n"))?;
     } else {
@@ -352,19 +353,36 @@ fn wait_for(pid: libc::pid_t) -> i32 {
 }
 
 /// PID 1 of the sandbox.
-fn pid1(spec: SandboxSpec, mut ctl: Control, drained: Option<std::os::fd::OwnedFd>) -> ! {
+fn pid1(base: SandboxBase, mut ctl: Control, drained: Option<std::os::fd::OwnedFd>) -> ! {
     // SAFETY: prctl with integer arguments; PID 1 dies with the helper.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // What no task decides is built while the supervisor plans the task.
     // Before /proc/sys becomes read-only with the new root.
     limits::limit_inotify();
-    if let Err(e) = mounts::build_root(&spec) {
+    if let Err(e) = mounts::build_base(&base) {
         ctl.fail(&e.stage, e.message);
     }
-    if let Err(e) = nix::unistd::sethostname(&spec.hostname) {
+    if let Err(e) = nix::unistd::sethostname(&base.hostname) {
         ctl.fail("set host name", e);
     }
     if let Err(e) = sys::loopback_up() {
         ctl.fail("bring up loopback", e);
+    }
+    let spec: SandboxSpec = match read_frame(&ctl.sock) {
+        Ok(Some(s)) => s,
+        // The supervisor gave the task up (its plan failed): nothing ran.
+        // SAFETY: exiting our own process.
+        Ok(None) => unsafe { libc::_exit(SETUP_FAILED) },
+        Err(e) => ctl.fail("read plan", e),
+    };
+    if spec.base() != base {
+        ctl.fail(
+            "read plan",
+            "the plan does not match the sandbox it was sent to",
+        );
+    }
+    if let Err(e) = mounts::build_rest(&spec) {
+        ctl.fail(&e.stage, e.message);
     }
     // The forwarder listens before the agent exists; PID 1 reaps it.
     if let Err(e) = super::net::start_forwarder(&spec) {

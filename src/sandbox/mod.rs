@@ -20,7 +20,6 @@ pub use stdio::same_file;
 mod sys;
 pub mod syscalls;
 
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -28,7 +27,7 @@ use std::path::Path;
 pub use helper::SETUP_FAILED;
 pub use landlock::kernel_abi as landlock_abi;
 pub use limits::unenforced as unenforced_limits;
-pub use spec::{HelperMsg, SandboxSpec};
+pub use spec::{HelperMsg, SandboxBase, SandboxSpec};
 pub use sys::effective_capabilities;
 
 use crate::event::{Enforced, EventKind};
@@ -64,6 +63,8 @@ pub struct Running {
     monitor: Option<std::thread::JoinHandle<crate::monitor::Stats>>,
     /// PID 1's status channel ([`HelperMsg::ExitChannel`]).
     exit_rx: Option<OwnedFd>,
+    /// Why the plan could not be sent, if it could not.
+    plan_lost: Option<std::io::Error>,
 }
 
 /// Reads the helper's JSON lines and the descriptors that ride along.
@@ -189,18 +190,41 @@ pub enum Launch<'a> {
     Prestarted(Prestarted),
 }
 
-/// Starts the helper for `spec`.
+/// A helper that has its [`SandboxBase`] and builds the namespaces and the
+/// task-independent root while the supervisor plans the task; [`plan`]
+/// hands it the rest. Dropped without a plan, it is killed and reaped.
+///
+/// [`plan`]: Starting::plan
+pub struct Starting {
+    parts: Option<(launch::Helper, UnixStream)>,
+    base: SandboxBase,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some((mut child, _sock)) = self.parts.take() {
+            child.signal(libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts the helper and gives it `base`.
 ///
 /// The helper gets a parent-death signal tied to the *calling thread*: call
 /// this from a thread that lives until the task ends (the CLI's main thread,
 /// or the supervisor's per-task thread), never from a pooled one. For a
 /// [`Prestarted`] helper, that is the thread that started it.
-pub fn spawn(
-    spec: &SandboxSpec,
+///
+/// `before_start` runs before the helper has anything to build from:
+/// whatever it does to the helper (a cgroup) happens to every process of
+/// the sandbox, and an error ends the helper unstarted.
+pub fn start(
+    base: &SandboxBase,
     launch: Launch<'_>,
     before_start: impl FnOnce(u32) -> Result<(), crate::Error>,
-) -> Result<Running, crate::Error> {
-    let (mut child, ours) = match launch {
+) -> Result<Starting, crate::Error> {
+    let (child, ours) = match launch {
         Launch::New {
             exe,
             stdin,
@@ -217,41 +241,59 @@ pub fn spawn(
             None => return Err(crate::Error::Sandbox("the helper was used already".into())),
         },
     };
-    // The helper waits for its plan: whatever happens to it now (a cgroup)
-    // happens to every process of the sandbox; an error ends it unstarted.
-    if let Err(e) = before_start(child.id()) {
-        child.signal(libc::SIGKILL);
-        let _ = child.wait();
-        return Err(e);
+    let starting = Starting {
+        parts: Some((child, ours)),
+        base: base.clone(),
+    };
+    before_start(starting.pid())?;
+    if let Some((_, sock)) = &starting.parts {
+        spec::write_frame(sock, base)
+            .map_err(|e| crate::Error::Sandbox(format!("the helper did not take the plan: {e}")))?;
     }
-    let mut line = serde_json::to_vec(spec)
-        .map_err(|e| crate::Error::Sandbox(format!("cannot encode the plan: {e}")))?;
-    line.push(b'\n');
-    let mut w = &ours;
-    if let Err(e) = w.write_all(&line) {
-        child.signal(libc::SIGKILL);
-        let _ = child.wait();
-        return Err(crate::Error::Sandbox(format!(
-            "the helper did not take the plan: {e}"
-        )));
+    Ok(starting)
+}
+
+impl Starting {
+    /// The helper's pid.
+    pub fn pid(&self) -> u32 {
+        self.parts.as_ref().map_or(0, |(c, _)| c.id())
     }
-    // Needed once the agent's listener arrives; made while the helper
-    // builds the sandbox.
-    let monitor_ctx = spec.watch.map(|level| monitor_context(spec, level));
-    let (events_tx, events_rx) = std::sync::mpsc::channel();
-    Ok(Running {
-        child,
-        ctl: CtlReader {
-            sock: ours,
-            buf: Vec::new(),
-            fds: Default::default(),
-        },
-        monitor_ctx,
-        events_tx: Some(events_tx),
-        events_rx: Some(events_rx),
-        monitor: None,
-        exit_rx: None,
-    })
+
+    /// Sends the task's plan; the sandbox is finished and the agent runs
+    /// once [`Running::setup`] has heard so. `spec` must be for the same
+    /// [`SandboxBase`] (the helper refuses another).
+    pub fn plan(mut self, spec: &SandboxSpec) -> Result<Running, crate::Error> {
+        if spec.base() != self.base {
+            return Err(crate::Error::Sandbox(
+                "the plan does not match the sandbox being built".into(),
+            ));
+        }
+        let Some((child, ours)) = self.parts.take() else {
+            return Err(crate::Error::Sandbox("the helper was used already".into()));
+        };
+        // A helper that failed while building the base has said why on the
+        // socket, and `setup` reads it: its refusal of the plan is no more
+        // than a consequence.
+        let plan_lost = spec::write_frame(&ours, spec).err();
+        // Needed once the agent's listener arrives; made while the helper
+        // builds the sandbox.
+        let monitor_ctx = spec.watch.map(|level| monitor_context(spec, level));
+        let (events_tx, events_rx) = std::sync::mpsc::channel();
+        Ok(Running {
+            child,
+            ctl: CtlReader {
+                sock: ours,
+                buf: Vec::new(),
+                fds: Default::default(),
+            },
+            monitor_ctx,
+            events_tx: Some(events_tx),
+            events_rx: Some(events_rx),
+            monitor: None,
+            exit_rx: None,
+            plan_lost,
+        })
+    }
 }
 
 /// The status PID 1 wrote; `None` at end of file (it was killed first).
@@ -340,6 +382,12 @@ impl Running {
         // From now on only the monitor thread holds a sender: the event
         // channel closes when the monitor has said everything.
         self.events_tx = None;
+        if let (None, Some(e)) = (&report.error, self.plan_lost.take()) {
+            report.error = Some((
+                "start sandbox".into(),
+                format!("the helper did not take the plan: {e}"),
+            ));
+        }
         report
     }
 

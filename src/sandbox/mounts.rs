@@ -11,9 +11,9 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::spec::SandboxSpec;
+use super::spec::{SandboxBase, SandboxSpec};
 use super::sys::{
-    bind_fd_with_attrs, bind_with_attrs, open_no_symlinks, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC,
+    bind_fd_with_attrs, bind_with_attrs, open_no_symlinks, To, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC,
     MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
 };
 
@@ -143,7 +143,7 @@ fn tmpfs(target: &Path, flags: MsFlags, opts: &str) -> Result<(), StepError> {
 fn ro_bind(src: &Path, dst: &Path) -> Result<(), StepError> {
     bind_with_attrs(
         src,
-        dst,
+        To::Path(dst),
         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
     )
     .map_err(|e| fail("read-only bind", src, e))
@@ -166,6 +166,192 @@ fn mountpoint_like(src: &Path, dst: &Path) -> Result<(), StepError> {
     }
 }
 
+/// A place inside the new root, held open: found or made beneath the root
+/// without following a symbolic link, then mounted on through its
+/// descriptor, so that nothing can move it in between.
+struct Spot(std::os::fd::OwnedFd);
+
+impl Spot {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
+    }
+
+    /// A name for `mount(2)` that leads to exactly this file (`/proc`'s
+    /// link to the descriptor, which `mount` follows).
+    fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.0)
+        ))
+    }
+}
+
+/// Lookups beneath the new root: no symbolic link, no `..` out of it.
+const BENEATH: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+
+/// A link or a file where the sandbox needs a folder: refused, naming it
+/// as the user can find it (a persistent home's entry by its host path).
+fn in_the_way(spec: &SandboxSpec, shown: &Path) -> StepError {
+    let host = spec.persistent_home.as_ref().and_then(|h| {
+        shown
+            .strip_prefix(&spec.user.home)
+            .ok()
+            .map(|rest| h.join(rest))
+    });
+    StepError {
+        stage: "create mount point".into(),
+        message: match host {
+            Some(host) => format!(
+                "{}: the agent's persistent home has a symbolic link or a file at {} where the sandbox needs a folder (for a grant or a folder of its own); remove it and run the task again",
+                shown.display(),
+                host.display()
+            ),
+            None => format!(
+                "{}: a symbolic link or a file is where the sandbox needs a folder (for a grant or a folder of its own)",
+                shown.display()
+            ),
+        },
+    }
+}
+
+/// The folder at `path` (as seen inside) beneath `root`, or with `file`
+/// the file there, made if missing (folders 0755, an empty file 0644;
+/// an existing file is never opened for writing, let alone truncated).
+fn spot(
+    root: std::os::fd::BorrowedFd<'_>,
+    path: &Path,
+    file: bool,
+    in_the_way: &dyn Fn(&Path) -> StepError,
+) -> Result<Spot, StepError> {
+    use std::os::fd::AsRawFd;
+    let names: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let mut shown = PathBuf::from("/");
+    let mut dir = super::sys::openat2(
+        root.as_raw_fd(),
+        Path::new("."),
+        libc::O_PATH | libc::O_DIRECTORY,
+        BENEATH,
+    )
+    .map_err(|e| fail("open new root", path, e))?;
+    for (i, name) in names.iter().enumerate() {
+        shown.push(name);
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(*name))
+            .map_err(|e| fail("create mount point", &shown, e))?;
+        if file && i + 1 == names.len() {
+            // SAFETY: openat on a descriptor and a NUL-terminated name we own.
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_RDONLY
+                        | libc::O_CLOEXEC,
+                    0o644,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: a new descriptor of ours.
+                return Ok(Spot(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }));
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(fail("create mount point", &shown, e));
+            }
+            let fd = super::sys::openat2(
+                dir.as_raw_fd(),
+                Path::new(name),
+                libc::O_PATH | libc::O_NOFOLLOW,
+                BENEATH,
+            )
+            .map_err(|e| fail("create mount point", &shown, e))?;
+            let st = nix::sys::stat::fstat(fd.as_raw_fd())
+                .map_err(|e| fail("create mount point", &shown, e))?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Err(in_the_way(&shown));
+            }
+            return Ok(Spot(fd));
+        }
+        let mut made = false;
+        dir = loop {
+            match super::sys::openat2(
+                dir.as_raw_fd(),
+                Path::new(name),
+                libc::O_PATH | libc::O_DIRECTORY,
+                BENEATH,
+            ) {
+                Ok(fd) => break fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !made => {
+                    made = true;
+                    // SAFETY: mkdirat on a descriptor and a name we own;
+                    // it never follows a link in the last component.
+                    if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) } != 0 {
+                        let e = io::Error::last_os_error();
+                        if e.raw_os_error() != Some(libc::EEXIST) {
+                            return Err(fail("create mount point", &shown, e));
+                        }
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV | libc::ENOENT)
+                    ) =>
+                {
+                    return Err(in_the_way(&shown))
+                }
+                Err(e) => return Err(fail("create mount point", &shown, e)),
+            }
+        };
+    }
+    Ok(Spot(dir))
+}
+
+/// The file at `path` (as seen inside) beneath `root` and its type, if a
+/// name with no symbolic link on the way leads to one; a trailing link is
+/// itself the answer (`S_IFLNK`).
+fn existing(
+    root: std::os::fd::BorrowedFd<'_>,
+    path: &Path,
+) -> Result<Option<(Spot, libc::mode_t)>, StepError> {
+    use std::os::fd::AsRawFd;
+    let rel: PathBuf = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    if rel.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    match super::sys::openat2(
+        root.as_raw_fd(),
+        &rel,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        BENEATH,
+    ) {
+        Ok(fd) => {
+            let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| fail("hide", path, e))?;
+            Ok(Some((Spot(fd), st.st_mode & libc::S_IFMT)))
+        }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR | libc::EXDEV)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(fail("hide", path, e)),
+    }
+}
+
 /// One mount of the user's area (tmp, home, grants), applied parents first.
 enum Item<'a> {
     Tmp,
@@ -185,9 +371,11 @@ impl Item<'_> {
     }
 }
 
-/// Builds the whole tree under `spec.root_mount` and pivots into it.
-pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
-    let r = spec.root_mount.as_path();
+/// Builds what no task decides under `base.root_mount`: the tmpfs root,
+/// the read-only system, `/etc` (but `resolv.conf`), `/proc` and `/dev`.
+/// PID 1 does this before its plan arrives; [`build_rest`] finishes.
+pub fn build_base(base: &SandboxBase) -> Result<(), StepError> {
+    let r = base.root_mount.as_path();
     // Nothing we mount may propagate back to the host.
     mount(
         None::<&str>,
@@ -219,9 +407,25 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
             _ => {}
         }
     }
-    build_etc(spec, &r.join("etc"))?;
+    build_etc(base, &r.join("etc"))?;
     build_proc(&r.join("proc"))?;
-    build_dev(&r.join("dev"))?;
+    build_dev(&r.join("dev"))
+}
+
+/// Adds what the plan decides to the root [`build_base`] made (the
+/// resolver's configuration, `/tmp`, `$HOME`, the grants, the hidden
+/// paths, the proxy's socket), makes it read-only and pivots into it.
+pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
+    let r = spec.root_mount.as_path();
+    write_file(&r.join("etc").join("resolv.conf"), &spec.resolv_conf)?;
+
+    // Every place below is found from the root's descriptor without
+    // following a symbolic link: the persistent home (bound at `$HOME`) is
+    // a folder the agent wrote, and a link it left there must not send a
+    // grant, a new mount point or a hidden path's cover anywhere else.
+    let root = fs::File::open(r).map_err(|e| fail("open new root", r, e))?;
+    let root = std::os::fd::AsFd::as_fd(&root);
+    let in_the_way = |shown: &Path| in_the_way(spec, shown);
 
     // The user's area, parents before children so a nested grant lands on
     // top of the folder that contains it.
@@ -239,12 +443,12 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
     items.extend(spec.rw.iter().map(Item::Rw));
     items.sort_by_key(|i| i.path(spec).components().count());
     for item in &items {
-        let dst = under(r, item.path(spec));
+        let path = item.path(spec);
         match item {
             Item::Tmp => {
-                mkdir_p(&dst, 0o755).map_err(|e| fail("create", &dst, e))?;
+                let dst = spot(root, path, false, &in_the_way)?;
                 tmpfs(
-                    &dst,
+                    &dst.proc_path(),
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                     &format!(
                         "mode=1777,size={},nr_inodes={}",
@@ -254,9 +458,9 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
                 )?;
             }
             Item::Home => {
-                mkdir_p(&dst, 0o755).map_err(|e| fail("create", &dst, e))?;
+                let dst = spot(root, path, false, &in_the_way)?;
                 if let Some(src) = &spec.persistent_home {
-                    bind_with_attrs(src, &dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+                    bind_with_attrs(src, To::Fd(dst.fd()), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
                         .map_err(|e| fail("bind home", src, e))?;
                 } else {
                     let owner = if spec.outer_root {
@@ -265,7 +469,7 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
                         String::new()
                     };
                     tmpfs(
-                        &dst,
+                        &dst.proc_path(),
                         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                         &format!(
                             "mode=0700,size={},nr_inodes={}{owner}",
@@ -276,42 +480,53 @@ pub fn build_root(spec: &SandboxSpec) -> Result<(), StepError> {
                 }
             }
             Item::Ro(src) => {
-                mountpoint_like(src, &dst)?;
                 let fd = open_grant(spec, src, libc::O_PATH)?;
+                let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd))
+                    .map_err(|e| fail("open grant", src, e))?;
+                let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+                let dst = spot(root, path, !is_dir, &in_the_way)?;
                 bind_fd_with_attrs(
                     std::os::fd::AsFd::as_fd(&fd),
-                    &dst,
+                    To::Fd(dst.fd()),
                     MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
                 )
                 .map_err(|e| fail("read-only bind", src, e))?;
             }
             Item::Rw(m) => {
-                mountpoint_like(&m.path, &dst)?;
                 let lower = open_grant(spec, &m.path, libc::O_RDONLY | libc::O_DIRECTORY)?;
-                overlay(m, lower, &dst)?;
+                let dst = spot(root, path, false, &in_the_way)?;
+                overlay(m, lower, &dst.proc_path())?;
             }
         }
     }
 
     // Hidden paths: an empty, read-only, unlistable folder, or /dev/null
-    // bound read-only on a nodev mount (so it cannot even be opened).
+    // bound read-only on a nodev mount (so it cannot even be opened). Each
+    // is looked up by its own name with no link on the way. A name that
+    // leads through a link is not the real path: the supervisor listed the
+    // real path of every hidden path too, and grants are mounted at their
+    // real paths, so that one is found and covered.
     for d in &spec.deny {
-        let dst = under(r, d);
-        let Ok(meta) = fs::symlink_metadata(&dst) else {
+        let Some((dst, kind)) = existing(root, d)? else {
             continue;
         };
-        if meta.is_dir() {
+        if kind == libc::S_IFDIR {
             tmpfs(
-                &dst,
+                &dst.proc_path(),
                 MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                 "mode=0000,size=4k",
             )?;
-        } else if meta.file_type().is_symlink() {
+        } else if kind == libc::S_IFLNK {
             // A mount cannot cover a symlink itself; its target was added to
             // the deny list by the supervisor, so it leads nowhere.
             continue;
         } else {
-            ro_bind(Path::new("/dev/null"), &dst)?;
+            bind_with_attrs(
+                Path::new("/dev/null"),
+                To::Fd(dst.fd()),
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            )
+            .map_err(|e| fail("read-only bind", Path::new("/dev/null"), e))?;
         }
     }
 
@@ -359,9 +574,9 @@ fn write_file(path: &Path, content: &str) -> Result<(), StepError> {
     fs::write(path, content).map_err(|e| fail("write", path, e))
 }
 
-fn build_etc(spec: &SandboxSpec, etc: &Path) -> Result<(), StepError> {
+fn build_etc(base: &SandboxBase, etc: &Path) -> Result<(), StepError> {
     mkdir_p(etc, 0o755).map_err(|e| fail("create", etc, e))?;
-    let u = &spec.user;
+    let u = &base.user;
     let name = sanitize_name(&u.name);
     let home = u.home.to_string_lossy().replace([':', '\n'], "_");
     let mut passwd = format!(
@@ -381,11 +596,10 @@ fn build_etc(spec: &SandboxSpec, etc: &Path) -> Result<(), StepError> {
         &etc.join("hosts"),
         &format!(
             "127.0.0.1\tlocalhost {h}\n::1\tlocalhost ip6-localhost ip6-loopback {h}\n",
-            h = spec.hostname
+            h = base.hostname
         ),
     )?;
-    write_file(&etc.join("hostname"), &format!("{}\n", spec.hostname))?;
-    write_file(&etc.join("resolv.conf"), &spec.resolv_conf)?;
+    write_file(&etc.join("hostname"), &format!("{}\n", base.hostname))?;
     write_file(
         &etc.join("nsswitch.conf"),
         "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n",
@@ -474,7 +688,7 @@ fn build_dev(dev: &Path) -> Result<(), StepError> {
         let dst = dev.join(name);
         if host.exists() {
             fs::File::create(&dst).map_err(|e| fail("create", &dst, e))?;
-            bind_with_attrs(&host, &dst, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
+            bind_with_attrs(&host, To::Path(&dst), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC)
                 .map_err(|e| fail("bind device", &host, e))?;
         }
     }

@@ -11,7 +11,9 @@ use std::path::Path;
 
 use super::mounts::{under, StepError};
 use super::spec::{NetSpec, SandboxSpec};
-use super::sys::{self, bind_with_attrs, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID};
+use super::sys::{
+    self, bind_with_attrs, To, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID,
+};
 use crate::netproxy::{configure_pool_address, run_forwarder, ForwarderConfig, TransparentConfig};
 
 /// Where the proxy's socket appears inside the sandbox.
@@ -74,7 +76,7 @@ pub fn before_pivot(spec: &SandboxSpec, root: &Path) -> Result<(), StepError> {
     fs::File::create(&dst).map_err(|e| fail("create mount point", &dst, &e))?;
     bind_with_attrs(
         &net.socket,
-        &dst,
+        To::Path(&dst),
         MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
     )
     .map_err(|e| fail("bind the network proxy's socket", &net.socket, &e))

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::seccomp;
-use super::spec::{RwMount, SandboxSpec, SandboxUser};
+use super::spec::{RwMount, SandboxBase, SandboxSpec, SandboxUser};
 use crate::policy::{Access, Policy, SeccompChoice};
 use crate::task::{RwLayer, TaskDir};
 use crate::Error;
@@ -161,20 +161,9 @@ fn match_root_of_layer(real: &Path, upper: &Path, outer_root: bool) -> Result<()
     Ok(())
 }
 
-/// Builds the plan and creates the task's overlay layers under `task_dir`.
-pub fn plan(
-    policy: &Policy,
-    argv: &[String],
-    task_dir: &TaskDir,
-) -> Result<(SandboxSpec, Vec<RwLayer>), Error> {
-    if argv.is_empty() || argv[0].is_empty() {
-        return Err(Error::Invalid("no command to run".into()));
-    }
-    if let Some((key, why)) = policy.limits.problem() {
-        return Err(Error::Invalid(format!("{key}: {why}")));
-    }
+/// Who the agent is inside, and whether Airlock itself runs as root.
+fn sandbox_user(real_home: &Path) -> (SandboxUser, bool) {
     let outer_root = nix::unistd::geteuid().is_root();
-    let real_home = crate::dirs::home_dir();
     let user = if outer_root {
         SandboxUser {
             uid: ROOT_FALLBACK_ID,
@@ -200,9 +189,45 @@ pub fn plan(
             name,
             home: real_home
                 .canonicalize()
-                .unwrap_or_else(|_| real_home.clone()),
+                .unwrap_or_else(|_| real_home.to_path_buf()),
         }
     };
+    (user, outer_root)
+}
+
+/// The hostname every sandbox has.
+const HOSTNAME: &str = "airlock";
+
+/// What the helper may build before the task is planned (see
+/// [`SandboxBase`]); creates the folder the root is built in. [`plan`]
+/// gives the same base for the same `policy` and `task_dir`.
+pub fn base(policy: &Policy, task_dir: &TaskDir) -> Result<SandboxBase, Error> {
+    let root_mount = task_dir.root_mount();
+    crate::dirs::create_private_dir(&root_mount)?;
+    let (user, outer_root) = sandbox_user(&crate::dirs::home_dir());
+    Ok(SandboxBase {
+        root_mount,
+        hostname: HOSTNAME.into(),
+        user,
+        outer_root,
+        tty: policy.tty,
+    })
+}
+
+/// Builds the plan and creates the task's overlay layers under `task_dir`.
+pub fn plan(
+    policy: &Policy,
+    argv: &[String],
+    task_dir: &TaskDir,
+) -> Result<(SandboxSpec, Vec<RwLayer>), Error> {
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(Error::Invalid("no command to run".into()));
+    }
+    if let Some((key, why)) = policy.limits.problem() {
+        return Err(Error::Invalid(format!("{key}: {why}")));
+    }
+    let real_home = crate::dirs::home_dir();
+    let (user, outer_root) = sandbox_user(&real_home);
 
     // By their real paths: grants are compared canonical.
     let own_dirs = [
@@ -358,7 +383,7 @@ pub fn plan(
         env,
         cwd,
         root_mount,
-        hostname: "airlock".into(),
+        hostname: HOSTNAME.into(),
         user,
         outer_root,
         ro,

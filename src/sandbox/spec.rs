@@ -35,6 +35,22 @@ pub struct GrantId {
     pub ino: u64,
 }
 
+/// What the helper needs before its plan: enough to make the namespaces
+/// and the part of the root no task decides (system, `/etc`, `/proc`,
+/// `/dev`) while the supervisor still plans the task. The plan repeats it,
+/// and the helper refuses a plan that says otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxBase {
+    /// An empty folder (in the task folder) where the new root is built.
+    pub root_mount: PathBuf,
+    pub hostname: String,
+    pub user: SandboxUser,
+    /// As [`SandboxSpec::outer_root`].
+    pub outer_root: bool,
+    /// As [`SandboxSpec::tty`].
+    pub tty: bool,
+}
+
 /// The complete plan for one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxSpec {
@@ -73,6 +89,59 @@ pub struct SandboxSpec {
     pub net: Option<NetSpec>,
 }
 
+impl SandboxSpec {
+    /// The part the helper gets first ([`SandboxBase`]).
+    pub fn base(&self) -> SandboxBase {
+        SandboxBase {
+            root_mount: self.root_mount.clone(),
+            hostname: self.hostname.clone(),
+            user: self.user.clone(),
+            outer_root: self.outer_root,
+            tty: self.tty,
+        }
+    }
+}
+
+/// The largest message the helper reads from the supervisor (a plan with
+/// thousands of hidden paths and an imported profile is well below it).
+const MAX_FRAME: u64 = 64 << 20;
+
+/// Writes `msg` as one frame of the control socket: its length (8 bytes,
+/// little-endian), then its JSON. Frames, not lines: the helper reads
+/// exactly its own message, and PID 1 the next one from the same socket.
+pub fn write_frame(mut w: impl std::io::Write, msg: &impl Serialize) -> std::io::Result<()> {
+    let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    let mut frame = Vec::with_capacity(8 + body.len());
+    frame.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    frame.extend_from_slice(&body);
+    w.write_all(&frame)
+}
+
+/// Reads one frame written by [`write_frame`]; `Ok(None)` when the writer
+/// closed the socket before a frame began.
+pub fn read_frame<T: serde::de::DeserializeOwned>(
+    mut r: impl std::io::Read,
+) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 8];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u64::from_le_bytes(len);
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a message of {len} bytes (at most {MAX_FRAME})"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// The sandbox's end of the network proxy ([`super::net`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetSpec {
@@ -105,4 +174,39 @@ pub enum HelperMsg {
     ExitChannel,
     /// A step failed; nothing of the agent ran.
     Error { stage: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_one_message_each_and_leave_the_next_in_place() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &"first").unwrap();
+        write_frame(&mut buf, &vec![1u32, 2, 3]).unwrap();
+        let mut r = buf.as_slice();
+        assert_eq!(
+            read_frame::<String>(&mut r).unwrap().as_deref(),
+            Some("first")
+        );
+        assert_eq!(read_frame::<Vec<u32>>(&mut r).unwrap(), Some(vec![1, 2, 3]));
+        assert_eq!(read_frame::<String>(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn an_oversized_or_malformed_frame_is_an_error() {
+        let mut huge = (MAX_FRAME + 1).to_le_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        let e = read_frame::<String>(huge.as_slice()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        let mut bad = 3u64.to_le_bytes().to_vec();
+        bad.extend_from_slice(b"{x}");
+        let e = read_frame::<String>(bad.as_slice()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        // Cut short inside the body: not a silent end.
+        let mut short = 10u64.to_le_bytes().to_vec();
+        short.extend_from_slice(b"\"ab");
+        assert!(read_frame::<String>(short.as_slice()).is_err());
+    }
 }

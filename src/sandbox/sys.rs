@@ -37,18 +37,40 @@ struct MountAttr {
 
 /// Opens the absolute `path` with no symbolic link in any component.
 pub fn open_no_symlinks(path: &Path, flags: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
+    openat2(
+        libc::AT_FDCWD,
+        path,
+        flags,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// Binds `src` (recursively) onto `dst` with `attrs` set on every mount of
+/// the copy, atomically: a read-only bind never shows a writable submount.
+pub fn bind_with_attrs(src: &Path, dst: To<'_>, attrs: u64) -> io::Result<()> {
+    bind_tree(libc::AT_FDCWD, &cstr(src)?, 0, dst, attrs)
+}
+
+/// `openat2` of `path` relative to `dirfd` with `resolve` flags, retried
+/// while a concurrent rename makes the kernel ask for it (EAGAIN).
+pub fn openat2(
+    dirfd: libc::c_int,
+    path: &Path,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let c = cstr(path)?;
     // SAFETY: open_how is plain old data; zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = resolve;
     loop {
         // SAFETY: how and c outlive the call; the size matches the struct.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
-                libc::AT_FDCWD,
+                dirfd,
                 c.as_ptr(),
                 &how as *const libc::open_how,
                 std::mem::size_of::<libc::open_how>(),
@@ -59,24 +81,17 @@ pub fn open_no_symlinks(path: &Path, flags: libc::c_int) -> io::Result<std::os::
             return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as libc::c_int) });
         }
         let e = io::Error::last_os_error();
-        // EAGAIN: a concurrent rename raced the lookup; the kernel asks to retry.
         if e.raw_os_error() != Some(libc::EAGAIN) {
             return Err(e);
         }
     }
 }
 
-/// Binds `src` (recursively) onto `dst` with `attrs` set on every mount of
-/// the copy, atomically: a read-only bind never shows a writable submount.
-pub fn bind_with_attrs(src: &Path, dst: &Path, attrs: u64) -> io::Result<()> {
-    bind_tree(libc::AT_FDCWD, &cstr(src)?, 0, dst, attrs)
-}
-
 /// [`bind_with_attrs`] of the file or folder open as `src` (an `O_PATH`
 /// descriptor is enough): what was checked is what gets mounted.
 pub fn bind_fd_with_attrs(
     src: std::os::fd::BorrowedFd<'_>,
-    dst: &Path,
+    dst: To<'_>,
     attrs: u64,
 ) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -89,14 +104,28 @@ pub fn bind_fd_with_attrs(
     )
 }
 
+/// Where a bind lands: a path, or the very file a descriptor holds (found
+/// without following any link, so nothing can be swapped in between).
+#[derive(Clone, Copy)]
+pub enum To<'a> {
+    Path(&'a Path),
+    Fd(std::os::fd::BorrowedFd<'a>),
+}
+
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
 fn bind_tree(
     dirfd: libc::c_int,
     s: &std::ffi::CStr,
     extra: libc::c_uint,
-    dst: &Path,
+    dst: To<'_>,
     attrs: u64,
 ) -> io::Result<()> {
-    let d = cstr(dst)?;
+    use std::os::fd::AsRawFd;
+    let (to_fd, d, to_flags) = match dst {
+        To::Path(p) => (libc::AT_FDCWD, cstr(p)?, 0),
+        To::Fd(fd) => (fd.as_raw_fd(), CString::default(), MOVE_MOUNT_T_EMPTY_PATH),
+    };
     // SAFETY: plain syscalls on NUL-terminated paths we own.
     unsafe {
         let fd = check(libc::syscall(
@@ -128,9 +157,9 @@ fn bind_tree(
                 libc::SYS_move_mount,
                 fd,
                 empty.as_ptr(),
-                libc::AT_FDCWD,
+                to_fd,
                 d.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
+                MOVE_MOUNT_F_EMPTY_PATH | to_flags,
             ))
         });
         libc::close(fd);

@@ -51,34 +51,23 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     let ring = shared.attach(id, ctl.clone());
     shared.transition(id, TaskState::Starting);
     let task_dir = TaskDir::new(&shared.config.tasks_dir, id);
-    let prepared = prepare(shared, id, &req, &task_dir);
-    let (mut spec, layers) = match prepared {
-        Ok(v) => v,
+    // The helper starts first, and builds the namespaces and the part of
+    // the root no task decides while the task is planned below.
+    let base = match crate::dirs::create_private_dir(task_dir.path())
+        .and_then(|()| sandbox::plan::base(&req.policy, &task_dir))
+    {
+        Ok(b) => b,
         Err(e) => return fail(shared, id, e.to_string()),
     };
-    // The task's network proxy (none for `--net none`), until the sandbox ends.
-    let emit = {
-        let (shared, id) = (shared.clone(), id.clone());
-        move |ev| {
-            shared.emit(&id, ev);
-        }
-    };
-    let consent = Some(shared.consent.clone());
-    let net = NetSession::start_for(&mut spec, &req.policy.net, task_dir.path(), emit, consent);
-    let net = match net {
-        Ok(n) => n,
+    let (stdin, stdout, stderr, pumps) = match stdio(req.output.clone(), &task_dir, ring) {
+        Ok(v) => v,
         Err(e) => return fail(shared, id, e.to_string()),
     };
     if ctl.kill.load(Ordering::SeqCst) {
         return shared.transition(id, TaskState::Killed);
     }
-    let (stdin, stdout, stderr, pumps) = match stdio(req.output, &task_dir, ring) {
-        Ok(v) => v,
-        Err(e) => return fail(shared, id, e.to_string()),
-    };
-    let started = Instant::now();
     // Whole-task limits: the helper goes into a cgroup of the task's own
-    // before it makes the sandbox.
+    // before it makes anything.
     let mut placement = None;
     let launch = match req.helper.take() {
         // A helper started ahead has the caller's stdio: only right when
@@ -93,10 +82,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
             stderr,
         },
     };
-    let spawned = sandbox::spawn(&spec, launch, |pid| {
-        // No task runs without its audit record (a quick start opens
-        // the database meanwhile).
-        shared.audit_opened()?;
+    let starting = sandbox::start(&base, launch, |pid| {
         placement = Some(sandbox::cgroup::place(pid, id.as_str(), &req.policy.limits));
         Ok(())
     });
@@ -104,18 +90,53 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
         Some(p) => (p.cgroup, p.report),
         None => (None, Vec::new()),
     };
-    let release = |running: &mut sandbox::Running| {
-        running.reap();
+    let release_cgroup = || {
         if let Some(cg) = &cgroup {
             cg.release();
         }
     };
+    // Until the plan is sent, an error ends the helper (dropping `starting`
+    // kills and reaps it) before its cgroup goes.
+    let planned = starting.and_then(|starting| {
+        let (mut spec, layers, home_lock) = prepare(shared, id, &req, &task_dir)?;
+        // The task's network proxy (none for `--net none`), until the
+        // sandbox ends.
+        let emit = {
+            let (shared, id) = (shared.clone(), id.clone());
+            move |ev| {
+                shared.emit(&id, ev);
+            }
+        };
+        let consent = Some(shared.consent.clone());
+        let net =
+            NetSession::start_for(&mut spec, &req.policy.net, task_dir.path(), emit, consent)?;
+        Ok((starting, spec, layers, net, home_lock))
+    });
+    // `_home_lock` is held until the task's last process has gone.
+    let (starting, spec, layers, net, _home_lock) = match planned {
+        Ok(v) => v,
+        Err(e) => {
+            release_cgroup();
+            return fail(shared, id, e.to_string());
+        }
+    };
+    if ctl.kill.load(Ordering::SeqCst) {
+        drop(starting);
+        release_cgroup();
+        return shared.transition(id, TaskState::Killed);
+    }
+    let started = Instant::now();
+    // No task runs without its audit record (a quick start opens the
+    // database meanwhile).
+    let spawned = shared.audit_opened().and_then(|()| starting.plan(&spec));
+    let release = |running: &mut sandbox::Running| {
+        running.reap();
+        release_cgroup();
+    };
     let mut running = match spawned {
         Ok(r) => r,
         Err(e) => {
-            if let Some(cg) = &cgroup {
-                cg.release();
-            }
+            release_cgroup();
             return fail(shared, id, e.to_string());
         }
     };
@@ -241,11 +262,14 @@ fn prepare(
     id: &TaskId,
     req: &TaskRequest,
     task_dir: &TaskDir,
-) -> Result<(SandboxSpec, Vec<RwLayer>), Error> {
+) -> Result<(SandboxSpec, Vec<RwLayer>, Option<HomeLock>), Error> {
     crate::dirs::create_private_dir(task_dir.path())?;
     let (mut spec, layers) = sandbox::plan::plan(&req.policy, &req.argv, task_dir)?;
+    let mut home_lock = None;
     if let Some(agent) = &req.policy.persistent_home {
-        spec.persistent_home = Some(agent_home(agent, &spec, req.policy.limits.max_upper)?);
+        let (home, lock) = agent_home(agent, id, &spec, req.policy.limits.max_upper)?;
+        spec.persistent_home = Some(home);
+        home_lock = Some(lock);
     }
     for l in &layers {
         let snap = Snapshot::capture(&l.path)?;
@@ -267,7 +291,53 @@ fn prepare(
     };
     task_dir.write_manifest(&manifest)?;
     shared.record(super::store::AuditMsg::Task(Box::new(manifest)));
-    Ok((spec, layers))
+    Ok((spec, layers, home_lock))
+}
+
+/// A persistent agent home held by one task: tasks of one agent take
+/// turns. A home is a folder the agent writes and the sandbox is built
+/// through (grants nested in `$HOME` are mounted in it): a task running
+/// beside the start of another could otherwise move its folders while
+/// mounts and hidden paths are placed. Released when dropped (or when the
+/// supervisor dies: it is an `flock`).
+#[derive(Debug)]
+pub(crate) struct HomeLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes `agent`'s home (`lock` beside it, out of the agent's reach) for
+/// task `id`, or says which task has it.
+fn lock_home(agent: &str, dir: &std::path::Path, id: &TaskId) -> Result<HomeLock, Error> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::io(&path, e));
+        }
+        let mut holder = String::new();
+        let _ = f.take(64).read_to_string(&mut holder);
+        let holder = holder.trim();
+        return Err(Error::Refused(gettext_f(
+            "the persistent home of agent {name} is in use by task {task}; tasks of an agent with a persistent home run one at a time: wait for it to end, or stop it with `airlock kill {task}`",
+            &[
+                ("name", agent),
+                ("task", if holder.is_empty() { "?" } else { holder }),
+            ],
+        )));
+    }
+    // Who has it, for the next task's message.
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = f.write_all(id.as_str().as_bytes());
+    Ok(HomeLock(f))
 }
 
 /// A user namespace made without privileges maps only our own user and
@@ -302,9 +372,10 @@ fn unmapped_owners(snap: &Snapshot, grant: &std::path::Path, spec: &SandboxSpec)
 /// (earlier tasks would otherwise grow it without bound).
 fn agent_home(
     agent: &str,
+    id: &TaskId,
     spec: &SandboxSpec,
     max_upper: u64,
-) -> Result<std::path::PathBuf, Error> {
+) -> Result<(std::path::PathBuf, HomeLock), Error> {
     if agent.is_empty()
         || !agent
             .bytes()
@@ -316,11 +387,10 @@ fn agent_home(
             &[("name", agent)],
         )));
     }
-    let home = crate::dirs::state_dir()
-        .join("agents")
-        .join(agent)
-        .join("home");
+    let dir = crate::dirs::state_dir().join("agents").join(agent);
+    let home = dir.join("home");
     crate::dirs::create_private_dir(&home)?;
+    let lock = lock_home(agent, &dir, id)?;
     if spec.outer_root {
         std::os::unix::fs::chown(&home, Some(spec.user.uid), Some(spec.user.gid))
             .map_err(|e| Error::io(&home, e))?;
@@ -329,8 +399,7 @@ fn agent_home(
         dir: home.clone(),
         shown: home.clone(),
     }];
-    // No task runs in it now (tasks of one agent may overlap, and then
-    // this only restores what the owner may anyway).
+    // No task runs in it now (the lock above).
     usage::make_readable(&root);
     let held = usage::measure(&root);
     let problem = if held.unreadable {
@@ -352,7 +421,7 @@ fn agent_home(
         })
     };
     match problem {
-        None => Ok(home),
+        None => Ok((home, lock)),
         Some(problem) => Err(Error::Refused(gettext_f(
             "the persistent home of agent {name} ({path}) {problem}; remove what the agent no longer needs there, or raise --max-upper",
             &[
