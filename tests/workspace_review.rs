@@ -130,6 +130,24 @@ fn side_by_side_says_when_lines_differ_only_invisibly() {
     assert!(t.contains("differ only in trailing spaces"), "{t}");
 }
 
+/// The unified diff too: trailing spaces and tabs of a changed line are
+/// shown, so that such a change does not read as two equal lines, nor hide
+/// text pushed far to the right.
+#[test]
+fn unified_diff_shows_trailing_spaces_of_changed_lines() {
+    let f = Fixture::new();
+    f.setup("printf 'a = 1\\nb = 2  \\n' > t.py");
+    f.snapshot();
+    f.agent("printf 'a = 1   \\t\\nb = 2  \\nc = 3\\n' > t.py");
+    let o = airlock(&f, &["diff", f.id.as_str()]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("-a = 1\n"), "{t}");
+    assert!(t.contains("+a = 1···→\n"), "{t}");
+    // Unchanged lines are shown as they are.
+    assert!(t.contains(" b = 2  \n"), "{t}");
+}
+
 #[test]
 fn huge_sparse_files_are_reviewed_and_committed_cheaply() {
     let f = Fixture::new();

@@ -414,8 +414,21 @@ const ESCAPE_STYLE: &str = "1;4;35";
 
 /// A line's text as characters with their style (emphasis, escapes, the
 /// line-end notes), so a line can be cut into rows without losing either.
-fn styled_chars(l: &diff::Line, expand_tabs: bool) -> Vec<(char, &'static str)> {
-    let mut out = Vec::new();
+/// How trailing spaces and tabs of a changed line look (see
+/// [`styled_chars`]).
+const TRAILING_STYLE: &str = "41";
+
+/// The characters of `l` with their styles. With `mark_trailing`, the
+/// spaces and tabs a changed line ends with are shown (`·`, `→`, on red
+/// when coloured): a change made only of them, or text pushed past them,
+/// must not read as an unchanged line.
+fn styled_chars(
+    l: &diff::Line,
+    expand_tabs: bool,
+    mark_trailing: bool,
+) -> Vec<(char, &'static str)> {
+    // The characters as they are, then where the trailing run begins.
+    let mut chars: Vec<(char, &'static str)> = Vec::new();
     for seg in &l.segments {
         for (t, escaped) in names::escape_text_runs(&seg.text) {
             let style = if escaped {
@@ -425,15 +438,33 @@ fn styled_chars(l: &diff::Line, expand_tabs: bool) -> Vec<(char, &'static str)> 
             } else {
                 ""
             };
-            for c in t.chars() {
-                if c == '\t' && expand_tabs {
-                    // Columns must stay aligned.
-                    let n = 8 - out.len() % 8;
-                    out.extend(std::iter::repeat((' ', style)).take(n));
-                } else {
-                    out.push((c, style));
-                }
+            chars.extend(t.chars().map(|c| (c, style)));
+        }
+    }
+    let trailing_from = if mark_trailing && l.tag != Tag::Context {
+        chars
+            .iter()
+            .rposition(|(c, _)| *c != ' ' && *c != '\t')
+            .map_or(0, |i| i + 1)
+    } else {
+        chars.len()
+    };
+    let mut out = Vec::new();
+    for (i, (c, style)) in chars.into_iter().enumerate() {
+        let marked = i >= trailing_from;
+        if c == '\t' && expand_tabs {
+            // Columns must stay aligned.
+            let n = 8 - out.len() % 8;
+            if marked {
+                out.push(('→', TRAILING_STYLE));
+                out.extend(std::iter::repeat((' ', TRAILING_STYLE)).take(n - 1));
+            } else {
+                out.extend(std::iter::repeat((' ', style)).take(n));
             }
+        } else if marked {
+            out.push((if c == '\t' { '→' } else { '·' }, TRAILING_STYLE));
+        } else {
+            out.push((c, style));
         }
     }
     match l.ending.as_str() {
@@ -469,7 +500,7 @@ fn render(st: &Style, chars: &[(char, &'static str)]) -> String {
 }
 
 fn line_text(st: &Style, l: &diff::Line) -> String {
-    render(st, &styled_chars(l, false))
+    render(st, &styled_chars(l, false, true))
 }
 
 /// Width of one side of `diff --side-by-side`; longer lines continue on
@@ -487,7 +518,7 @@ fn side_rows(st: &Style, row: &diff::Row) -> Vec<String> {
             .or(l.new_no)
             .map(|n| n.to_string())
             .unwrap_or_default();
-        let chars = styled_chars(l, true);
+        let chars = styled_chars(l, true, true);
         let mut out = Vec::new();
         for (k, part) in chars.chunks(SIDE_WIDTH).enumerate() {
             let pad = " ".repeat(SIDE_WIDTH - part.len());
@@ -517,8 +548,9 @@ fn side_rows(st: &Style, row: &diff::Row) -> Vec<String> {
     // A changed pair that reads the same (trailing spaces, bytes that are
     // not UTF-8): say so rather than show two equal lines.
     if let (true, Some(l), Some(r)) = (changed, &row.left, &row.right) {
-        let plain =
-            |l: &diff::Line| -> String { styled_chars(l, true).iter().map(|c| c.0).collect() };
+        let plain = |l: &diff::Line| -> String {
+            styled_chars(l, true, false).iter().map(|c| c.0).collect()
+        };
         if plain(l).trim_end() == plain(r).trim_end() {
             out.push(format!(
                 "{:>5} {}",
@@ -1129,6 +1161,22 @@ mod tests {
             }],
             ending: "\n".into(),
         }
+    }
+
+    #[test]
+    fn trailing_spaces_and_tabs_of_a_changed_line_are_shown() {
+        let off = Style { on: false };
+        let plain = |chars: Vec<(char, &str)>| -> String { chars.iter().map(|c| c.0).collect() };
+        assert_eq!(line_text(&off, &line("a  \t ")), "a··→·");
+        // Expanded for side by side: the tab keeps its columns.
+        assert_eq!(plain(styled_chars(&line("a  \t"), true, true)), "a··→    ");
+        assert_eq!(plain(styled_chars(&line(" \t "), true, true)), "·→      ·");
+        // Inner spaces, unchanged lines and the comparison view: as they are.
+        assert_eq!(line_text(&off, &line("a b")), "a b");
+        let mut context = line("a  ");
+        context.tag = Tag::Context;
+        assert_eq!(line_text(&off, &context), "a  ");
+        assert_eq!(plain(styled_chars(&line("a  "), true, false)), "a  ");
     }
 
     #[test]
