@@ -2744,3 +2744,141 @@ fn escape_an_uninspectable_program_is_stopped_without_a_rw_grant_too() {
     );
     assert_stopped_for(&o, "cannot be inspected");
 }
+
+// ------------------------------------------------- hidden paths over time
+
+/// A read-only grant is a live view of the user's folder. Hidden paths in
+/// it stay hidden for the whole task: one the user's programs create only
+/// after the start (`gh auth login`, `git credential-store`), and one they
+/// replace by writing a new file and renaming it over the old (a cover
+/// mounted on the old file would go with it). The agent looks throughout;
+/// decided on what it could print.
+#[test]
+fn escape_hidden_paths_created_or_replaced_during_the_task_stay_hidden() {
+    let w = World::new();
+    let netrc = w.home.join(".netrc");
+    plant(&netrc);
+    let env = w.project.join(".env");
+    plant(&env);
+    std::fs::write(w.project.join("notes.txt"), "visible\n").unwrap();
+    chmod(&w.project.join("notes.txt"), 0o644);
+    let look = "for i in $(seq 1 40); do cat ~/.netrc ~/.git-credentials ~/.config/gh/hosts.yml $P/.env 2>/dev/null; sleep 0.1; done; cat $P/notes.txt";
+    let mut cmd = w.cmd(&[
+        "run",
+        "--grant",
+        &format!("{}:ro", w.home.display()),
+        "--deny",
+        &env.display().to_string(),
+        "--env",
+        &format!("P={}", w.project.display()),
+        "--",
+        "sh",
+        "-c",
+        look,
+    ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The user's programs at work meanwhile.
+    plant(&w.home.join(".git-credentials"));
+    plant(&w.home.join(".config/gh/hosts.yml"));
+    for f in [&netrc, &env] {
+        let tmp = f.with_extension("new");
+        std::fs::write(&tmp, SECRET).unwrap();
+        chmod(&tmp, 0o644);
+        std::fs::rename(&tmp, f).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        text(&o).contains("visible"),
+        "the grant was not readable: {}",
+        text(&o)
+    );
+    assert_no_secret(&o);
+}
+
+/// The sandbox's mounts receive nothing the host mounts after the start:
+/// a vault opened over a folder in a grant (here a tmpfs, as root) stays
+/// closed to the task. Root only (mounting on the host needs it).
+#[test]
+fn escape_host_mounts_made_during_the_task_do_not_show_inside() {
+    if !is_root() {
+        return;
+    }
+    let w = World::new();
+    // A folder on a mount with shared propagation, as a systemd machine's
+    // file systems are.
+    let shared = w.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let sh = |c: &str| Command::new("sh").args(["-c", c]).status().unwrap();
+    let shared_s = shared.display().to_string();
+    assert!(sh(&format!(
+        "mount -t tmpfs -o mode=0755 none {shared_s} && mount --make-shared {shared_s}"
+    ))
+    .success());
+    let vault = shared.join("proj/vault");
+    std::fs::create_dir_all(&vault).unwrap();
+    chmod(&shared.join("proj"), 0o755);
+    chmod(&vault, 0o755);
+    let mut cmd = w.cmd(&[
+        "run",
+        "--grant",
+        &format!("{}:ro", shared.join("proj").display()),
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "sleep 2; cat {}/secret.txt; ls {}",
+            vault.display(),
+            vault.display()
+        ),
+    ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let vault_s = vault.display().to_string();
+    sh(&format!("mount -t tmpfs none {vault_s} && echo {SECRET} > {vault_s}/secret.txt && chmod 644 {vault_s}/secret.txt"));
+    let o = child.wait_with_output().unwrap();
+    sh(&format!("umount {vault_s}; umount {shared_s}"));
+    assert_no_secret(&o);
+}
+
+/// `--deny=~/…` (no shell expands `~` there) and a relative `--deny` hide
+/// what they name; a grant inside a hidden folder is refused, not silently
+/// covered.
+#[test]
+fn deny_paths_with_a_tilde_or_relative_hide_what_they_name() {
+    let w = World::new();
+    let secret = w.home.join("proj2/.env");
+    plant(&secret);
+    std::fs::write(w.home.join("proj2/ok.txt"), "visible\n").unwrap();
+    chmod(&w.home.join("proj2/ok.txt"), 0o644);
+    let grant = format!("{}:ro", w.home.join("proj2").display());
+    let look = format!(
+        "cat {h}/proj2/ok.txt; cat {h}/proj2/.env",
+        h = w.home.display()
+    );
+    for deny in ["--deny=~/proj2/.env", "--deny=proj2/.env"] {
+        let mut c = w.cmd(&["run", "--grant", &grant, deny, "--", "sh", "-c", &look]);
+        c.current_dir(&w.home);
+        let o = output_within(c, Duration::from_secs(60));
+        assert!(text(&o).contains("visible"), "{deny}: {}", text(&o));
+        assert_no_secret(&o);
+    }
+    let aws = w.home.join(".aws/config");
+    plant(&aws);
+    let o = output_within(
+        w.cmd(&[
+            "run",
+            "--grant",
+            &format!("{}:ro", aws.display()),
+            "--",
+            "cat",
+            &aws.display().to_string(),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("hidden from every task"), "{}", text(&o));
+    assert_no_secret(&o);
+}

@@ -113,12 +113,40 @@ pub fn policy_from_args(a: &RunArgs) -> Result<Policy, crate::Error> {
     policy_onto(Policy::default(), a)
 }
 
+/// A `--deny` path as the user meant it: `~` is the home folder (a shell
+/// leaves it as it is in `--deny=~/x`), a relative path is from the current
+/// folder. Looked up inside the sandbox as given, a path that is not
+/// absolute would hide nothing.
+fn absolute_deny(d: &std::path::Path) -> Result<PathBuf, crate::Error> {
+    let s = d.as_os_str();
+    let home = crate::dirs::home_dir;
+    let p = if s == "~" {
+        home()
+    } else if let Ok(rest) = d.strip_prefix("~") {
+        home().join(rest)
+    } else if d.is_absolute() {
+        d.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| {
+                crate::Error::Invalid(format!(
+                    "--deny {}: {e} (the current folder is needed for a relative path; give an absolute one)",
+                    d.display()
+                ))
+            })?
+            .join(d)
+    };
+    Ok(p)
+}
+
 /// Adds the options to `p` (the defaults, or an agent profile's policy).
 pub fn policy_onto(mut p: Policy, a: &RunArgs) -> Result<Policy, crate::Error> {
     for g in &a.grants {
         p.grants.push(Grant::parse(g)?);
     }
-    p.deny.extend(a.deny.iter().cloned());
+    for d in &a.deny {
+        p.deny.push(absolute_deny(d)?);
+    }
     for e in &a.env {
         let (k, v) = e
             .split_once('=')
@@ -539,4 +567,24 @@ fn run_local(
         }
     }
     Ok((code, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn deny_paths_are_made_absolute_as_the_user_meant_them() {
+        let home = crate::dirs::home_dir();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute_deny(Path::new("~/p/.env")).unwrap(),
+            home.join("p/.env")
+        );
+        assert_eq!(absolute_deny(Path::new("~")).unwrap(), home);
+        assert_eq!(absolute_deny(Path::new(".env")).unwrap(), cwd.join(".env"));
+        assert_eq!(absolute_deny(Path::new("~x")).unwrap(), cwd.join("~x"));
+        assert_eq!(absolute_deny(Path::new("/a/b")).unwrap(), Path::new("/a/b"));
+    }
 }

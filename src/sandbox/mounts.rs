@@ -352,6 +352,217 @@ fn existing(
     }
 }
 
+/// The hidden paths inside the grant `grant` (not the grant itself, and
+/// not those inside a grant nested in it, which that one hides).
+fn hidden_inside<'a>(spec: &'a SandboxSpec, grant: &Path) -> Vec<&'a Path> {
+    let nested = |d: &Path| {
+        spec.ro
+            .iter()
+            .chain(spec.rw.iter().map(|m| &m.path))
+            .any(|g| g != grant && g.starts_with(grant) && d.starts_with(g))
+    };
+    let mut v: Vec<&Path> = spec
+        .deny
+        .iter()
+        .map(PathBuf::as_path)
+        .filter(|d| d.starts_with(grant) && *d != grant && !nested(d))
+        .collect();
+    // Parents first: a hidden folder's whiteout hides all below it.
+    v.sort_by_key(|d| d.components().count());
+    v
+}
+
+/// Where the whiteout layers of read-only grants are made: a small tmpfs
+/// in the skeleton, detached again before the pivot (each overlay keeps
+/// its own reference to its layer).
+#[derive(Default)]
+struct Masks {
+    dir: Option<std::os::fd::OwnedFd>,
+    made: usize,
+}
+
+/// Where [`Masks`] lives while the grants are mounted.
+const MASKS_AT: &str = "/.airlock-masks";
+
+impl Masks {
+    /// A layer that hides `hidden` (paths inside `grant`): a whiteout per
+    /// name, in folders as deep as needed.
+    fn layer(
+        &mut self,
+        root: std::os::fd::BorrowedFd<'_>,
+        hidden: &[&Path],
+        grant: &Path,
+        lower: &std::os::fd::OwnedFd,
+        in_the_way: &dyn Fn(&Path) -> StepError,
+    ) -> Result<std::os::fd::OwnedFd, StepError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let stage = "hide paths in a read-only grant";
+        if self.dir.is_none() {
+            let at = spot(root, Path::new(MASKS_AT), false, in_the_way)?;
+            tmpfs(
+                &at.proc_path(),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                "mode=0700,size=1m,nr_inodes=65536",
+            )?;
+            // The tmpfs just mounted, not the folder under it.
+            let top = super::sys::openat2(
+                root.as_raw_fd(),
+                Path::new(MASKS_AT.trim_start_matches('/')),
+                libc::O_PATH | libc::O_DIRECTORY,
+                BENEATH,
+            )
+            .map_err(|e| fail(stage, Path::new(MASKS_AT), e))?;
+            self.dir = Some(top);
+        }
+        let Some(top) = &self.dir else {
+            return Err(fail(stage, grant, "no layer folder"));
+        };
+        let name = self.made.to_string();
+        self.made += 1;
+        let layer = spot(
+            std::os::fd::AsFd::as_fd(top),
+            Path::new(&name),
+            false,
+            in_the_way,
+        )?;
+        for d in hidden {
+            let Ok(rel) = d.strip_prefix(grant) else {
+                continue;
+            };
+            let names: Vec<&std::ffi::OsStr> = rel
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(n) => Some(n),
+                    _ => None,
+                })
+                .collect();
+            // The whiteout goes where the grant's tree stops: at the hidden
+            // name, or at its first folder missing now (hiding whatever is
+            // made there later). A folder of the layer would stand in for
+            // the grant's own entry, so one is made only where the grant has
+            // a real folder; a link or a file on the way ends the search
+            // (the hidden path's real path is listed on its own).
+            let mut at = PathBuf::new();
+            let mut whiteout = None;
+            for (i, name) in names.iter().enumerate() {
+                at.push(name);
+                let last = i + 1 == names.len();
+                match super::sys::openat2(
+                    lower.as_raw_fd(),
+                    &at,
+                    libc::O_PATH | libc::O_NOFOLLOW,
+                    BENEATH,
+                ) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        whiteout = Some(at.clone());
+                        break;
+                    }
+                    // What the agent cannot look into either.
+                    Err(e) if e.raw_os_error() == Some(libc::EACCES) => break,
+                    Err(e) => return Err(fail(stage, d, e)),
+                    Ok(_) if last => whiteout = Some(at.clone()),
+                    Ok(fd) => {
+                        let st =
+                            nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| fail(stage, d, e))?;
+                        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                            break;
+                        }
+                    }
+                }
+            }
+            let Some(w) = whiteout else {
+                continue;
+            };
+            let (Some(last), parent) = (w.file_name(), w.parent()) else {
+                continue;
+            };
+            let parent = match parent.filter(|p| !p.as_os_str().is_empty()) {
+                None => None,
+                // A parent already whited out hides this one.
+                Some(p) => match super::sys::openat2(
+                    layer.0.as_raw_fd(),
+                    p,
+                    libc::O_PATH | libc::O_DIRECTORY,
+                    BENEATH,
+                ) {
+                    Ok(fd) => Some(fd),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
+                    Err(_) => Some(spot(layer.fd(), p, false, in_the_way)?.0),
+                },
+            };
+            let dirfd = parent
+                .as_ref()
+                .map_or(layer.0.as_raw_fd(), |p| p.as_raw_fd());
+            let c = std::ffi::CString::new(last.as_bytes()).map_err(|e| fail(stage, d, e))?;
+            // SAFETY: mknodat on a descriptor and a name we own; a character
+            // device 0:0 is overlayfs's whiteout (allowed without privilege).
+            let r = unsafe { libc::mknodat(dirfd, c.as_ptr(), libc::S_IFCHR, 0) };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(fail(stage, d, e));
+                }
+            }
+        }
+        Ok(layer.0)
+    }
+
+    /// Detaches the layers' tmpfs and removes its mount point.
+    fn finish(self, root: std::os::fd::BorrowedFd<'_>) -> Result<(), StepError> {
+        use std::os::fd::AsRawFd;
+        let Some(top) = self.dir else {
+            return Ok(());
+        };
+        drop(top);
+        let at = Path::new(MASKS_AT);
+        let fd = super::sys::openat2(
+            root.as_raw_fd(),
+            Path::new(MASKS_AT.trim_start_matches('/')),
+            libc::O_PATH | libc::O_DIRECTORY,
+            BENEATH,
+        )
+        .map_err(|e| fail("detach the hidden paths' layers", at, e))?;
+        let spot = Spot(fd);
+        umount2(&spot.proc_path(), MntFlags::MNT_DETACH)
+            .map_err(|e| fail("detach the hidden paths' layers", at, e))?;
+        drop(spot);
+        let name = std::ffi::CString::new(MASKS_AT.trim_start_matches('/'))
+            .map_err(|e| fail("remove", at, e))?;
+        // SAFETY: unlinkat of an empty folder in the skeleton we own.
+        if unsafe { libc::unlinkat(root.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
+            return Err(fail("remove", at, io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+/// A read-only grant with hidden paths in it: an overlay of `layer` (its
+/// whiteouts) over the grant, with no upper layer. Unlike a cover mounted
+/// on a file, a whiteout hides the name for the whole task, whatever the
+/// user's programs create, replace or mount there meanwhile.
+fn read_only_overlay(
+    grant: &Path,
+    layer: &std::os::fd::OwnedFd,
+    lower: &std::os::fd::OwnedFd,
+    dst: &Spot,
+) -> Result<(), StepError> {
+    use std::os::fd::AsRawFd;
+    let opts = format!(
+        "lowerdir=/proc/self/fd/{}:/proc/self/fd/{},userxattr",
+        layer.as_raw_fd(),
+        lower.as_raw_fd()
+    );
+    mount(
+        Some("overlay"),
+        &dst.proc_path(),
+        Some("overlay"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| fail("mount read-only grant with hidden paths", grant, e))
+}
+
 /// One mount of the user's area (tmp, home, grants), applied parents first.
 enum Item<'a> {
     Tmp,
@@ -376,12 +587,14 @@ impl Item<'_> {
 /// PID 1 does this before its plan arrives; [`build_rest`] finishes.
 pub fn build_base(base: &SandboxBase) -> Result<(), StepError> {
     let r = base.root_mount.as_path();
-    // Nothing we mount may propagate back to the host.
+    // Nothing we mount may propagate back to the host, nor anything the
+    // host mounts later into the sandbox (a vault opened over a folder with
+    // a hidden path in a grant would show through a slave mount).
     mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
     .map_err(|e| fail("make mounts private", Path::new("/"), e))?;
@@ -426,6 +639,8 @@ pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
     let root = fs::File::open(r).map_err(|e| fail("open new root", r, e))?;
     let root = std::os::fd::AsFd::as_fd(&root);
     let in_the_way = |shown: &Path| in_the_way(spec, shown);
+
+    let mut masks = Masks::default();
 
     // The user's area, parents before children so a nested grant lands on
     // top of the folder that contains it.
@@ -485,6 +700,12 @@ pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
                     .map_err(|e| fail("open grant", src, e))?;
                 let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
                 let dst = spot(root, path, !is_dir, &in_the_way)?;
+                let hidden = hidden_inside(spec, src);
+                if is_dir && !hidden.is_empty() {
+                    let layer = masks.layer(root, &hidden, src, &fd, &in_the_way)?;
+                    read_only_overlay(src, &layer, &fd, &dst)?;
+                    continue;
+                }
                 bind_fd_with_attrs(
                     std::os::fd::AsFd::as_fd(&fd),
                     To::Fd(dst.fd()),
@@ -499,6 +720,8 @@ pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
             }
         }
     }
+
+    masks.finish(root)?;
 
     // Hidden paths: an empty, read-only, unlistable folder, or /dev/null
     // bound read-only on a nodev mount (so it cannot even be opened). Each

@@ -312,6 +312,18 @@ pub fn plan(
         expanded.insert(d);
     }
 
+    // A grant in a hidden folder would be covered with the folder: the
+    // agent would meet "permission denied" with nothing saying why.
+    for g in ro.iter().chain(rw.iter().map(|m| &m.path)) {
+        if let Some(d) = expanded.iter().find(|d| g.starts_with(d)) {
+            return Err(Error::Invalid(format!(
+                "--grant {}: {} is hidden from every task (Airlock's list of secrets and its own folders, or --deny); grant something outside it",
+                g.display(),
+                d.display()
+            )));
+        }
+    }
+
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| passes_through(k))
         .collect();
