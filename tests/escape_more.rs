@@ -2882,3 +2882,37 @@ fn deny_paths_with_a_tilde_or_relative_hide_what_they_name() {
     assert!(text(&o).contains("hidden from every task"), "{}", text(&o));
     assert_no_secret(&o);
 }
+
+/// The same in a read-write grant, for a hidden name that did not exist at
+/// the start: the user's file made on the host meanwhile stays out of the
+/// agent's view, and the agent's own writes still work.
+#[test]
+fn escape_a_hidden_name_made_on_the_host_during_the_task_stays_hidden_in_a_rw_grant() {
+    let w = World::new();
+    let env = w.project.join(".env");
+    let look = "for i in $(seq 1 30); do cat .env 2>/dev/null; sleep 0.1; done; echo mine > mine.txt && echo wrote";
+    let mut cmd = w.cmd(&[
+        "run",
+        "--grant",
+        &format!("{}:rw", w.project.display()),
+        "--deny",
+        &env.display().to_string(),
+        "--",
+        "sh",
+        "-c",
+        look,
+    ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    plant(&env);
+    // Memory pressure drops the overlay's cached "no such name"; as root
+    // the test can cause that at once.
+    if is_root() {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(text(&o).contains("wrote"), "{}", text(&o));
+    assert_no_secret(&o);
+    assert_eq!(std::fs::read_to_string(&env).unwrap(), SECRET);
+}

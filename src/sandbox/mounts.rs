@@ -385,14 +385,16 @@ struct Masks {
 const MASKS_AT: &str = "/.airlock-masks";
 
 impl Masks {
-    /// A layer that hides `hidden` (paths inside `grant`): a whiteout per
-    /// name, in folders as deep as needed.
+    /// A layer that hides `hidden` (paths inside `grant`, whose folder is
+    /// open as `lower`): a whiteout per name, in folders as deep as needed;
+    /// with `missing_only`, only for names the grant does not have now.
     fn layer(
         &mut self,
         root: std::os::fd::BorrowedFd<'_>,
         hidden: &[&Path],
         grant: &Path,
         lower: &std::os::fd::OwnedFd,
+        missing_only: bool,
         in_the_way: &dyn Fn(&Path) -> StepError,
     ) -> Result<std::os::fd::OwnedFd, StepError> {
         use std::os::fd::AsRawFd;
@@ -461,7 +463,11 @@ impl Masks {
                     // What the agent cannot look into either.
                     Err(e) if e.raw_os_error() == Some(libc::EACCES) => break,
                     Err(e) => return Err(fail(stage, d, e)),
-                    Ok(_) if last => whiteout = Some(at.clone()),
+                    Ok(_) if last => {
+                        if !missing_only {
+                            whiteout = Some(at.clone());
+                        }
+                    }
                     Ok(fd) => {
                         let st =
                             nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| fail(stage, d, e))?;
@@ -702,7 +708,7 @@ pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
                 let dst = spot(root, path, !is_dir, &in_the_way)?;
                 let hidden = hidden_inside(spec, src);
                 if is_dir && !hidden.is_empty() {
-                    let layer = masks.layer(root, &hidden, src, &fd, &in_the_way)?;
+                    let layer = masks.layer(root, &hidden, src, &fd, false, &in_the_way)?;
                     read_only_overlay(src, &layer, &fd, &dst)?;
                     continue;
                 }
@@ -716,7 +722,18 @@ pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
             Item::Rw(m) => {
                 let lower = open_grant(spec, &m.path, libc::O_RDONLY | libc::O_DIRECTORY)?;
                 let dst = spot(root, path, false, &in_the_way)?;
-                overlay(m, lower, &dst.proc_path())?;
+                // Hidden names missing now get whiteouts, so that one the
+                // user makes on the host meanwhile does not show through;
+                // those there now are covered below, on the overlay's own
+                // entries (which the host's renames leave in place).
+                let hidden = hidden_inside(spec, &m.path);
+                let layer = match hidden.is_empty() {
+                    true => None,
+                    false => {
+                        Some(masks.layer(root, &hidden, &m.path, &lower, true, &in_the_way)?)
+                    }
+                };
+                overlay(m, layer.as_ref(), lower, &dst.proc_path())?;
             }
         }
     }
@@ -769,6 +786,7 @@ pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
 
 fn overlay(
     m: &super::spec::RwMount,
+    mask: Option<&std::os::fd::OwnedFd>,
     lower: std::os::fd::OwnedFd,
     dst: &Path,
 ) -> Result<(), StepError> {
@@ -777,8 +795,11 @@ fn overlay(
     // colons, backslashes, newlines) can be read as a mount option.
     let open = |p: &Path| fs::File::open(p).map_err(|e| fail("open overlay layer", p, e));
     let (upper, work) = (open(&m.upper)?, open(&m.work)?);
+    let mask = mask.map_or(String::new(), |f| {
+        format!("/proc/self/fd/{}:", f.as_raw_fd())
+    });
     let opts = format!(
-        "lowerdir=/proc/self/fd/{},upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{},userxattr",
+        "lowerdir={mask}/proc/self/fd/{},upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{},userxattr",
         lower.as_raw_fd(),
         upper.as_raw_fd(),
         work.as_raw_fd()
