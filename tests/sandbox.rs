@@ -1119,3 +1119,26 @@ fn a_task_whose_end_was_not_written_can_still_be_reviewed_and_rejected() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!w.project.join("written.txt").exists());
 }
+
+/// A file granted by a link (dotfile managers keep `~/.gitconfig` as one)
+/// is there at the path it was granted by, not only at its real path.
+#[test]
+fn a_grant_given_by_a_link_is_there_by_that_name_too() {
+    let w = World::new();
+    let real = w.home.join("dotfiles/gitconfig");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::write(&real, "[user]\n\tname = Someone\n").unwrap();
+    chmod(real.parent().unwrap(), 0o755);
+    chmod(&real, 0o644);
+    let link = w.home.join(".gitconfig");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let o = w.run(
+        &["--grant", &format!("{}:ro", link.display())],
+        &format!("cat {}", link.display()),
+    );
+    assert!(
+        o.status.success() && text(&o).contains("name = Someone"),
+        "{}",
+        text(&o)
+    );
+}

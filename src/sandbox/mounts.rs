@@ -569,6 +569,44 @@ fn read_only_overlay(
     .map_err(|e| fail("mount read-only grant with hidden paths", grant, e))
 }
 
+/// Links at the paths grants were given by (see [`SandboxSpec::aliases`]),
+/// where the sandbox's own folders hold them: never in a grant or a
+/// persistent home (host folders), never over something there. A
+/// convenience only, so a place that does not suit is skipped.
+fn make_aliases(spec: &SandboxSpec, root: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let in_host_folder = |p: &Path| {
+        spec.ro.iter().any(|g| p.starts_with(g))
+            || spec.rw.iter().any(|g| p.starts_with(&g.path))
+            || (spec.persistent_home.is_some() && p.starts_with(&spec.user.home))
+    };
+    for (given, real) in &spec.aliases {
+        let (Some(parent), Some(name)) = (given.parent(), given.file_name()) else {
+            continue;
+        };
+        if in_host_folder(given) || spec.deny.iter().any(|d| given.starts_with(d)) {
+            continue;
+        }
+        let refuse = |_: &Path| StepError {
+            stage: String::new(),
+            message: String::new(),
+        };
+        let Ok(dir) = spot(root, parent, false, &refuse) else {
+            continue;
+        };
+        let (Ok(target), Ok(name)) = (
+            std::ffi::CString::new(real.as_os_str().as_bytes()),
+            std::ffi::CString::new(name.as_bytes()),
+        ) else {
+            continue;
+        };
+        // SAFETY: symlinkat on a descriptor and strings we own; it never
+        // replaces what is there.
+        unsafe { libc::symlinkat(target.as_ptr(), dir.0.as_raw_fd(), name.as_ptr()) };
+    }
+}
+
 /// One mount of the user's area (tmp, home, grants), applied parents first.
 enum Item<'a> {
     Tmp,
@@ -739,6 +777,7 @@ pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
     }
 
     masks.finish(root)?;
+    make_aliases(spec, root);
 
     // Hidden paths: an empty, read-only, unlistable folder, or /dev/null
     // bound read-only on a nodev mount (so it cannot even be opened). Each

@@ -241,8 +241,17 @@ pub fn plan(
     let mut rw = Vec::new();
     let mut layers = Vec::new();
     let mut grant_ids = Vec::new();
+    let mut aliases = Vec::new();
     for g in &policy.grants {
         let real = resolve_grant(&g.path, g.access)?;
+        // Granted by a link (a dotfile manager's `~/.gitconfig`): the
+        // sandbox shows the link too, not only what it points to.
+        if let Ok(cwd) = std::env::current_dir() {
+            let given = cwd.join(&g.path);
+            if given != real && given.is_absolute() && !given.ends_with("..") {
+                aliases.push((given, real.clone()));
+            }
+        }
         {
             use std::os::unix::fs::MetadataExt;
             let m = std::fs::symlink_metadata(&real).map_err(|e| Error::io(&real, e))?;
@@ -401,6 +410,7 @@ pub fn plan(
         ro,
         rw,
         grant_ids,
+        aliases,
         deny: expanded.into_iter().collect(),
         persistent_home: None,
         limits: policy.limits.clone(),

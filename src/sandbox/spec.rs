@@ -71,6 +71,11 @@ pub struct SandboxSpec {
     /// The identity of every grant (`ro` and `rw`) when it was planned.
     #[serde(default)]
     pub grant_ids: Vec<GrantId>,
+    /// Grants given by a path with links on the way: (that path, the
+    /// grant's real path). The sandbox makes a link at the first where it
+    /// can (not in a persistent home, a grant, or where something is).
+    #[serde(default)]
+    pub aliases: Vec<(PathBuf, PathBuf)>,
     /// Paths hidden behind an empty read-only mount.
     pub deny: Vec<PathBuf>,
     /// A folder bound as `$HOME` instead of an empty tmpfs.
