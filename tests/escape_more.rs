@@ -2916,3 +2916,38 @@ fn escape_a_hidden_name_made_on_the_host_during_the_task_stays_hidden_in_a_rw_gr
     assert_no_secret(&o);
     assert_eq!(std::fs::read_to_string(&env).unwrap(), SECRET);
 }
+
+/// A read-only grant that holds another file system cannot be laid over
+/// with whiteouts (the kernel keeps such mounts as they are in the
+/// sandbox): its hidden paths are covered as they are at the start, and
+/// the task's report says plainly that later ones are not. Root only
+/// (mounting on the host needs it).
+#[test]
+fn a_grant_holding_another_file_system_says_how_its_hidden_paths_are_hidden() {
+    if !is_root() {
+        return;
+    }
+    let w = World::new();
+    let inner = w.project.join("mnt");
+    std::fs::create_dir_all(&inner).unwrap();
+    let inner_s = inner.display().to_string();
+    let sh = |c: &str| Command::new("sh").args(["-c", c]).status().unwrap();
+    assert!(sh(&format!("mount -t tmpfs -o mode=0755 none {inner_s}")).success());
+    let env = w.project.join(".env");
+    plant(&env);
+    let o = w.run(
+        &[
+            "-v",
+            "--grant",
+            &format!("{}:ro", w.project.display()),
+            "--deny",
+            &env.display().to_string(),
+        ],
+        &format!("cat {} 2>&1; ls {inner_s} && echo listed", env.display()),
+    );
+    sh(&format!("umount {inner_s}"));
+    let t = text(&o);
+    assert_no_secret(&o);
+    assert!(t.contains("listed"), "{t}");
+    assert!(t.contains("covered as they were at the start"), "{t}");
+}

@@ -381,9 +381,10 @@ fn pid1(base: SandboxBase, mut ctl: Control, drained: Option<std::os::fd::OwnedF
             "the plan does not match the sandbox it was sent to",
         );
     }
-    if let Err(e) = mounts::build_rest(&spec) {
-        ctl.fail(&e.stage, e.message);
-    }
+    let hidden = match mounts::build_rest(&spec) {
+        Ok(h) => h,
+        Err(e) => ctl.fail(&e.stage, e.message),
+    };
     // The forwarder listens before the agent exists; PID 1 reaps it.
     if let Err(e) = super::net::start_forwarder(&spec) {
         ctl.fail("start the network forwarder", e);
@@ -424,7 +425,7 @@ fn pid1(base: SandboxBase, mut ctl: Control, drained: Option<std::os::fd::OwnedF
     let agent = match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             drop(sync_ours);
-            agent(&spec, ctl, sync_agent)
+            agent(&spec, &hidden, ctl, sync_agent)
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
         Err(e) => ctl.fail("start agent", e),
@@ -525,7 +526,12 @@ fn pass_listener(agent: libc::pid_t, sync: &mut UnixStream, ctl: &mut Control) {
 }
 
 /// The agent's last steps before `exec`, most powerful first.
-fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
+fn agent(
+    spec: &SandboxSpec,
+    hidden: &mounts::HiddenReport,
+    mut ctl: Control,
+    mut sync: UnixStream,
+) -> ! {
     // Handlers installed by PID 1 must not leak into the agent.
     for sig in [
         libc::SIGINT,
@@ -663,6 +669,28 @@ fn agent(spec: &SandboxSpec, mut ctl: Control, mut sync: UnixStream) -> ! {
         }),
     ));
     layers.push(limits::inotify_enforced());
+    if hidden.whiteouts > 0 || !hidden.covered_at_start.is_empty() {
+        let covered: Vec<String> = hidden
+            .covered_at_start
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        layers.push(enforced(
+            "hidden-paths",
+            format!(
+                "whiteouts over {} of {} read-only grants",
+                hidden.whiteouts,
+                hidden.whiteouts + hidden.covered_at_start.len()
+            ),
+            if covered.is_empty() { "overlayfs" } else { "mounts" },
+            (!covered.is_empty()).then(|| {
+                format!(
+                    "other file systems are mounted in {}: hidden paths there are covered as they were at the start, so one created or replaced there during the task is not hidden",
+                    covered.join(", ")
+                )
+            }),
+        ));
+    }
     for (what, value) in [
         ("namespaces", "user, mount, pid, net, ipc, uts, cgroup"),
         ("network", super::net::summary(spec)),

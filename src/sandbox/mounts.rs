@@ -533,11 +533,12 @@ impl Masks {
         umount2(&spot.proc_path(), MntFlags::MNT_DETACH)
             .map_err(|e| fail("detach the hidden paths' layers", at, e))?;
         drop(spot);
-        let name = std::ffi::CString::new(MASKS_AT.trim_start_matches('/'))
-            .map_err(|e| fail("remove", at, e))?;
-        // SAFETY: unlinkat of an empty folder in the skeleton we own.
-        if unsafe { libc::unlinkat(root.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
-            return Err(fail("remove", at, io::Error::last_os_error()));
+        // The empty folder goes too, unless a grant's recursive bind copied
+        // the tmpfs while it was there (the root is built inside the state
+        // folder, which a grant may hold): then it stays, empty.
+        if let Ok(name) = std::ffi::CString::new(MASKS_AT.trim_start_matches('/')) {
+            // SAFETY: unlinkat of an empty folder in the skeleton we own.
+            unsafe { libc::unlinkat(root.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) };
         }
         Ok(())
     }
@@ -548,11 +549,10 @@ impl Masks {
 /// on a file, a whiteout hides the name for the whole task, whatever the
 /// user's programs create, replace or mount there meanwhile.
 fn read_only_overlay(
-    grant: &Path,
     layer: &std::os::fd::OwnedFd,
     lower: &std::os::fd::OwnedFd,
     dst: &Spot,
-) -> Result<(), StepError> {
+) -> nix::Result<()> {
     use std::os::fd::AsRawFd;
     let opts = format!(
         "lowerdir=/proc/self/fd/{}:/proc/self/fd/{},userxattr",
@@ -566,7 +566,6 @@ fn read_only_overlay(
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(opts.as_str()),
     )
-    .map_err(|e| fail("mount read-only grant with hidden paths", grant, e))
 }
 
 /// Links at the paths grants were given by (see [`SandboxSpec::aliases`]),
@@ -669,10 +668,21 @@ pub fn build_base(base: &SandboxBase) -> Result<(), StepError> {
     build_dev(&r.join("dev"))
 }
 
+/// How [`build_rest`] hid the hidden paths inside read-only grants.
+#[derive(Debug, Default)]
+pub struct HiddenReport {
+    /// Grants laid over with a layer of whiteouts.
+    pub whiteouts: usize,
+    /// Grants holding other file systems, whose hidden paths were covered
+    /// as they were at the start.
+    pub covered_at_start: Vec<PathBuf>,
+}
+
 /// Adds what the plan decides to the root [`build_base`] made (the
 /// resolver's configuration, `/tmp`, `$HOME`, the grants, the hidden
 /// paths, the proxy's socket), makes it read-only and pivots into it.
-pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
+pub fn build_rest(spec: &SandboxSpec) -> Result<HiddenReport, StepError> {
+    let mut report = HiddenReport::default();
     let r = spec.root_mount.as_path();
     write_file(&r.join("etc").join("resolv.conf"), &spec.resolv_conf)?;
 
@@ -747,8 +757,22 @@ pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
                 let hidden = hidden_inside(spec, src);
                 if is_dir && !hidden.is_empty() {
                     let layer = masks.layer(root, &hidden, src, &fd, false, &in_the_way)?;
-                    read_only_overlay(src, &layer, &fd, &dst)?;
-                    continue;
+                    match read_only_overlay(&layer, &fd, &dst) {
+                        Ok(()) => {
+                            report.whiteouts += 1;
+                            continue;
+                        }
+                        // Other file systems mounted inside the grant: the
+                        // kernel will not lay an overlay over a folder with
+                        // mounts it must keep (locked in our namespace).
+                        // Covers at the start it is, and the report says so.
+                        Err(nix::errno::Errno::EINVAL) => {
+                            report.covered_at_start.push(src.to_path_buf())
+                        }
+                        Err(e) => {
+                            return Err(fail("mount read-only grant with hidden paths", src, e))
+                        }
+                    }
                 }
                 bind_fd_with_attrs(
                     std::os::fd::AsFd::as_fd(&fd),
@@ -820,7 +844,8 @@ pub fn build_rest(spec: &SandboxSpec) -> Result<(), StepError> {
         Some("mode=0755,size=16m"),
     )
     .map_err(|e| fail("make root read-only", r, e))?;
-    pivot(r)
+    pivot(r)?;
+    Ok(report)
 }
 
 fn overlay(
