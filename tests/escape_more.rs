@@ -1828,8 +1828,10 @@ print("\x1b[8m", end="")
     );
 }
 
-/// A grant of the host's /tmp hides what lives there for the session:
-/// ssh-agent and tmux folders, session buses, Kerberos ticket caches.
+/// `/tmp` as a whole cannot be granted: other sessions keep their secrets
+/// there (Kerberos ticket caches, ssh agents) under names that appear at
+/// any time, which no list made at the start hides. Refused, and nothing
+/// of the secrets planted there is shown.
 #[test]
 fn escape_session_secrets_in_a_granted_tmp() {
     let w = World::new();
@@ -1847,19 +1849,22 @@ fn escape_session_secrets_in_a_granted_tmp() {
     chmod(&ssh, 0o755);
     std::fs::write(ssh.join("agent.1"), SECRET).unwrap();
     chmod(&ssh.join("agent.1"), 0o644);
-    let o = w.run(
-        &["--grant", "/tmp:ro"],
-        &format!(
-            "cat {k} 2>&1; cat {s}/agent.1 2>&1; ls /tmp | grep airlocktest; echo end",
-            k = krb.display(),
-            s = ssh.display()
-        ),
-    );
+    for grant in ["/tmp:ro", "/tmp:rw", "/tmp/.:ro"] {
+        let o = w.run(
+            &["--grant", grant],
+            &format!(
+                "cat {k} 2>&1; cat {s}/agent.1 2>&1; ls /tmp | grep airlocktest; echo end",
+                k = krb.display(),
+                s = ssh.display()
+            ),
+        );
+        let t = text(&o);
+        assert!(!o.status.success() && !t.contains("end"), "{grant}: {t}");
+        assert!(t.contains("other sessions' secrets"), "{grant}: {t}");
+        assert_no_secret(&o);
+    }
     let _ = std::fs::remove_file(&krb);
     let _ = std::fs::remove_dir_all(&ssh);
-    let t = text(&o);
-    assert!(t.contains("end"), "{t}");
-    assert_no_secret(&o);
 }
 
 /// An agent that leaves unreadable entries in its layer (`chmod 000`) must
@@ -2950,4 +2955,105 @@ fn a_grant_holding_another_file_system_says_how_its_hidden_paths_are_hidden() {
     assert_no_secret(&o);
     assert!(t.contains("listed"), "{t}");
     assert!(t.contains("covered as they were at the start"), "{t}");
+}
+
+/// A hidden path behind a folder the sandbox may not search (mode 000, or
+/// as root a folder of an unmapped user): the task starts, and in a
+/// read-write grant the agent, which may change the mode of its own copy
+/// of the folder, still cannot reach it.
+#[test]
+fn escape_a_hidden_path_behind_an_unsearchable_folder() {
+    let w = World::new();
+    let locked = w.project.join("locked");
+    plant(&locked.join("secret.txt"));
+    chmod(&locked, 0o000);
+    // As root, the folder of a user the sandbox does not map (a service's
+    // data folder): even PID 1 may not search it.
+    if is_root() {
+        std::os::unix::fs::chown(&locked, Some(1234), Some(1234)).unwrap();
+        chmod(&locked, 0o700);
+    }
+    let o = w.run(
+        &[
+            "--grant",
+            &format!("{}:rw", w.project.display()),
+            "--deny",
+            &locked.join("secret.txt").display().to_string(),
+        ],
+        "chmod 755 locked 2>&1; cat locked/secret.txt 2>&1; echo end",
+    );
+    chmod(&locked, 0o755);
+    let t = text(&o);
+    assert!(t.contains("end"), "{t}");
+    assert_no_secret(&o);
+}
+
+/// `..` in a hidden path is taken by name (`a/missing/../b` is `a/b`), and
+/// a grant given with `..` gets no link at a place it does not name.
+#[test]
+fn hidden_paths_and_grants_with_dot_dot_mean_what_they_say() {
+    let w = World::new();
+    plant(&w.project.join("secret.txt"));
+    for access in ["ro", "rw"] {
+        let o = w.run(
+            &[
+                "--grant",
+                &format!("{}:{access}", w.project.display()),
+                "--deny",
+                &format!("{}/nope/../secret.txt", w.project.display()),
+            ],
+            "cat secret.txt 2>&1; echo end",
+        );
+        assert!(text(&o).contains("end"), "{}", text(&o));
+        assert_no_secret(&o);
+    }
+    // cd app; --grant lib:rw --grant ../lib/sub:ro: nothing is made in
+    // the read-write grant.
+    let app = w.home.join("app");
+    let sub = app.join("lib/sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    for d in [&app, &app.join("lib"), &sub] {
+        chmod(d, 0o777);
+    }
+    let mut c = w.cmd(&[
+        "run",
+        "--grant",
+        "lib:rw",
+        "--grant",
+        "../app/lib/sub:ro",
+        "--",
+        "true",
+    ]);
+    c.current_dir(&app);
+    let o = output_within(c, Duration::from_secs(60));
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("no files changed"), "{}", text(&o));
+}
+
+/// The whiteout layer's folders show as the grant's own: same mode, so
+/// that the agent's writes under them commit no change of mode it never
+/// made.
+#[test]
+fn folders_holding_hidden_names_keep_their_mode() {
+    let w = World::new();
+    let private = w.project.join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    let mode = if is_root() { 0o777 } else { 0o700 };
+    chmod(&private, mode);
+    let o = w.run(
+        &[
+            "--grant",
+            &format!("{}:rw", w.project.display()),
+            "--deny",
+            &private.join(".env").display().to_string(),
+        ],
+        "stat -c MODE=%a private; echo x > private/x",
+    );
+    let t = text(&o);
+    assert!(t.contains(&format!("MODE={mode:o}")), "{t}");
+    let task = w.tasks().pop().unwrap();
+    let id = task.file_name().unwrap().to_string_lossy().into_owned();
+    let c = output_within(w.cmd(&["changes", &id]), Duration::from_secs(30));
+    let ct = text(&c);
+    assert!(ct.contains("private/x") && !ct.contains('→'), "{ct}");
 }

@@ -268,13 +268,20 @@ impl Starting {
                 "the plan does not match the sandbox being built".into(),
             ));
         }
+        // Encoded first: a plan that cannot be (a name that is not UTF-8)
+        // ends the helper here, which would otherwise wait for it forever.
+        let frame = spec::frame(spec)
+            .map_err(|e| crate::Error::Sandbox(format!("cannot encode the plan: {e}")))?;
         let Some((child, ours)) = self.parts.take() else {
             return Err(crate::Error::Sandbox("the helper was used already".into()));
         };
         // A helper that failed while building the base has said why on the
         // socket, and `setup` reads it: its refusal of the plan is no more
         // than a consequence.
-        let plan_lost = spec::write_frame(&ours, spec).err();
+        let plan_lost = {
+            use std::io::Write;
+            (&ours).write_all(&frame).err()
+        };
         // Needed once the agent's listener arrives; made while the helper
         // builds the sandbox.
         let monitor_ctx = spec.watch.map(|level| monitor_context(spec, level));

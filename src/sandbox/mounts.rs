@@ -225,6 +225,9 @@ fn spot(
     in_the_way: &dyn Fn(&Path) -> StepError,
 ) -> Result<Spot, StepError> {
     use std::os::fd::AsRawFd;
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(fail("create mount point", path, "a path with `..` in it"));
+    }
     let names: Vec<&std::ffi::OsStr> = path
         .components()
         .filter_map(|c| match c {
@@ -323,6 +326,9 @@ fn existing(
     path: &Path,
 ) -> Result<Option<(Spot, libc::mode_t)>, StepError> {
     use std::os::fd::AsRawFd;
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(fail("hide", path, "a path with `..` in it"));
+    }
     let rel: PathBuf = path
         .components()
         .filter(|c| matches!(c, Component::Normal(_)))
@@ -348,6 +354,9 @@ fn existing(
         {
             Ok(None)
         }
+        // Behind a folder PID 1 may not search, as the agent may not: in a
+        // grant a whiteout hides the name already (see `Masks::layer`).
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => Ok(None),
         Err(e) => Err(fail("hide", path, e)),
     }
 }
@@ -428,6 +437,7 @@ impl Masks {
             false,
             in_the_way,
         )?;
+        let mut made: Vec<PathBuf> = Vec::new();
         for d in hidden {
             let Ok(rel) = d.strip_prefix(grant) else {
                 continue;
@@ -460,8 +470,14 @@ impl Masks {
                         whiteout = Some(at.clone());
                         break;
                     }
-                    // What the agent cannot look into either.
-                    Err(e) if e.raw_os_error() == Some(libc::EACCES) => break,
+                    // A folder on the way we may not search: the agent
+                    // could not either, but in a read-write grant it may
+                    // change the folder's mode (its own copy). Hidden at
+                    // this name, whether it is there or not.
+                    Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                        whiteout = Some(at.clone());
+                        break;
+                    }
                     Err(e) => return Err(fail(stage, d, e)),
                     Ok(_) if last => {
                         if !missing_only {
@@ -494,7 +510,10 @@ impl Masks {
                 ) {
                     Ok(fd) => Some(fd),
                     Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
-                    Err(_) => Some(spot(layer.fd(), p, false, in_the_way)?.0),
+                    Err(_) => {
+                        made.push(p.to_path_buf());
+                        Some(spot(layer.fd(), p, false, in_the_way)?.0)
+                    }
                 },
             };
             let dirfd = parent
@@ -511,6 +530,20 @@ impl Masks {
                 }
             }
         }
+        // Last, and deepest first: a folder given mode 000 cannot be
+        // entered to fill it, nor to reach the folders below it.
+        let mut folders: Vec<PathBuf> = made
+            .iter()
+            .flat_map(|p| p.ancestors().map(Path::to_path_buf).collect::<Vec<_>>())
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        folders.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        folders.dedup();
+        for f in &folders {
+            like_the_grant(&layer.0, lower, f);
+        }
+        // The layer's top shows as the grant's own folder.
+        like_the_grant(&layer.0, lower, Path::new("."));
         Ok(layer.0)
     }
 
@@ -541,6 +574,37 @@ impl Masks {
             unsafe { libc::unlinkat(root.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) };
         }
         Ok(())
+    }
+}
+
+/// Gives the layer's folder `rel` the mode and owner of the grant's own (a merged folder shows the top layer's): the agent must see
+/// and may use them as they are. An owner the sandbox cannot map stays
+/// ours; the agent was not that owner either.
+fn like_the_grant(layer: &std::os::fd::OwnedFd, lower: &std::os::fd::OwnedFd, rel: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(real) = super::sys::openat2(
+        lower.as_raw_fd(),
+        rel,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        BENEATH,
+    ) else {
+        return;
+    };
+    let (Ok(st), Ok(ours)) = (
+        nix::sys::stat::fstat(real.as_raw_fd()),
+        super::sys::openat2(
+            layer.as_raw_fd(),
+            rel,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            BENEATH,
+        ),
+    ) else {
+        return;
+    };
+    // SAFETY: fchown/fchmod on a descriptor of our own layer's folder.
+    unsafe {
+        libc::fchown(ours.as_raw_fd(), st.st_uid, st.st_gid);
+        libc::fchmod(ours.as_raw_fd(), st.st_mode & 0o7777);
     }
 }
 

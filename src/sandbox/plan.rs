@@ -24,23 +24,6 @@ const SYSTEM_PREFIXES: &[&str] = &[
 /// Folders of the desktop's sockets and session state: no grant may be
 /// inside one or hold one.
 const RUNTIME_PREFIXES: &[&str] = &["/run", "/var/run"];
-/// Entries of the host's `/tmp` hidden inside a grant of it: the display's
-/// sockets, session buses, ssh and gpg agents, terminal multiplexers,
-/// services' private folders, Kerberos tickets.
-const TMP_PRIVATE: &[&str] = &[
-    ".X11-unix",
-    ".ICE-unix",
-    ".font-unix",
-    "dbus-",
-    "ssh-",
-    "tmux-",
-    "screen",
-    "gpg-",
-    "pulse-",
-    "systemd-private-",
-    "krb5cc",
-];
-
 /// The sockets our own environment names: the session bus, the ssh agent,
 /// a container engine, the sound server, the Wayland display. Hidden
 /// wherever a grant would show them: a task allowed unix sockets could
@@ -80,23 +63,6 @@ fn env_sockets() -> Vec<PathBuf> {
     v
 }
 
-/// What of the host's `/tmp` a grant of it must not show (see
-/// [`TMP_PRIVATE`]). Only what exists: anything else is not in the grant.
-fn tmp_private_entries() -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir("/tmp") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            TMP_PRIVATE
-                .iter()
-                .any(|p| name.to_string_lossy().starts_with(p))
-        })
-        .map(|e| e.path())
-        .collect()
-}
-
 /// Environment variables passed through from the caller; everything else
 /// (display, session bus, agent sockets, tokens) stays outside.
 fn passes_through(key: &str) -> bool {
@@ -104,6 +70,27 @@ fn passes_through(key: &str) -> bool {
         key,
         "PATH" | "LANG" | "LANGUAGE" | "TERM" | "TZ" | "COLORTERM" | "NO_COLOR"
     ) || key.starts_with("LC_")
+}
+
+/// `p` with `.` dropped and each `..` taking away the name before it, by
+/// the names alone (`/..` stays `/`).
+pub fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if out.parent().is_some() {
+                    out.pop();
+                } else if !out.has_root() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Resolves and checks one grant path.
@@ -136,6 +123,15 @@ fn resolve_grant(path: &Path, access: Access) -> Result<PathBuf, Error> {
             "--grant {}: {} holds the desktop's sockets (session bus, display, key agents) and cannot be granted; grant a folder of your own",
             real.display(),
             p.display()
+        )));
+    }
+    // Other sessions keep their secrets there (Kerberos tickets, ssh and
+    // gpg agents, multiplexers' sockets) under names that appear at any
+    // time, which no list made at the start can hide.
+    if real == Path::new("/tmp") {
+        return Err(Error::Invalid(format!(
+            "--grant {}: /tmp as a whole holds other sessions' secrets (Kerberos tickets, ssh agents), which can appear while the task runs; grant the folder inside it that the task needs",
+            path.display()
         )));
     }
     if access == Access::Rw && !real.is_dir() {
@@ -247,8 +243,8 @@ pub fn plan(
         // Granted by a link (a dotfile manager's `~/.gitconfig`): the
         // sandbox shows the link too, not only what it points to.
         if let Ok(cwd) = std::env::current_dir() {
-            let given = cwd.join(&g.path);
-            if given != real && given.is_absolute() && !given.ends_with("..") {
+            let given = lexical(&cwd.join(&g.path));
+            if given != real && given.is_absolute() {
                 aliases.push((given, real.clone()));
             }
         }
@@ -310,14 +306,15 @@ pub fn plan(
     // the real targets of any that are symlinks.
     let mut deny: Vec<PathBuf> = policy.denied_paths(&real_home);
     deny.extend(own_dirs.iter().cloned());
-    if seen.contains(Path::new("/tmp")) {
-        deny.extend(tmp_private_entries());
-    }
     deny.extend(env_sockets());
     let mut expanded = BTreeSet::new();
     let mut canonical = crate::dirs::Canonicalizer::default();
     for d in deny {
-        expanded.insert(canonical.resolve(&d));
+        // `a/missing/../b` is `a/b`: the part that does not exist could
+        // only be resolved by name, and the sandbox looks names up as they
+        // are, `..` never.
+        let d = lexical(&d);
+        expanded.insert(lexical(&canonical.resolve(&d)));
         expanded.insert(d);
     }
 

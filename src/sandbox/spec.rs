@@ -115,11 +115,17 @@ const MAX_FRAME: u64 = 64 << 20;
 /// little-endian), then its JSON. Frames, not lines: the helper reads
 /// exactly its own message, and PID 1 the next one from the same socket.
 pub fn write_frame(mut w: impl std::io::Write, msg: &impl Serialize) -> std::io::Result<()> {
+    w.write_all(&frame(msg)?)
+}
+
+/// The bytes [`write_frame`] writes for `msg`; an error when it cannot be
+/// encoded (a path that is not UTF-8), before anything is written.
+pub fn frame(msg: &impl Serialize) -> std::io::Result<Vec<u8>> {
     let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     let mut frame = Vec::with_capacity(8 + body.len());
     frame.extend_from_slice(&(body.len() as u64).to_le_bytes());
     frame.extend_from_slice(&body);
-    w.write_all(&frame)
+    Ok(frame)
 }
 
 /// Reads one frame written by [`write_frame`]; `Ok(None)` when the writer
