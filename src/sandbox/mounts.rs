@@ -186,6 +186,16 @@ impl Spot {
     }
 }
 
+/// The names of `p`, without its root (callers refuse `..` first).
+fn names(p: &Path) -> Vec<&std::ffi::OsStr> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Lookups beneath the new root: no symbolic link, no `..` out of it.
 const BENEATH: u64 =
     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
@@ -228,13 +238,7 @@ fn spot(
     if path.components().any(|c| c == Component::ParentDir) {
         return Err(fail("create mount point", path, "a path with `..` in it"));
     }
-    let names: Vec<&std::ffi::OsStr> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n),
-            _ => None,
-        })
-        .collect();
+    let names = names(path);
     let mut shown = PathBuf::from("/");
     let mut dir = super::sys::openat2(
         root.as_raw_fd(),
@@ -442,13 +446,10 @@ impl Masks {
             let Ok(rel) = d.strip_prefix(grant) else {
                 continue;
             };
-            let names: Vec<&std::ffi::OsStr> = rel
-                .components()
-                .filter_map(|c| match c {
-                    Component::Normal(n) => Some(n),
-                    _ => None,
-                })
-                .collect();
+            if rel.components().any(|c| c == Component::ParentDir) {
+                return Err(fail(stage, d, "a path with `..` in it"));
+            }
+            let names = names(rel);
             // The whiteout goes where the grant's tree stops: at the hidden
             // name, or at its first folder missing now (hiding whatever is
             // made there later). A folder of the layer would stand in for
