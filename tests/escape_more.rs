@@ -1089,7 +1089,8 @@ fn escape_grant_replaced_between_planning_and_mounting() {
         "cat".to_string(),
         grant.join("secret.txt").to_string_lossy().into_owned(),
     ];
-    let (spec, _) = sandbox::plan::plan(&policy, &argv, &task_dir).unwrap();
+    let base = sandbox::plan::base(&policy, &task_dir).unwrap();
+    let (spec, _) = sandbox::plan::plan(&policy, &argv, &task_dir, &base).unwrap();
     let (r, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let w2 = wr.try_clone().unwrap();
     let exe = airlock_bin();
@@ -1162,7 +1163,7 @@ fn a_sandbox_given_up_or_sent_another_plan_before_its_plan_runs_nothing() {
         let task_dir = TaskDir::new(&tasks, &TaskId::generate());
         std::fs::create_dir_all(task_dir.path()).unwrap();
         let base = sandbox::plan::base(&policy, &task_dir).unwrap();
-        let (mut spec, _) = sandbox::plan::plan(&policy, &argv, &task_dir).unwrap();
+        let (mut spec, _) = sandbox::plan::plan(&policy, &argv, &task_dir, &base).unwrap();
         let starting = sandbox::start(
             &base,
             Launch::New {

@@ -196,7 +196,7 @@ const HOSTNAME: &str = "airlock";
 
 /// What the helper may build before the task is planned (see
 /// [`SandboxBase`]); creates the folder the root is built in. [`plan`]
-/// gives the same base for the same `policy` and `task_dir`.
+/// builds on it.
 pub fn base(policy: &Policy, task_dir: &TaskDir) -> Result<SandboxBase, Error> {
     let root_mount = task_dir.root_mount();
     crate::dirs::create_private_dir(&root_mount)?;
@@ -210,11 +210,13 @@ pub fn base(policy: &Policy, task_dir: &TaskDir) -> Result<SandboxBase, Error> {
     })
 }
 
-/// Builds the plan and creates the task's overlay layers under `task_dir`.
+/// Builds the plan on `base` (from [`base`]) and creates the task's
+/// overlay layers under `task_dir`.
 pub fn plan(
     policy: &Policy,
     argv: &[String],
     task_dir: &TaskDir,
+    base: &SandboxBase,
 ) -> Result<(SandboxSpec, Vec<RwLayer>), Error> {
     if argv.is_empty() || argv[0].is_empty() {
         return Err(Error::Invalid("no command to run".into()));
@@ -223,7 +225,13 @@ pub fn plan(
         return Err(Error::Invalid(format!("{key}: {why}")));
     }
     let real_home = crate::dirs::home_dir();
-    let (user, outer_root) = sandbox_user(&real_home);
+    let SandboxBase {
+        root_mount,
+        hostname,
+        user,
+        outer_root,
+        tty,
+    } = base.clone();
 
     // By their real paths: grants are compared canonical.
     let own_dirs = [
@@ -298,9 +306,6 @@ pub fn plan(
             }
         }
     }
-    let root_mount = task_dir.root_mount();
-    crate::dirs::create_private_dir(&root_mount)?;
-
     // Hidden paths: the built-in list, --deny, Airlock's own folders (a task
     // must not see pending changes, the audit log or agent profiles), and
     // the real targets of any that are symlinks.
@@ -401,7 +406,7 @@ pub fn plan(
         env,
         cwd,
         root_mount,
-        hostname: HOSTNAME.into(),
+        hostname,
         user,
         outer_root,
         ro,
@@ -416,7 +421,7 @@ pub fn plan(
         resolv_conf: "# This sandbox has no network.\n".into(),
         net: None,
         watch: (!policy.unmonitored).then_some(policy.watch),
-        tty: policy.tty,
+        tty,
     };
     Ok((spec, layers))
 }

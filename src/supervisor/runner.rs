@@ -98,7 +98,7 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     // Until the plan is sent, an error ends the helper (dropping `starting`
     // kills and reaps it) before its cgroup goes.
     let planned = starting.and_then(|starting| {
-        let (mut spec, layers, home_lock) = prepare(shared, id, &req, &task_dir)?;
+        let (mut spec, layers, home_lock) = prepare(shared, id, &req, &task_dir, &base)?;
         // The task's network proxy (none for `--net none`), until the
         // sandbox ends.
         let emit = {
@@ -254,17 +254,16 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     }
 }
 
-/// Plans the sandbox, creates the task folder, its layers, the snapshots
-/// of the read-write grants (the base for conflict detection) and the
-/// manifest.
+/// Plans the sandbox on `base`, creates its layers, the snapshots of the
+/// read-write grants (the base for conflict detection) and the manifest.
 fn prepare(
     shared: &Shared,
     id: &TaskId,
     req: &TaskRequest,
     task_dir: &TaskDir,
+    base: &sandbox::SandboxBase,
 ) -> Result<(SandboxSpec, Vec<RwLayer>, Option<HomeLock>), Error> {
-    crate::dirs::create_private_dir(task_dir.path())?;
-    let (mut spec, layers) = sandbox::plan::plan(&req.policy, &req.argv, task_dir)?;
+    let (mut spec, layers) = sandbox::plan::plan(&req.policy, &req.argv, task_dir, base)?;
     let mut home_lock = None;
     if let Some(agent) = &req.policy.persistent_home {
         let (home, lock) = agent_home(agent, id, &spec, req.policy.limits.max_upper)?;
@@ -301,7 +300,9 @@ fn prepare(
 /// mounts and hidden paths are placed. Released when dropped (or when the
 /// supervisor dies: it is an `flock`).
 #[derive(Debug)]
-pub(crate) struct HomeLock(#[allow(dead_code)] std::fs::File);
+pub(crate) struct HomeLock {
+    _held: std::fs::File,
+}
 
 /// Takes `agent`'s home (`lock` beside it, out of the agent's reach) for
 /// task `id`, or says which task has it.
@@ -337,7 +338,7 @@ fn lock_home(agent: &str, dir: &std::path::Path, id: &TaskId) -> Result<HomeLock
     let _ = f.set_len(0);
     let _ = f.rewind();
     let _ = f.write_all(id.as_str().as_bytes());
-    Ok(HomeLock(f))
+    Ok(HomeLock { _held: f })
 }
 
 /// A user namespace made without privileges maps only our own user and
