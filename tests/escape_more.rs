@@ -809,7 +809,14 @@ fn escape_creating_always_denied_credentials_that_do_not_exist_yet() {
     assert!(text(&o).contains("done"), "{}", text(&o));
     let task = w.tasks().pop().unwrap();
     let id = task.file_name().unwrap().to_string_lossy().to_string();
+    let ch = output_within(w.cmd(&["changes", &id]), Duration::from_secs(60));
     let c = output_within(w.cmd(&["commit", &id]), Duration::from_secs(60));
+    // Each says why: hidden, not "a device, pipe or socket".
+    for (what, t) in [("changes", text(&ch)), ("commit", text(&c))] {
+        assert!(t.contains("hidden from every task"), "{what}: {t}");
+        assert!(!t.contains("device, pipe or socket"), "{what}: {t}");
+    }
+    assert!(text(&c).contains("refused: .ssh/config"), "{}", text(&c));
     for p in [
         ".ssh/authorized_keys",
         ".ssh/config",
@@ -2887,6 +2894,42 @@ fn deny_paths_with_a_tilde_or_relative_hide_what_they_name() {
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("hidden from every task"), "{}", text(&o));
     assert_no_secret(&o);
+}
+
+/// A `--deny` path, or a relative grant from a folder, whose name is not
+/// UTF-8 cannot be recorded as text (the manifest, the audit database, the
+/// D-Bus API would each get another name): the task is refused before
+/// anything runs or is made, with a message naming the path, and the file
+/// is not shown by a task that went ahead without it.
+#[test]
+fn paths_that_are_not_utf8_are_refused_before_anything_is_made() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = World::new();
+    let secret = w.project.join(std::ffi::OsStr::from_bytes(b"key-\xff.pem"));
+    plant(&secret);
+    let odd = w.home.join(std::ffi::OsStr::from_bytes(b"dir-\xfe"));
+    std::fs::create_dir(&odd).unwrap();
+    chmod(&odd, 0o777);
+    let grant = format!("{}:ro", w.project.display());
+    let mut deny = w.cmd(&["run", "--grant", &grant, "--deny"]);
+    deny.arg(&secret)
+        .args(["--", "sh", "-c", "cat ./key-*; echo TASK-RAN"]);
+    deny.current_dir(&w.project);
+    let mut relative = w.cmd(&["run", "--grant", ".:rw", "--", "sh", "-c", "echo TASK-RAN"]);
+    relative.current_dir(&odd);
+    for (what, c, bytes) in [
+        ("--deny", deny, "key-\\xFF.pem"),
+        ("relative --grant", relative, "dir-\\xFE"),
+    ] {
+        let o = output_within(c, Duration::from_secs(60));
+        assert!(!o.status.success(), "{what}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("not valid UTF-8"), "{what}: {err}");
+        assert!(err.contains(bytes), "{what} names the path: {err}");
+        assert!(!text(&o).contains("TASK-RAN"), "{what}: {}", text(&o));
+        assert_no_secret(&o);
+    }
+    assert!(w.tasks().is_empty(), "no task folder: {:?}", w.tasks());
 }
 
 /// The same in a read-write grant, for a hidden name that did not exist at

@@ -819,11 +819,16 @@ fn commit_inner(args: CommitArgs) -> Result<ExitCode> {
             );
         }
         for p in &rep.refused {
+            let why = cs
+                .changes
+                .iter()
+                .find(|c| c.path == *p)
+                .map_or(ws::risk::Risk::HiddenPath, ws::risk::refusal);
             super::tell!(
                 "  {}",
                 gettext_f(
-                    "refused (device, pipe or socket): {path}",
-                    &[("path", &escape(p))]
+                    "refused: {path} ({why})",
+                    &[("path", &escape(p)), ("why", &why.describe())]
                 )
             );
         }

@@ -113,11 +113,12 @@ pub fn policy_from_args(a: &RunArgs) -> Result<Policy, crate::Error> {
     policy_onto(Policy::default(), a)
 }
 
-/// A `--deny` path as the user meant it: `~` is the home folder (a shell
-/// leaves it as it is in `--deny=~/x`), a relative path is from the current
-/// folder. Looked up inside the sandbox as given, a path that is not
-/// absolute would hide nothing.
-fn absolute_deny(d: &std::path::Path) -> Result<PathBuf, crate::Error> {
+/// A `--grant` or `--deny` path as the user meant it: `~` is the home
+/// folder (a shell leaves it as it is in `--deny=~/x`), a relative path is
+/// from the current folder. Looked up inside the sandbox as given, a path
+/// that is not absolute would hide nothing; and the app, when the task runs
+/// there, has a current folder of its own.
+fn absolute_path(flag: &str, d: &std::path::Path) -> Result<PathBuf, crate::Error> {
     let s = d.as_os_str();
     let home = crate::dirs::home_dir;
     let p = if s == "~" {
@@ -130,7 +131,7 @@ fn absolute_deny(d: &std::path::Path) -> Result<PathBuf, crate::Error> {
         std::env::current_dir()
             .map_err(|e| {
                 crate::Error::Invalid(format!(
-                    "--deny {}: {e} (the current folder is needed for a relative path; give an absolute one)",
+                    "{flag} {}: {e} (the current folder is needed for a relative path; give an absolute one)",
                     d.display()
                 ))
             })?
@@ -142,10 +143,12 @@ fn absolute_deny(d: &std::path::Path) -> Result<PathBuf, crate::Error> {
 /// Adds the options to `p` (the defaults, or an agent profile's policy).
 pub fn policy_onto(mut p: Policy, a: &RunArgs) -> Result<Policy, crate::Error> {
     for g in &a.grants {
-        p.grants.push(Grant::parse(g)?);
+        let mut g = Grant::parse(g)?;
+        g.path = absolute_path("--grant", &g.path)?;
+        p.grants.push(g);
     }
     for d in &a.deny {
-        p.deny.push(absolute_deny(d)?);
+        p.deny.push(absolute_path("--deny", d)?);
     }
     for e in &a.env {
         let (k, v) = e
@@ -371,6 +374,9 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         }
         None => (policy_from_args(&args)?, args.command.clone()),
     };
+    // Before the app is asked: D-Bus carries paths as text, and a lossy
+    // copy of a `--deny` path would hide another file.
+    policy.check_textual()?;
     let mut follow = Follow {
         sink: EventSink::open(args.json_events.as_deref())?,
         verbose,
@@ -579,12 +585,21 @@ mod tests {
         let home = crate::dirs::home_dir();
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(
-            absolute_deny(Path::new("~/p/.env")).unwrap(),
+            absolute_path("--deny", Path::new("~/p/.env")).unwrap(),
             home.join("p/.env")
         );
-        assert_eq!(absolute_deny(Path::new("~")).unwrap(), home);
-        assert_eq!(absolute_deny(Path::new(".env")).unwrap(), cwd.join(".env"));
-        assert_eq!(absolute_deny(Path::new("~x")).unwrap(), cwd.join("~x"));
-        assert_eq!(absolute_deny(Path::new("/a/b")).unwrap(), Path::new("/a/b"));
+        assert_eq!(absolute_path("--deny", Path::new("~")).unwrap(), home);
+        assert_eq!(
+            absolute_path("--deny", Path::new(".env")).unwrap(),
+            cwd.join(".env")
+        );
+        assert_eq!(
+            absolute_path("--deny", Path::new("~x")).unwrap(),
+            cwd.join("~x")
+        );
+        assert_eq!(
+            absolute_path("--deny", Path::new("/a/b")).unwrap(),
+            Path::new("/a/b")
+        );
     }
 }

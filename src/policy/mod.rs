@@ -380,6 +380,32 @@ pub fn always_denied(home: &Path) -> Vec<PathBuf> {
 }
 
 impl Policy {
+    /// Refuses a policy with a path that is not valid UTF-8. A task's
+    /// policy is kept as text (its manifest, the audit database, the D-Bus
+    /// API), so such a path could not be recorded, or would name another
+    /// file once made text: the task is refused before anything is made.
+    pub fn check_textual(&self) -> Result<(), Error> {
+        let seccomp = match &self.seccomp {
+            SeccompChoice::OciFile(p) => Some(p.as_path()),
+            SeccompChoice::Default => None,
+        };
+        let bad = self
+            .grants
+            .iter()
+            .map(|g| g.path.as_path())
+            .chain(self.deny.iter().map(PathBuf::as_path))
+            .chain(seccomp)
+            .find(|p| p.to_str().is_none());
+        match bad {
+            None => Ok(()),
+            Some(p) => Err(Error::Invalid(crate::i18n::gettext_f(
+                "{path}: this name is not valid UTF-8, and Airlock records a task's paths as text; rename it, or name the folder that holds it (names inside a granted folder may be anything)",
+                // Debug form: the bytes that are not UTF-8 as `\xNN`.
+                &[("path", &format!("{p:?}"))],
+            ))),
+        }
+    }
+
     /// Every path that must be hidden: the built-in list plus `--deny`.
     pub fn denied_paths(&self, home: &Path) -> Vec<PathBuf> {
         let mut v = always_denied(home);

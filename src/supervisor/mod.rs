@@ -585,6 +585,7 @@ fn submit(
     if req.argv.is_empty() || req.argv[0].is_empty() {
         return Err(Error::Invalid(crate::i18n::gettext("no command to run")));
     }
+    req.policy.check_textual()?;
     // The folder and its owner file exist from the start, so that another
     // supervisor starting meanwhile (`airlock run --local`) sees that this
     // queued task is alive and does not declare it interrupted. The folder

@@ -146,6 +146,7 @@ impl ChangeSet {
             let real = self.grant.join(std::ffi::OsStr::from_bytes(&c.path));
             if hidden.iter().any(|h| real.starts_with(h)) {
                 c.kind = ChangeKind::Refused;
+                c.risks = vec![Risk::HiddenPath];
             }
         }
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::changes::{Change, ChangeKind, NodeKind};
+use super::changes::{Change, ChangeKind, Node, NodeKind};
 
 /// Why a change deserves a second look.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +26,9 @@ pub enum Risk {
     Truncation,
     /// A device node, fifo or socket: never committed.
     SpecialFile,
+    /// A path hidden from every task (keys, credentials, Airlock's own
+    /// folders, `--deny`): never committed, even where it did not exist.
+    HiddenPath,
     /// An existing file or folder becomes writable for its group or for
     /// everyone (another user could then plant files or edit it). New
     /// entries get the user's umask at commit instead.
@@ -52,6 +55,7 @@ impl Risk {
             Risk::LargeDeletion => gettext("deletes a lot of data"),
             Risk::Truncation => gettext("removes most of a large file"),
             Risk::SpecialFile => gettext("device, pipe or socket: never copied"),
+            Risk::HiddenPath => gettext("a path hidden from every task: never written"),
             Risk::ContentNotShown => {
                 gettext("content not shown (binary or too large) in a file that can run")
             }
@@ -221,12 +225,28 @@ fn is_code_name(path: &[u8]) -> bool {
             .is_some_and(|(_, e)| EXT.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Why a refused change is never committed: a special file, or (for
+/// anything else) a path hidden from every task.
+pub fn refusal(c: &Change) -> Risk {
+    let special = |n: &Node| {
+        matches!(
+            n.kind,
+            NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice
+        )
+    };
+    match &c.after {
+        _ if c.risks.contains(&Risk::HiddenPath) => Risk::HiddenPath,
+        Some(a) if special(a) => Risk::SpecialFile,
+        _ => Risk::HiddenPath,
+    }
+}
+
 /// The risk flags of one change.
 pub fn assess(grant: &Path, c: &Change, content: &Content) -> Vec<Risk> {
     use super::diff;
     let mut r = Vec::new();
     if c.kind == ChangeKind::Refused {
-        r.push(Risk::SpecialFile);
+        r.push(refusal(c));
         return r;
     }
     if let Some(why) = runs_code(&c.path) {
