@@ -81,6 +81,64 @@ int main(int argc, char **argv) {
 C
 cc -O2 -o "$WORK/bin/sysbench" "$WORK/sysbench.c"
 
+cat >"$WORK/landlock-exec.c" <<'C'
+/* The Landlock rules airlock applies to a task with one read-only grant
+   (the same handled rights and rules, from src/sandbox/landlock.rs), and
+   nothing else, then exec: the "landlock by hand" reference, what Landlock
+   alone costs a workload. Usage: llexec RO_GRANT -- CMD ARGS... */
+#define _GNU_SOURCE
+#include <linux/landlock.h>
+#ifndef LANDLOCK_ACCESS_FS_REFER
+#define LANDLOCK_ACCESS_FS_REFER (1ULL << 13)
+#endif
+#ifndef LANDLOCK_ACCESS_FS_TRUNCATE
+#define LANDLOCK_ACCESS_FS_TRUNCATE (1ULL << 14)
+#endif
+#ifndef LANDLOCK_ACCESS_FS_IOCTL_DEV
+#define LANDLOCK_ACCESS_FS_IOCTL_DEV (1ULL << 15)
+#endif
+#include <sys/syscall.h>
+#include <sys/prctl.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+static int add(int rs, const char *p, __u64 access) {
+    int fd = open(p, O_PATH | O_CLOEXEC);
+    if (fd < 0) return 0; /* missing system folders are not granted */
+    struct landlock_path_beneath_attr a = { .allowed_access = access, .parent_fd = fd };
+    int r = syscall(SYS_landlock_add_rule, rs, LANDLOCK_RULE_PATH_BENEATH, &a, 0);
+    close(fd);
+    return r;
+}
+int main(int argc, char **argv) {
+    if (argc < 4 || strcmp(argv[2], "--")) { fprintf(stderr, "usage: landlock-exec RO_GRANT -- CMD...\n"); return 2; }
+    int abi = syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
+    if (abi < 1) { fprintf(stderr, "no landlock\n"); return 1; }
+    if (abi > 6) abi = 6; /* airlock's TARGET_ABI */
+    __u64 all = (LANDLOCK_ACCESS_FS_MAKE_SYM << 1) - 1;           /* ABI 1 */
+    if (abi >= 2) all |= LANDLOCK_ACCESS_FS_REFER;
+    if (abi >= 3) all |= LANDLOCK_ACCESS_FS_TRUNCATE;
+    if (abi >= 5) all |= LANDLOCK_ACCESS_FS_IOCTL_DEV;
+    __u64 rx = LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
+    struct landlock_ruleset_attr ra = { .handled_access_fs = all };
+    int rs = syscall(SYS_landlock_create_ruleset, &ra, sizeof ra, 0);
+    if (rs < 0) { perror("landlock_create_ruleset"); return 1; }
+    const char *ro[] = { "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", argv[1] };
+    const char *home = getenv("HOME");
+    const char *rw[] = { "/tmp", "/dev", home ? home : "/nonexistent" };
+    if (add(rs, "/", LANDLOCK_ACCESS_FS_READ_DIR)) { perror("rule /"); return 1; }
+    for (unsigned i = 0; i < sizeof ro / sizeof *ro; i++) if (add(rs, ro[i], rx)) { perror(ro[i]); return 1; }
+    for (unsigned i = 0; i < sizeof rw / sizeof *rw; i++) if (add(rs, rw[i], all)) { perror(rw[i]); return 1; }
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(SYS_landlock_restrict_self, rs, 0)) { perror("restrict"); return 1; }
+    execvp(argv[3], argv + 3);
+    perror(argv[3]);
+    return 127;
+}
+C
+cc -O2 -o "$WORK/bin/landlock-exec" "$WORK/landlock-exec.c"
+
 cat >"$WORK/harness.py" <<'PY'
 """Interleaved timing harness; `run` measures, `render` writes Markdown."""
 import json, os, platform, re, statistics, subprocess, sys, time
@@ -194,6 +252,7 @@ def run(args):
         ("bare", lambda a: a),
         ("bwrap", lambda a: bwrap([("--bind", tree)], a)),
         ("airlock ro", lambda a: airlock(exe, [tree + ":ro"], None, a)),
+        ("landlock by hand", lambda a: [os.path.join(binp, "landlock-exec"), tree, "--"] + a),
         ("airlock rw", lambda a: airlock(exe, [tree + ":rw"], "denials" if watch else None, a)),
         ("overlay by hand", lambda a: overlay_by_hand(tree, a)),
     ]
@@ -289,6 +348,9 @@ def render(args):
                  "`airlock rw` is an overlay with the default watch level (`denials`). `overlay by hand` is a "
                  "reference, not a sandbox: the same tree under a plain overlayfs mounted with `unshare -rm` and "
                  "`mount -t overlay`, nothing else, to tell the overlay's own cost from airlock's. "
+                 "`landlock by hand` is the other reference: airlock's Landlock rules for a read-only grant (the "
+                 "same handled rights and rules), applied by a small C program with nothing else around, for "
+                 "what Landlock alone costs the read-only column. "
                  "Target: within 5 %% of bare."
                  % (user["tree_files"], user["files"][next(iter(user["files"]))]["bare"]["runs"]))
         L.append("")
@@ -310,6 +372,12 @@ def render(args):
             own = max(c["airlock rw"]["inner"] / c["overlay by hand"]["inner"] - 1 for c in user["files"].values())
             L.append("What airlock adds to a read-write grant beyond overlayfs itself (`airlock rw` against "
                      "`overlay by hand`), worst case: **%+.1f %%**." % (own * 100))
+        if "landlock by hand" in cfgs:
+            ll = max(c["landlock by hand"]["inner"] / c["bare"]["inner"] - 1 for c in user["files"].values())
+            own = max(c["airlock ro"]["inner"] / c["landlock by hand"]["inner"] - 1 for c in user["files"].values())
+            L.append("What Landlock alone costs (`landlock by hand` against bare), worst case: **%+.1f %%**; what "
+                     "airlock adds to a read-only grant beyond it (`airlock ro` against `landlock by hand`), worst "
+                     "case: **%+.1f %%**." % (ll * 100, own * 100))
         L.append("")
         L.append("Whole command, start-up included (median wall time):")
         L.append("")
