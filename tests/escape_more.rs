@@ -1283,15 +1283,22 @@ fn escape_max_upper_with_preallocated_files() {
         if imported {
             args.extend(["--seccomp-profile", &profile_arg]);
         }
+        // fallocate, and the generic ioctls that do the same (pass 19A:
+        // FS_IOC_RESVSP, FS_IOC_RESVSP64, FS_IOC_ZERO_RANGE took the disk).
         let o = w.run(
             &args,
-            "python3 -c 'import os
+            "python3 -c 'import fcntl, os, struct
+size = 10 * 1024 * 1024 - 4096
+resv = struct.pack(\"<hhxxxxqqii16x\", 0, 0, 0, size, 0, 0)
 for i in range(150):
-    fd = os.open(\"big%d\" % i, os.O_CREAT | os.O_WRONLY, 0o644)
+    fd = os.open(\"big%d\" % i, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        os.posix_fallocate(fd, 0, 10 * 1024 * 1024 - 4096)
+        if i < 120:
+            fcntl.ioctl(fd, (0x40305828, 0x4030582a, 0x40305839)[i % 3], resv)
+        else:
+            os.posix_fallocate(fd, 0, size)
     except OSError as e:
-        print(\"fallocate\", e.errno)
+        print(\"refused\", i, e.errno)
     os.close(fd)
 print(\"not stopped\")
 '",
@@ -1309,6 +1316,145 @@ print(\"not stopped\")
             used >> 20
         );
     }
+}
+
+/// Memory that neither RLIMIT_DATA (the memory limit without a cgroup)
+/// nor the scan of shared memory counted (pass 19A): secret memory
+/// (`memfd_secret`, in no process's resident size once unmapped), a
+/// growing-down mapping (stack to the kernel, outside RLIMIT_DATA) and
+/// transparent huge pages pinned by `vmsplice` into pipes. And the user's
+/// pipe-buffer quota, counted per host user: 63 pipes enlarged to 1 MiB
+/// shrank the user's own new pipes to 8 KiB. Checked on the host while the
+/// agent says it holds what it could get: the machine's unevictable memory,
+/// the agent's resident size, and a new pipe of the test's own.
+#[test]
+fn escape_memory_that_no_limit_counts() {
+    let w = World::new();
+    let marker = "airlock-19a-hold";
+    let script = format!(
+        "python3 -c 'import ctypes, fcntl, mmap, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+MiB = 1 << 20
+bad = ctypes.c_void_p(-1).value
+fd = libc.syscall(447, 0)
+got = 0
+if fd >= 0:
+    os.ftruncate(fd, 512 * MiB)
+    for off in range(0, 512 * MiB, MiB):
+        p = libc.mmap(None, MiB, 3, 1, fd, off)
+        if p in (None, bad):
+            break
+        ctypes.memset(p, 1, MiB)
+        libc.munmap(p, MiB)
+        got += 1
+print(\"secret\", fd, got, flush=True)
+p = libc.mmap(None, 512 * MiB, 3, 0x22 | 0x100, -1, 0)
+if p not in (None, bad):
+    ctypes.memset(p, 1, 512 * MiB)
+print(\"growsdown\", p not in (None, bad), flush=True)
+pinned = 0
+buf = mmap.mmap(-1, 64 * MiB)
+buf.madvise(14)
+pipes = []
+for i in range(63):
+    r, w = os.pipe()
+    pipes.append((r, w))
+    try:
+        fcntl.fcntl(w, 1031, MiB)
+    except OSError:
+        pass
+    os.set_blocking(w, False)
+for (r, w) in pipes[:8]:
+    for j in range(16):
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf, ((pinned * 2) % 64) * MiB))
+        iov = (ctypes.c_void_p * 2)(addr, 4096)
+        if libc.syscall(278, w, iov, 1, 0) != 4096:
+            break
+        pinned += 1
+print(\"vmsplice\", pinned, flush=True)
+del buf
+print(\"HOLDING\", flush=True)
+time.sleep(4)
+' {marker}"
+    );
+    let unevictable = || -> u64 {
+        std::fs::read_to_string("/proc/meminfo")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Unevictable:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    };
+    // The agent's resident size, found on the host by its command line.
+    let agent_rss = || -> Option<u64> {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            if !cmd.ends_with(format!("{marker}\0").as_bytes()) || !cmd.starts_with(b"python3") {
+                return None;
+            }
+            let st = std::fs::read_to_string(e.path().join("status")).ok()?;
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+    };
+    let before = unevictable();
+    let mut c = w.cmd(&["run", "--memory", "64M", "--", "sh", "-c", &script]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut out, &mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
+        if line.starts_with("HOLDING") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(
+        seen.contains("HOLDING"),
+        "the agent did not get that far: {seen}"
+    );
+    let during = unevictable();
+    let rss = agent_rss().unwrap_or(0);
+    // A new pipe of the user's own still gets its default size and can be
+    // enlarged (as root the quota does not apply; the check still runs).
+    let mut p = [0i32; 2];
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    let default = unsafe { libc::fcntl(p[1], libc::F_GETPIPE_SZ) };
+    let enlarged = unsafe { libc::fcntl(p[1], libc::F_SETPIPE_SZ, 1 << 20) };
+    unsafe {
+        libc::close(p[0]);
+        libc::close(p[1]);
+    }
+    let _ = child.wait();
+    let grew = during.saturating_sub(before) >> 10;
+    assert!(
+        grew < 256,
+        "{grew} MiB of secret memory held under --memory 64M: {seen}"
+    );
+    assert!(
+        rss >> 10 < 256,
+        "the agent holds {} MiB resident under --memory 64M: {seen}",
+        rss >> 10
+    );
+    assert!(
+        seen.contains("vmsplice 0\n"),
+        "pages pinned into pipes: {seen}"
+    );
+    assert_eq!(
+        default, 65536,
+        "the user's new pipe shrank while the task ran: {seen}"
+    );
+    assert!(
+        enlarged >= 1 << 20,
+        "the user's pipe could not be enlarged while the task ran: {seen}"
+    );
 }
 
 /// Deletions hidden behind a folder made anew: `rm -rf src; mkdir src`
@@ -2597,7 +2743,7 @@ print('not stopped')",
 #[test]
 fn escape_threads_that_hide_from_the_scan_are_seen() {
     let w = World::new();
-    for how in ["leader-exits", "own-file-table"] {
+    for how in ["leader-exits", "own-file-table", "close-range-unshare"] {
         let o = w.run(
             &["--memory", "64M"],
             &format!(
@@ -2607,6 +2753,10 @@ def balloon():
     if \"{how}\" == \"own-file-table\":
         # Refused now (pass 14A): the thread keeps the table of its process.
         print(\"unshare\", libc.unshare(0x400), ctypes.get_errno(), flush=True)
+    elif \"{how}\" == \"close-range-unshare\":
+        # The same through close_range(CLOSE_RANGE_UNSHARE) (pass 19A).
+        libc.syscall.restype = ctypes.c_long
+        print(\"close_range\", libc.syscall(436, 100, 200, 2), ctypes.get_errno(), flush=True)
     else:
         # Only once the main thread is gone.
         time.sleep(0.5)
@@ -2630,6 +2780,12 @@ time.sleep(25)'"
         );
         if how == "own-file-table" {
             assert!(t.contains(&format!("unshare -1 {}", libc::EPERM)), "{t}");
+        }
+        if how == "close-range-unshare" {
+            assert!(
+                t.contains(&format!("close_range -1 {}", libc::EPERM)),
+                "{t}"
+            );
         }
     }
     // A thread made with a file table of its own (clone with CLONE_THREAD

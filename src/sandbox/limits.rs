@@ -95,6 +95,24 @@ pub fn apply_rlimits(l: &Limits) -> Vec<Result<Enforced, String>> {
         "none".into(),
         None,
     );
+    // The main thread's stack is not counted by RLIMIT_DATA, and its hard
+    // limit was the host's (often unlimited): `ulimit -s unlimited` then
+    // grew one process to gigabytes under a small --memory (pass 19A).
+    // Capped at a quarter of the memory limit (at least 8 MiB), and never
+    // above what the user already had.
+    let (soft, hard) = nix::sys::resource::getrlimit(Resource::RLIMIT_STACK)
+        .unwrap_or((8 << 20, 8 << 20));
+    let stack = (l.memory / 4).max(8 << 20).min(hard);
+    out.push(
+        setrlimit(Resource::RLIMIT_STACK, soft.min(stack), stack)
+            .map(|_| Enforced {
+                what: "stack".into(),
+                value: format_size(stack),
+                mechanism: "rlimit".into(),
+                note: None,
+            })
+            .map_err(|e| format!("stack: {e}")),
+    );
     out
 }
 

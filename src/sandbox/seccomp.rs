@@ -306,12 +306,7 @@ pub const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
 /// write the blocks instead, at a pace the watchdog keeps up with.
 pub fn limit_rules() -> Vec<Rule> {
     vec![
-        answer(
-            "fallocate",
-            libc::EOPNOTSUPP as u32,
-            vec![],
-            "preallocation fills the disk faster than the size limit of a task's writes is checked",
-        ),
+        answer("fallocate", libc::EOPNOTSUPP as u32, vec![], PREALLOCATION),
         // Answered with success and not done: inside the sandbox it
         // protects nothing (ptrace is refused, core dumps are off), and an
         // undumpable process hides its open files from an unprivileged
@@ -393,8 +388,95 @@ pub fn limit_rules() -> Vec<Rule> {
             vec![arg(1, Op::Eq, libc::F_SETLEASE as u64)],
             "a lease on the user's file stalls the user's programs that write it",
         ),
+        // Pipe buffers are counted per host user (fs.pipe-user-pages-soft):
+        // 63 pipes enlarged to 1 MiB shrank every new pipe of the user's
+        // own programs to 8 KiB (pass 19A). Pipes keep their default size;
+        // EPERM is what an unprivileged caller gets above pipe-max-size.
+        answer(
+            "fcntl",
+            libc::EPERM as u32,
+            vec![
+                arg(1, Op::Eq, F_SETPIPE_SZ),
+                arg(2, Op::Gt, DEFAULT_PIPE_SIZE),
+            ],
+            "pipe buffers come from one quota for all the user's programs",
+        ),
+        // The generic ioctls that preallocate like fallocate (any file
+        // system with fallocate, overlayfs included): one call reserved
+        // the whole disk before the watchdog saw it (pass 19A).
+        answer(
+            "ioctl",
+            libc::EOPNOTSUPP as u32,
+            vec![arg(1, Op::Eq, FS_IOC_RESVSP)],
+            PREALLOCATION,
+        ),
+        answer(
+            "ioctl",
+            libc::EOPNOTSUPP as u32,
+            vec![arg(1, Op::Eq, FS_IOC_RESVSP64)],
+            PREALLOCATION,
+        ),
+        answer(
+            "ioctl",
+            libc::EOPNOTSUPP as u32,
+            vec![arg(1, Op::Eq, FS_IOC_ZERO_RANGE)],
+            PREALLOCATION,
+        ),
+        // Memory that no limit without a memory cgroup counts, and that no
+        // process's resident size shows (so the kernel's OOM killer would
+        // pick the user's programs instead). Pass 19A held 4 GiB of
+        // secret memory, and 2 GiB pinned by four pipes, under
+        // --memory 256M. Nothing an agent runs needs either: ENOSYS, as on
+        // a kernel without them.
+        answer(
+            "memfd_secret",
+            ENOSYS,
+            vec![],
+            "secret memory is counted by no limit without a memory cgroup",
+        ),
+        answer(
+            "vmsplice",
+            ENOSYS,
+            vec![],
+            "pages given to a pipe stay held, whole huge pages at a time, counted by no limit",
+        ),
+        // A growing-down mapping is stack to the kernel, which RLIMIT_DATA
+        // (the memory limit without a cgroup) does not count. Thread
+        // stacks are plain mappings; only the main stack grows down, and
+        // its size is capped by RLIMIT_STACK.
+        answer(
+            "mmap",
+            libc::EPERM as u32,
+            vec![arg(3, Op::MaskedEq(MAP_GROWSDOWN), MAP_GROWSDOWN)],
+            "a growing-down mapping escapes the memory limit",
+        ),
+        // close_range(CLOSE_RANGE_UNSHARE) gives the calling thread a file
+        // table of its own, as unshare(CLONE_FILES) does.
+        answer(
+            "close_range",
+            libc::EPERM as u32,
+            vec![arg(
+                2,
+                Op::MaskedEq(CLOSE_RANGE_UNSHARE),
+                CLOSE_RANGE_UNSHARE,
+            )],
+            FILE_TABLES,
+        ),
     ]
 }
+
+/// `fcntl(F_SETPIPE_SZ)` and a pipe's default size (16 pages).
+const F_SETPIPE_SZ: u64 = 1031;
+const DEFAULT_PIPE_SIZE: u64 = 65536;
+/// `_IOW('X', 40 | 42 | 57, struct space_resv)`, the same on x86_64 and
+/// aarch64.
+const FS_IOC_RESVSP: u64 = 0x4030_5828;
+const FS_IOC_RESVSP64: u64 = 0x4030_582a;
+const FS_IOC_ZERO_RANGE: u64 = 0x4030_5839;
+const PREALLOCATION: &str =
+    "preallocation fills the disk faster than the size limit of a task's writes is checked";
+const MAP_GROWSDOWN: u64 = 0x100;
+const CLOSE_RANGE_UNSHARE: u64 = 2;
 
 /// Syscall `name` answers `errno` (0: success, not done) when `args` hold.
 fn answer(name: &str, errno: u32, args: Vec<ArgCond>, reason: &str) -> Rule {
