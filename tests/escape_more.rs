@@ -1977,7 +1977,8 @@ print("\x1b[8m", end="")
     assert!(t.contains("END"), "output stayed stopped: {t}");
     // Text made invisible (SGR 8) by the agent ends before the summary.
     assert!(
-        t.contains("\x1b[!p\x1b[0m\x1b[?7h\x1b[?25hairlock: task"),
+        t.contains("\x1b[!p\x1b[0m")
+            && t.contains("\x1b]104\x07\x1b]110\x07\x1b]111\x07airlock: task"),
         "{t:?}"
     );
 }

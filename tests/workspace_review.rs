@@ -290,6 +290,31 @@ fn control_characters_in_new_text_are_flagged() {
     );
 }
 
+/// Letters that draw as blank space (U+3164 HANGUL FILLER is a valid
+/// JavaScript identifier: the "invisible backdoor" parameter) are flagged
+/// and shown escaped, in content and in names (pass 19B).
+#[test]
+fn blank_drawing_letters_are_flagged_and_shown() {
+    let f = Fixture::new();
+    f.setup("echo keep > keep");
+    f.snapshot();
+    f.agent(
+        "printf 'const { timeout,\\343\\205\\244} = req.query;\\n' > server.js \
+         && echo x > \"$(printf 'notes\\343\\205\\244.md')\"",
+    );
+    let t = text(&airlock(&f, &["changes", f.id.as_str()]));
+    let js = t
+        .lines()
+        .find(|l| l.contains("A server.js"))
+        .unwrap_or_default();
+    assert!(js.contains("contains control characters"), "{t}");
+    assert!(t.contains("notes\\u{3164}.md"), "{t}");
+    assert!(!t.contains('\u{3164}'), "{t}");
+    let d = text(&airlock(&f, &["diff", f.id.as_str()]));
+    assert!(d.contains("timeout,\\u{3164}}"), "{d}");
+    assert!(!d.contains('\u{3164}'), "{d}");
+}
+
 #[test]
 fn package_json_scripts_and_hidden_git_config_are_flagged() {
     let f = Fixture::new();

@@ -301,16 +301,16 @@ impl Follow {
                 self.changed = Some(*changed_files);
                 self.code = Some(status.code);
                 // The agent's output may have left the terminal drawing
-                // invisible or recoloured text (SGR 8), without line wrap,
-                // or in a scrolling region: this line must be seen as it
-                // is. A soft reset (DECSTR, which keeps the screen and the
-                // cursor's place), then attributes, wrap and cursor again
-                // for terminals without it.
+                // invisible or recoloured text (SGR 8), a recoloured
+                // palette (which hid the review's warnings, pass 19B),
+                // without line wrap, or in a scrolling region: this line,
+                // and a review after it, must be seen as they are. The
+                // full reset Airlock's own questions use.
                 // SAFETY: isatty only queries.
                 if unsafe { libc::isatty(2) } == 1 {
                     {
                         use std::io::Write as _;
-                        let _ = write!(std::io::stderr(), "\x1b[!p\x1b[0m\x1b[?7h\x1b[?25h");
+                        let _ = write!(std::io::stderr(), "{}", super::terminal::RESET_DRAWING);
                     }
                 }
                 let changes = if *changed_files == 0 {

@@ -100,8 +100,8 @@ pub fn apply_rlimits(l: &Limits) -> Vec<Result<Enforced, String>> {
     // grew one process to gigabytes under a small --memory (pass 19A).
     // Capped at a quarter of the memory limit (at least 8 MiB), and never
     // above what the user already had.
-    let (soft, hard) = nix::sys::resource::getrlimit(Resource::RLIMIT_STACK)
-        .unwrap_or((8 << 20, 8 << 20));
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(Resource::RLIMIT_STACK).unwrap_or((8 << 20, 8 << 20));
     let stack = (l.memory / 4).max(8 << 20).min(hard);
     out.push(
         setrlimit(Resource::RLIMIT_STACK, soft.min(stack), stack)

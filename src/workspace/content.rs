@@ -269,18 +269,26 @@ pub fn copy(src: &File, dst: &File) -> std::io::Result<[u8; 32]> {
     Ok(h.finish_with_len(size))
 }
 
-/// Finds control characters in a stream of bytes.
+/// Finds control characters in a stream of bytes: C0 controls other than
+/// tab and newline, a carriage return not followed by a newline, DEL, and
+/// every character that [`super::names::escape`] shows escaped (C1
+/// controls, bidi and zero-width formats, blank-drawing letters). UTF-8 is
+/// decoded across the chunks it is fed in.
 #[derive(Default)]
 struct Controls {
     found: bool,
-    p1: u8,
-    p2: u8,
+    after_cr: bool,
+    /// The UTF-8 sequence being read, and how many bytes it still needs.
+    seq: [u8; 4],
+    len: usize,
+    need: usize,
 }
 
 impl Controls {
     fn reset(&mut self) {
-        self.p1 = 0;
-        self.p2 = 0;
+        self.after_cr = false;
+        self.len = 0;
+        self.need = 0;
     }
 
     fn feed(&mut self, b: &[u8]) {
@@ -288,31 +296,53 @@ impl Controls {
             return;
         }
         for &c in b {
-            let bad = match c {
-                b'\t' | b'\n' => false,
-                // A CR only as part of CRLF (checked at the next byte).
-                b'\r' => false,
-                0..=0x1f | 0x7f => true,
-                // C1 controls as UTF-8 (U+0080–U+009F).
-                0x80..=0x9f if self.p1 == 0xc2 => true,
-                // Zero-width, direction marks, bidi embeddings/overrides
-                // (U+200B–U+200F, U+2028–U+202E) and isolates, invisible
-                // operators (U+2060–U+206F).
-                0x8b..=0x8f | 0xa8..=0xae if self.p2 == 0xe2 && self.p1 == 0x80 => true,
-                0xa0..=0xaf if self.p2 == 0xe2 && self.p1 == 0x81 => true,
-                _ => false,
-            };
-            if bad || (self.p1 == b'\r' && c != b'\n') {
+            if self.after_cr && c != b'\n' {
                 self.found = true;
                 return;
             }
-            self.p2 = self.p1;
-            self.p1 = c;
+            self.after_cr = c == b'\r';
+            if self.need > 0 {
+                if c & 0xc0 == 0x80 {
+                    self.seq[self.len] = c;
+                    self.len += 1;
+                    self.need -= 1;
+                    if self.need == 0 && self.hidden() {
+                        self.found = true;
+                        return;
+                    }
+                    continue;
+                }
+                // Not UTF-8 after all: this byte starts afresh.
+                self.need = 0;
+            }
+            let (bad, need) = match c {
+                b'\t' | b'\n' | b'\r' => (false, 0),
+                0..=0x1f | 0x7f => (true, 0),
+                0xc0..=0xdf => (false, 1),
+                0xe0..=0xef => (false, 2),
+                0xf0..=0xf7 => (false, 3),
+                _ => (false, 0),
+            };
+            if bad {
+                self.found = true;
+                return;
+            }
+            self.seq[0] = c;
+            self.len = 1;
+            self.need = need;
         }
     }
 
+    /// Whether the sequence just completed is a character shown escaped.
+    fn hidden(&self) -> bool {
+        std::str::from_utf8(&self.seq[..self.len])
+            .ok()
+            .and_then(|s| s.chars().next())
+            .is_some_and(super::names::is_hidden_format)
+    }
+
     fn end(&mut self) {
-        if self.p1 == b'\r' {
+        if self.after_cr {
             self.found = true;
         }
     }
@@ -388,5 +418,14 @@ mod tests {
         assert!(has_controls("x\u{202e}y".as_bytes()));
         assert!(has_controls("x\u{85}y".as_bytes()));
         assert!(!has_controls("Größe € \u{2019}".as_bytes()));
+        assert!(has_controls("timeout,\u{3164}}".as_bytes()));
+        assert!(has_controls("a\u{1d175}b".as_bytes()));
+        assert!(!has_controls("한국어 ⠁".as_bytes()));
+        // Across the chunks a stream is fed in.
+        let mut c = Controls::default();
+        c.feed(b"x\xe3\x85");
+        c.feed(b"\xa4y");
+        c.end();
+        assert!(c.found);
     }
 }

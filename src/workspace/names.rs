@@ -85,10 +85,11 @@ fn push_char(out: &mut String, c: char) {
 
 /// C1 controls, bidi embeddings/overrides/isolates, marks, zero-width and
 /// other invisible characters that can make a name look like another.
-fn is_hidden_format(c: char) -> bool {
+pub fn is_hidden_format(c: char) -> bool {
     matches!(c as u32,
         0x80..=0x9f
         | 0xad
+        | 0x034f
         | 0x061c
         | 0x180e
         | 0x200b..=0x200f
@@ -96,7 +97,19 @@ fn is_hidden_format(c: char) -> bool {
         | 0x2060..=0x206f
         | 0xfeff
         | 0xfff9..=0xfffb
-        | 0xe0000..=0xe007f)
+        | 0xe0000..=0xe007f
+        // Letters and signs that draw as blank space: the Hangul fillers
+        // and Khmer inherent vowels are identifier characters in
+        // JavaScript and Python ("invisible backdoor" parameters), the
+        // braille blank and the musical-symbol formats pass for spaces.
+        | 0x115f
+        | 0x1160
+        | 0x17b4
+        | 0x17b5
+        | 0x2800
+        | 0x3164
+        | 0xffa0
+        | 0x1d173..=0x1d17a)
 }
 
 #[cfg(test)]
