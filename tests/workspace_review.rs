@@ -327,7 +327,11 @@ fn package_json_scripts_and_hidden_git_config_are_flagged() {
         "printf '{\"name\":\"p\",\"scripts\":{\"test\":\"touch PWNED; jest\"},\"version\":\"1.0.0\"}\\n' > package.json \
          && printf '[core]\\nfsmonitor = touch PWNED\\n' > .git/modules/sub/config \
          && mkdir -p sub && echo 'gitdir: ../.meta' > sub/.git \
-         && mkdir -p .venv/lib/python3.11/site-packages && echo 'import os' > .venv/lib/python3.11/site-packages/zz.pth",
+         && mkdir -p .venv/lib/python3.11/site-packages && echo 'import os' > .venv/lib/python3.11/site-packages/zz.pth \
+         && echo ../.cache_meta > .git/commondir && mkdir -p .cache_meta docs tools2 \
+         && printf '[Core]\\n\\tFsMonitor = touch PWNED\\n' > .cache_meta/config \
+         && printf '[core]\\n\\tbare = true\\n' > docs/config && echo 'ref: refs/heads/main' > docs/HEAD \
+         && ln -s ../.m2 tools2/.git && echo 'plain = setting' > docs/other.config",
     );
     let o = airlock(&f, &["changes", f.id.as_str()]);
     let t = text(&o);
@@ -340,6 +344,17 @@ fn package_json_scripts_and_hidden_git_config_are_flagged() {
     );
     assert!(line("A sub/.git").contains("gitdir"), "{t}");
     assert!(line("zz.pth").contains("Python start-up hook"), "{t}");
+    // git follows these too (pass 19B: the user's next `git status` ran
+    // the agent's fsmonitor command): a commondir, a `.git` link, a git
+    // config outside any `.git` (the commondir's target, a bare repo).
+    assert!(line("A .git/commondir").contains("redirection"), "{t}");
+    assert!(line("A tools2/.git").contains("redirection"), "{t}");
+    assert!(
+        line("A .cache_meta/config").contains("git configuration"),
+        "{t}"
+    );
+    assert!(line("A docs/config").contains("git configuration"), "{t}");
+    assert!(!line("A docs/other.config").contains("runs code"), "{t}");
 }
 
 fn getcap(p: &std::path::Path) -> String {

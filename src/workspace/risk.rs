@@ -85,6 +85,10 @@ fn runs_code(path: &[u8]) -> Option<&'static str> {
         if rest.last() == Some(&"config") || rest.ends_with(&["info", "attributes"]) {
             return Some("git configuration (core.fsmonitor, core.sshCommand, filters)");
         }
+        // Git then takes its config and hooks from the folder named.
+        if matches!(rest.last(), Some(&"commondir") | Some(&"gitdir")) {
+            return Some(GIT_REDIRECTION);
+        }
     }
     if parts.contains(&".devcontainer") {
         return Some("dev container configuration");
@@ -127,6 +131,37 @@ fn runs_code(path: &[u8]) -> Option<&'static str> {
         n if n.ends_with(".desktop") => Some("desktop launcher"),
         _ => None,
     }
+}
+
+const GIT_REDIRECTION: &str = "git folder redirection (gitdir, commondir)";
+
+/// Whether the start of a file named `config` reads as a git config: a
+/// section git knows, or a key that runs a command. Git's names are
+/// case-insensitive.
+fn looks_like_git_config(head: &[u8]) -> bool {
+    let t = String::from_utf8_lossy(head).to_ascii_lowercase();
+    [
+        "[core",
+        "[filter",
+        "[diff",
+        "[merge",
+        "[alias",
+        "[credential",
+        "[include",
+        "[remote",
+        "[submodule",
+        "[extensions",
+        "fsmonitor",
+        "sshcommand",
+        "hookspath",
+        "askpass",
+        "textconv",
+        "gitproxy",
+        "pager",
+        "editor",
+    ]
+    .iter()
+    .any(|k| t.contains(k))
 }
 
 /// Whether an edit of `package.json` changes its `scripts` (which `npm
@@ -254,10 +289,21 @@ pub fn assess(grant: &Path, c: &Change, content: &Content) -> Vec<Risk> {
     } else if content.scripts_changed {
         r.push(Risk::RunsCode("npm scripts (package.json)".into()));
     } else if c.path.rsplit(|&b| b == b'/').next() == Some(b".git")
-        && c.after.as_ref().is_some_and(|a| a.kind == NodeKind::File)
+        && c.after
+            .as_ref()
+            .is_some_and(|a| matches!(a.kind, NodeKind::File | NodeKind::Symlink))
     {
-        // `gitdir: elsewhere`: git then obeys that folder's config and hooks.
-        r.push(Risk::RunsCode("git folder redirection (gitdir)".into()));
+        // `gitdir: elsewhere`, or a link to elsewhere: git then obeys that
+        // folder's config and hooks.
+        r.push(Risk::RunsCode(GIT_REDIRECTION.into()));
+    } else if c.path.rsplit(|&b| b == b'/').next() == Some(b"config")
+        && content.new.is_some_and(|n| looks_like_git_config(&n.head))
+    {
+        // A git config outside any `.git`: the target of a `commondir` or
+        // of a `.git` link, or a bare repository, which git obeys too.
+        r.push(Risk::RunsCode(
+            "git configuration (core.fsmonitor, core.sshCommand, filters)".into(),
+        ));
     }
     if let (Some(n), Some(a)) = (content.new, &c.after) {
         let old_size = c.before.as_ref().map(|b| b.size).unwrap_or(0);
