@@ -258,8 +258,12 @@ fn big_scenario() -> Fixture {
     f
 }
 
+/// `AIRLOCK_BIN` runs these against another build of the binary.
 fn airlock(f: &Fixture) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    let bin = std::env::var_os("AIRLOCK_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_airlock").into());
+    let mut c = Command::new(bin);
     c.env("XDG_STATE_HOME", &f.state).env("HOME", f.base.path());
     c
 }
@@ -414,4 +418,178 @@ fn in_own_mounts(f: &Fixture, script: &str) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Every regular file's content under `dir`, links not followed.
+fn contents(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        if m.is_dir() {
+            out.extend(contents(&e.path()));
+        } else if m.is_file() {
+            out.push(String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned());
+        }
+    }
+    out
+}
+
+/// A commit cut off in its apply phase leaves some of the agent's files in
+/// place, and the user may work in them before the next `airlock` command
+/// rolls the commit back. What the user wrote there is kept, set aside
+/// under a name of its own, never removed (pass 19B: notes saved into a
+/// folder the commit had placed were deleted with it, and an edit of a
+/// placed file was reverted, with no copy anywhere).
+#[test]
+fn a_roll_back_keeps_what_the_user_wrote_into_placed_files() {
+    let total = (1..500)
+        .find(|&k| commit_stopping(&scenario(), Some(k)).is_ok())
+        .unwrap();
+    let mut tried = 0;
+    for k in 1..total {
+        let f = scenario();
+        assert!(matches!(
+            commit_stopping(&f, Some(k)),
+            Err(airlock::Error::CommitStopped(_))
+        ));
+        let mut wrote = Vec::new();
+        let placed_dir = f.grant.join("nd/sub");
+        if placed_dir.is_dir() {
+            std::fs::write(placed_dir.join("notes.txt"), "USER NOTES\n").unwrap();
+            wrote.push("USER NOTES");
+        }
+        let placed_file = f.grant.join("mod");
+        if std::fs::read_to_string(&placed_file).is_ok_and(|t| t.contains("new")) {
+            use std::io::Write;
+            let mut m = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&placed_file)
+                .unwrap();
+            m.write_all(b"USER EDIT\n").unwrap();
+            wrote.push("USER EDIT");
+        }
+        if wrote.is_empty() {
+            continue;
+        }
+        tried += 1;
+        let out = ws::recover(&f.task).unwrap();
+        let all = contents(&f.grant);
+        for w in wrote {
+            assert!(
+                all.iter().any(|c| c.contains(w)),
+                "stop {k}: the user's {w:?} is gone after {out:?}"
+            );
+        }
+        if let RecoveryOutcome::RolledBack { kept, .. } = &out {
+            for p in kept {
+                assert!(p.to_string_lossy().contains(".airlock-kept-"), "{out:?}");
+                assert!(p.exists(), "{out:?}");
+            }
+        }
+    }
+    assert!(tried > 0, "no stop left anything placed");
+}
+
+/// A file the user saves in place while `airlock commit` runs keeps its
+/// inode; the commit must still not replace it (pass 19B: the agent's
+/// version went over the user's edit, and the copy kept for undo held the
+/// bytes from before it). The agent's large file stretches the commit so
+/// that the edit lands between the copy of the original and the rename.
+#[test]
+fn an_edit_saved_while_a_commit_runs_is_never_overwritten() {
+    let f = Fixture::new();
+    f.setup("echo hello > a.txt");
+    f.snapshot();
+    f.agent("echo agent-line >> a.txt && head -c 300000000 /dev/zero > zz.bin");
+    let child = airlock(&f)
+        .args(["commit", f.id.as_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The original of a.txt is copied first (ops go in path order), then
+    // the 300 MB temporary is written.
+    let backup = f.task.path().join("commits/1/orig/0");
+    let t0 = Instant::now();
+    while !backup.exists() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(backup.exists(), "no backup of a.txt appeared");
+    {
+        use std::io::Write;
+        let mut a = std::fs::OpenOptions::new()
+            .append(true)
+            .open(f.grant.join("a.txt"))
+            .unwrap();
+        a.write_all(b"USER EDIT saved during the commit\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let now = std::fs::read_to_string(f.grant.join("a.txt")).unwrap();
+    assert!(
+        now.contains("USER EDIT saved during the commit"),
+        "the user's edit was overwritten: {now:?}\n{said}"
+    );
+}
+
+/// A socket or fifo of the user's that the agent removed or replaced is
+/// never copied, so an undo cannot bring it back; it must still undo the
+/// rest of the commit and say what it could not restore (pass 19B: the
+/// missing copy failed every undo of the whole commit).
+#[test]
+fn an_undo_restores_the_rest_when_a_socket_or_fifo_cannot_come_back() {
+    let f = Fixture::new();
+    f.setup(
+        "echo a > a.txt && mkfifo mypipe && mkdir d && echo x > d/x && \
+         python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\".app.sock\")'",
+    );
+    f.snapshot();
+    f.agent("rm -f .app.sock && rm mypipe && echo p > mypipe && echo agent >> a.txt && rm -r d");
+    let before = tree(&f.grant);
+    let c = airlock(&f)
+        .args(["commit", f.id.as_str()])
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_eq!(
+        std::fs::read_to_string(f.grant.join("a.txt")).unwrap(),
+        "a\nagent\n"
+    );
+    let u = airlock(&f).args(["undo", f.id.as_str()]).output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&u.stdout),
+        String::from_utf8_lossy(&u.stderr)
+    );
+    assert!(u.status.success(), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(f.grant.join("a.txt")).unwrap(),
+        "a\n",
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.grant.join("d/x")).unwrap(),
+        "x\n",
+        "{said}"
+    );
+    assert!(
+        !f.grant.join("mypipe").exists(),
+        "the agent's file is gone: {said}"
+    );
+    assert!(said.contains("not brought back"), "{said}");
+    assert!(
+        said.contains("mypipe") && said.contains(".app.sock"),
+        "{said}"
+    );
+    let mut after = tree(&f.grant);
+    let mut expected = before;
+    for p in [&b"mypipe"[..], b".app.sock"] {
+        expected.remove(p);
+        after.remove(p);
+    }
+    assert_eq!(after, expected, "{said}");
 }

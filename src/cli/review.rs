@@ -91,13 +91,24 @@ fn open(task: &str) -> Result<Review> {
 fn recover_commit(dir: &TaskDir) -> Result<()> {
     match ws::recover(dir)? {
         ws::RecoveryOutcome::Clean => {}
-        ws::RecoveryOutcome::RolledBack { seq } => super::say!(
-            "{}",
-            gettext_f(
-                "An interrupted commit ({seq}) was rolled back.",
-                &[("seq", &seq.to_string())]
-            )
-        ),
+        ws::RecoveryOutcome::RolledBack { seq, kept } => {
+            super::say!(
+                "{}",
+                gettext_f(
+                    "An interrupted commit ({seq}) was rolled back.",
+                    &[("seq", &seq.to_string())]
+                )
+            );
+            for p in &kept {
+                super::say!(
+                    "  {}",
+                    gettext_f(
+                        "changed after the commit was cut off, so kept as: {path}",
+                        &[("path", &escape_path(p))]
+                    )
+                );
+            }
+        }
         ws::RecoveryOutcome::Completed { seq } => super::say!(
             "{}",
             gettext_f(
@@ -983,6 +994,15 @@ fn undo_inner(args: TaskArg) -> Result<ExitCode> {
             ]
         )
     );
+    for p in &rep.lost {
+        super::tell!(
+            "  {}",
+            gettext_f(
+                "not brought back (a socket, pipe or device is never copied): {path}",
+                &[("path", &escape(p))]
+            )
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -105,9 +105,24 @@ fn recover_commit(shared: &Shared, dir: &TaskDir) {
         .unwrap_or_default();
     match ws::recover(dir) {
         Ok(RecoveryOutcome::Clean | RecoveryOutcome::Busy) => {}
-        Ok(RecoveryOutcome::RolledBack { seq }) => shared.warn(gettext_f(
+        Ok(RecoveryOutcome::RolledBack { seq, kept }) if kept.is_empty() => shared.warn(gettext_f(
             "task {id}: an interrupted commit ({seq}) was rolled back; your files are as they were before it",
             &[("id", &id), ("seq", &seq.to_string())],
+        )),
+        Ok(RecoveryOutcome::RolledBack { seq, kept }) => shared.warn(gettext_f(
+            "task {id}: an interrupted commit ({seq}) was rolled back; what it had placed and was changed since is kept as: {paths}",
+            &[
+                ("id", &id),
+                ("seq", &seq.to_string()),
+                (
+                    "paths",
+                    &kept
+                        .iter()
+                        .map(|p| crate::workspace::names::escape_path(p))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            ],
         )),
         Ok(RecoveryOutcome::Completed { seq }) => shared.warn(gettext_f(
             "task {id}: an interrupted commit ({seq}) was completed",

@@ -219,6 +219,24 @@ pub(crate) fn undo(shared: &Shared, id: &TaskId) -> Result<u64, Error> {
             ),
         },
     );
+    if !rep.lost.is_empty() {
+        shared.emit(
+            id,
+            EventKind::Warning {
+                message: gettext_f(
+                    "not brought back by the undo (a socket, pipe or device is never copied): {paths}",
+                    &[(
+                        "paths",
+                        &rep.lost
+                            .iter()
+                            .map(|p| crate::workspace::names::escape(p))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )],
+                ),
+            },
+        );
+    }
     shared.transition(id, TaskState::Reviewing);
     Ok(rep.undone)
 }

@@ -41,7 +41,7 @@ use crate::Error;
 pub struct CommitOptions {
     /// Crash-test hook: stop right after durable step `k`, leaving
     /// everything as a kill would (no clean-up). `AIRLOCK_COMMIT_STOP_AFTER`
-    /// sets it from the CLI.
+    /// sets it from the CLI of a debug build.
     pub stop_after: Option<u64>,
     /// Hashes of files as an earlier review showed them (path → SHA-256);
     /// a file whose content differs is refused.
@@ -57,9 +57,16 @@ impl CommitOptions {
     /// Reads the crash-test hook from the environment, and our umask.
     pub fn from_env() -> CommitOptions {
         CommitOptions {
-            stop_after: std::env::var("AIRLOCK_COMMIT_STOP_AFTER")
-                .ok()
-                .and_then(|v| v.parse().ok()),
+            // Only in test builds: in a release, whatever sets the
+            // environment of the user's shell (a direnv `.envrc`) could
+            // make every commit stop half-way.
+            stop_after: if cfg!(debug_assertions) {
+                std::env::var("AIRLOCK_COMMIT_STOP_AFTER")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+            } else {
+                None
+            },
             reviewed: BTreeMap::new(),
             umask: process_umask(),
         }
@@ -98,8 +105,10 @@ pub struct CommitReport {
 pub enum RecoveryOutcome {
     /// No interrupted commit.
     Clean,
-    /// A commit that had not reached its commit point was undone.
-    RolledBack { seq: u64 },
+    /// A commit that had not reached its commit point was undone. `kept`:
+    /// what it had placed and someone changed since, set aside under these
+    /// names instead of removed.
+    RolledBack { seq: u64, kept: Vec<PathBuf> },
     /// A commit past its commit point was finished.
     Completed { seq: u64 },
     /// A commit or undo of the task is running in another process: its
@@ -142,6 +151,13 @@ pub(crate) struct Orig {
     pub perm: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Size and modification time when planned: a file the user saves in
+    /// place while the commit runs keeps its inode, and must still not be
+    /// replaced (pass 19B). Absent in journals of older versions.
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub mtime: Option<(i64, i64)>,
 }
 
 /// One entry of a staged new folder (relative to the folder).
@@ -195,6 +211,10 @@ struct Journal {
     stage: Stage,
     /// Inode of each prepared temporary (what the target becomes).
     temp_inos: Vec<Option<u64>>,
+    /// [`print_of`] each prepared temporary, for a roll-back to tell
+    /// whether the user worked in what the commit had placed.
+    #[serde(default)]
+    temp_prints: Vec<Option<[u8; 32]>>,
     /// Random part of this transaction's temporary names, so that none
     /// can be foreseen: an agent's file (or the user's) of such a name
     /// would otherwise be taken for ours and removed at the end. 0 in
@@ -454,14 +474,54 @@ fn count(dir: &OwnedFd) -> std::io::Result<u64> {
     Ok(n)
 }
 
-fn orig_of(st: &libc::stat) -> Orig {
+pub(crate) fn orig_of(st: &libc::stat) -> Orig {
     Orig {
         kind: NodeKind::from_mode(st.st_mode),
         ino: st.st_ino,
         perm: st.st_mode & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
+        size: Some(st.st_size as u64),
+        mtime: Some((st.st_mtime, st.st_mtime_nsec)),
     }
+}
+
+/// Whether `st` is still the entry `o` was taken from: the same inode and
+/// kind, and for anything but a folder the same size and modification
+/// time (not the change time: setting a hard link of it aside moves that).
+fn still_orig(o: &Orig, st: &libc::stat) -> bool {
+    o.ino == st.st_ino
+        && o.kind == NodeKind::from_mode(st.st_mode)
+        && (o.kind == NodeKind::Dir
+            || (o.size.map_or(true, |n| n == st.st_size as u64)
+                && o.mtime
+                    .map_or(true, |m| m == (st.st_mtime, st.st_mtime_nsec))))
+}
+
+/// What a prepared temporary looked like, to tell at a roll-back whether
+/// anyone changed it since it was placed: kind, size and modification
+/// time of it and of everything beneath.
+fn print_of(dir: RawFd, name: &[u8]) -> std::io::Result<[u8; 32]> {
+    fn walk(dir: RawFd, name: &[u8], rel: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        let st = fsx::lstat_at(dir, name)?;
+        out.extend_from_slice(rel);
+        out.push(0);
+        for v in [st.st_mode as i64, st.st_size, st.st_mtime, st.st_mtime_nsec] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        if fsx::is_dir(&st) {
+            let sub = fsx::open_subdir(dir, name)?;
+            let mut names = fsx::list_dir(&sub)?;
+            names.sort();
+            for n in names {
+                walk(sub.as_raw_fd(), &n, &fsx::join(rel, &n), out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, name, b"", &mut out)?;
+    Ok(content::hash_bytes(&out))
 }
 
 /// The last parent folder opened: ops come in path order, so most share
@@ -504,6 +564,8 @@ struct Txn<'a> {
     /// folder that a later op of the same phase has as parent.
     gcache: ParentCache,
     ucache: ParentCache,
+    /// The base snapshot of the task (a commit), for folders that go away.
+    snapshot: Option<&'a Snapshot>,
 }
 
 impl<'a> Txn<'a> {
@@ -555,6 +617,8 @@ impl<'a> Txn<'a> {
                 let st =
                     fsx::lstat_at(dir.as_raw_fd(), &tmp).map_err(|e| self.gerr(&op.path, e))?;
                 self.journal.temp_inos[k] = Some(st.st_ino);
+                self.journal.temp_prints[k] =
+                    Some(print_of(dir.as_raw_fd(), &tmp).map_err(|e| self.gerr(&op.path, e))?);
                 self.steps.step()?;
             }
         }
@@ -767,7 +831,20 @@ impl<'a> Txn<'a> {
             let still = match (&op.orig, &cur) {
                 (None, None) => true,
                 (Some(o), Some(st)) => {
-                    o.ino == st.st_ino && o.kind == NodeKind::from_mode(st.st_mode)
+                    still_orig(o, st)
+                        // A folder that goes away: nothing new or changed
+                        // inside it since the task started, checked again
+                        // now (the user may have saved a file in it since
+                        // the plan).
+                        && !(o.kind == NodeKind::Dir
+                            && !(op.action == Action::Put && op.kind == NodeKind::Dir)
+                            && op.action != Action::Chmod
+                            && match self.snapshot {
+                                Some(snap) => fsx::open_subdir(dir.as_raw_fd(), name)
+                                    .and_then(|sub| subtree_changed(&sub, &op.path, snap))
+                                    .map_err(|e| self.gerr(&op.path, e))?,
+                                None => false,
+                            })
                 }
                 _ => false,
             };
@@ -973,8 +1050,9 @@ pub(crate) fn copy_node(
 
 /// Undoes whatever part of the journal's transaction reached the grant,
 /// then removes temporaries, backups of this transaction and the journal.
-fn roll_back(task: &Path, j: &Journal, steps: &mut Steps) -> Result<(), Error> {
+fn roll_back(task: &Path, j: &Journal, steps: &mut Steps) -> Result<Vec<PathBuf>, Error> {
     let grant = &j.grant;
+    let mut set_aside = Vec::new();
     let root = fsx::open_dir_path(grant).map_err(|e| Error::io(grant, e))?;
     let prepared = j.stage != Stage::Planned;
     for (k, op) in j.ops.iter().enumerate().rev() {
@@ -994,7 +1072,24 @@ fn roll_back(task: &Path, j: &Journal, steps: &mut Steps) -> Result<(), Error> {
         let aside = aside_name(j, k);
         let cur = fsx::lstat_opt(d, name).map_err(err)?;
         let kept = fsx::lstat_opt(d, &aside).map_err(err)?;
-        let ours = cur.is_some_and(|st| Some(st.st_ino) == j.temp_inos[k]);
+        let mut ours = cur.is_some_and(|st| Some(st.st_ino) == j.temp_inos[k]);
+        // What the commit placed, changed since (the user saved a file in
+        // it, or into it, after the commit was cut off): set aside under a
+        // name of its own and said, never removed (pass 19B).
+        if ours
+            && j.temp_prints
+                .get(k)
+                .copied()
+                .flatten()
+                .is_some_and(|p| print_of(d, name).map_or(true, |now| now != p))
+        {
+            let to = keep_aside(d, name, j.seq).map_err(err)?;
+            set_aside.push(fsx::rel_display(
+                grant,
+                &fsx::join(fsx::split_last(&op.path).0, &to),
+            ));
+            ours = false;
+        }
         match op.action {
             Action::Chmod => {
                 if let (Some(o), Some(st)) = (&op.orig, cur) {
@@ -1040,7 +1135,26 @@ fn roll_back(task: &Path, j: &Journal, steps: &mut Steps) -> Result<(), Error> {
     std::fs::File::open(task)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(task, e))?;
-    steps.step()
+    steps.step()?;
+    Ok(set_aside)
+}
+
+/// Renames `name` in `dir` to `NAME.airlock-kept-SEQ` (or `-SEQ-2`, …:
+/// never over anything); returns the new name's path under the folder.
+fn keep_aside(dir: RawFd, name: &[u8], seq: u64) -> std::io::Result<Vec<u8>> {
+    for i in 1u32..1000 {
+        let mut to = name.to_vec();
+        to.extend_from_slice(format!(".airlock-kept-{seq}").as_bytes());
+        if i > 1 {
+            to.extend_from_slice(format!("-{i}").as_bytes());
+        }
+        match fsx::rename_noreplace(dir, name, &to) {
+            Ok(()) => return Ok(to),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::EEXIST))
 }
 
 /// Setting an original aside and back (rename, link) moves its ctime
@@ -1286,8 +1400,8 @@ fn recover_with(task: &Path, steps: &mut Steps) -> Result<RecoveryOutcome, Error
         finish(task, &j, steps)?;
         Ok(RecoveryOutcome::Completed { seq: j.seq })
     } else {
-        roll_back(task, &j, steps)?;
-        Ok(RecoveryOutcome::RolledBack { seq: j.seq })
+        let kept = roll_back(task, &j, steps)?;
+        Ok(RecoveryOutcome::RolledBack { seq: j.seq, kept })
     }
 }
 
@@ -1387,7 +1501,9 @@ fn plan(
             action: Action::Put,
             source: Source::Upper,
             kind: after.map(|a| a.kind).unwrap_or(NodeKind::File),
-            backed_up: orig.is_some(),
+            // A special file is never copied (nothing could be restored
+            // from a copy of a socket): undo says so instead.
+            backed_up: orig.as_ref().is_some_and(|o| !o.kind.is_special()),
             orig,
             perm: after
                 .map(|a| {
@@ -1512,6 +1628,7 @@ fn commit_here(
         ops,
         merged,
         None,
+        snapshot,
         opts.stop_after,
     )?;
     Ok(report)
@@ -1529,6 +1646,7 @@ pub(crate) fn run(
     ops: Vec<Op>,
     merged: BTreeMap<usize, Vec<u8>>,
     undo_of: Option<u64>,
+    snapshot: Option<&Snapshot>,
     stop_after: Option<u64>,
 ) -> Result<u64, Error> {
     let seq = next_seq(task);
@@ -1555,11 +1673,13 @@ pub(crate) fn run(
             ops,
             stage: Stage::Planned,
             temp_inos: vec![None; n],
+            temp_prints: vec![None; n],
             nonce: nonce(),
         },
         steps: Steps { n: 0, stop_after },
         gcache: ParentCache::default(),
         ucache: ParentCache::default(),
+        snapshot,
     };
     let result = (|| {
         t.write_journal()?;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::changes::{Change, ChangeKind, Node, NodeKind};
+use super::changes::{Change, ChangeKind, NodeKind};
 
 /// Why a change deserves a second look.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,15 +263,9 @@ fn is_code_name(path: &[u8]) -> bool {
 /// Why a refused change is never committed: a special file, or (for
 /// anything else) a path hidden from every task.
 pub fn refusal(c: &Change) -> Risk {
-    let special = |n: &Node| {
-        matches!(
-            n.kind,
-            NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice
-        )
-    };
     match &c.after {
         _ if c.risks.contains(&Risk::HiddenPath) => Risk::HiddenPath,
-        Some(a) if special(a) => Risk::SpecialFile,
+        Some(a) if a.kind.is_special() => Risk::SpecialFile,
         _ => Risk::HiddenPath,
     }
 }

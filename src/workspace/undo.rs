@@ -17,6 +17,10 @@ pub struct UndoReport {
     /// The commit that was undone.
     pub undone: u64,
     pub restored: Vec<Vec<u8>>,
+    /// Sockets, fifos and device nodes the commit replaced or removed:
+    /// never copied, so they cannot come back (what the commit put in
+    /// their place is removed). The rest of the commit is undone.
+    pub lost: Vec<Vec<u8>>,
 }
 
 fn record_path(task: &Path, seq: u64) -> std::path::PathBuf {
@@ -135,6 +139,7 @@ fn undo_here(task_dir: &TaskDir, stop_after: Option<u64>) -> Result<UndoReport, 
     let root = fsx::open_dir_path(&rec.grant).map_err(|e| Error::io(&rec.grant, e))?;
     let mut ops = Vec::new();
     let mut restored = Vec::new();
+    let mut lost = Vec::new();
     for (k, (op, placed)) in rec.ops.iter().zip(&rec.placed).enumerate() {
         let err = |e| Error::io(fsx::rel_display(&rec.grant, &op.path), e);
         if !unchanged(&root, &op.path, placed).map_err(err)? {
@@ -146,13 +151,27 @@ fn undo_here(task_dir: &TaskDir, stop_after: Option<u64>) -> Result<UndoReport, 
         let cur = fsx::open_dir_at(&root, parent)
             .and_then(|d| fsx::lstat_opt(d.as_raw_fd(), name))
             .map_err(err)?;
-        let current = cur.map(|st| commit::Orig {
-            kind: super::changes::NodeKind::from_mode(st.st_mode),
-            ino: st.st_ino,
-            perm: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-        });
+        let current = cur.map(|st| commit::orig_of(&st));
+        // A special file the commit replaced or removed has no copy (older
+        // records said it had, and the undo then failed as a whole, pass
+        // 19B): said, and what the commit put there removed.
+        if op.orig.as_ref().is_some_and(|o| o.kind.is_special()) {
+            lost.push(op.path.clone());
+            if current.is_some() && op.action == Action::Put {
+                ops.push(Op {
+                    path: op.path.clone(),
+                    action: Action::Remove,
+                    source: Source::None,
+                    kind: op.kind,
+                    backed_up: true,
+                    orig: current,
+                    perm: op.perm,
+                    hash: None,
+                    tree: Vec::new(),
+                });
+            }
+            continue;
+        }
         let back = Op {
             path: op.path.clone(),
             action: Action::Put,
@@ -191,6 +210,7 @@ fn undo_here(task_dir: &TaskDir, stop_after: Option<u64>) -> Result<UndoReport, 
             ops,
             Default::default(),
             Some(rec.seq),
+            None,
             stop_after,
         )?;
     } else {
@@ -199,5 +219,6 @@ fn undo_here(task_dir: &TaskDir, stop_after: Option<u64>) -> Result<UndoReport, 
     Ok(UndoReport {
         undone: rec.seq,
         restored,
+        lost,
     })
 }
