@@ -422,6 +422,35 @@ pub fn limit_rules() -> Vec<Rule> {
             vec![arg(1, Op::Eq, FS_IOC_ZERO_RANGE)],
             PREALLOCATION,
         ),
+        // fscrypt keys are held per file system and host user, and these
+        // work on any file, a read-only grant's too: the agent removed the
+        // user's key (their encrypted folders locked after the task) and
+        // filled the user's key quota, past the keyctl refusal (pass 19A).
+        // Reading a folder's policy or a key's status stays.
+        answer(
+            "ioctl",
+            libc::EPERM as u32,
+            vec![arg(1, Op::Eq, FS_IOC_SET_ENCRYPTION_POLICY)],
+            FSCRYPT,
+        ),
+        answer(
+            "ioctl",
+            libc::EPERM as u32,
+            vec![arg(1, Op::Eq, FS_IOC_ADD_ENCRYPTION_KEY)],
+            FSCRYPT,
+        ),
+        answer(
+            "ioctl",
+            libc::EPERM as u32,
+            vec![arg(1, Op::Eq, FS_IOC_REMOVE_ENCRYPTION_KEY)],
+            FSCRYPT,
+        ),
+        answer(
+            "ioctl",
+            libc::EPERM as u32,
+            vec![arg(1, Op::Eq, FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS)],
+            FSCRYPT,
+        ),
         // Memory that no limit without a memory cgroup counts, and that no
         // process's resident size shows (so the kernel's OOM killer would
         // pick the user's programs instead). Pass 19A held 4 GiB of
@@ -476,6 +505,13 @@ const FS_IOC_ZERO_RANGE: u64 = 0x4030_5839;
 const PREALLOCATION: &str =
     "preallocation fills the disk faster than the size limit of a task's writes is checked";
 const MAP_GROWSDOWN: u64 = 0x100;
+/// fscrypt's ioctls that change keys or policies (`_IOR('f', 19, 12 bytes)`,
+/// `_IOWR('f', 23..25, …)`), the same on x86_64 and aarch64.
+const FS_IOC_SET_ENCRYPTION_POLICY: u64 = 0x800c_6613;
+const FS_IOC_ADD_ENCRYPTION_KEY: u64 = 0xc050_6617;
+const FS_IOC_REMOVE_ENCRYPTION_KEY: u64 = 0xc040_6618;
+const FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS: u64 = 0xc040_6619;
+const FSCRYPT: &str = "encryption keys belong to the user's whole file system, outside the sandbox";
 const CLOSE_RANGE_UNSHARE: u64 = 2;
 
 /// Syscall `name` answers `errno` (0: success, not done) when `args` hold.

@@ -479,6 +479,12 @@ fn enforced(helper: &[Enforced], cgroup: &[Enforced], policy: &Policy) -> Vec<En
         mechanism: "watchdog".into(),
         note: None,
     });
+    all.push(Enforced {
+        what: "mapped-files".into(),
+        value: usage::mapped_files_budget().to_string(),
+        mechanism: "watchdog".into(),
+        note: None,
+    });
     if policy.limits.timeout_secs > 0 {
         all.push(Enforced {
             what: "timeout".into(),
@@ -741,6 +747,7 @@ impl Scanner {
                         .clamp(Duration::from_millis(100), Duration::from_secs(2));
                     let over = over_uninspectable(&held)
                         .or_else(|| over_epoll_budget(&held, procs.epoll_budget))
+                        .or_else(|| over_mapped_files(&held, procs.mapped_budget))
                         .or_else(|| over_shared_memory(&held, memory))
                         .or_else(|| over_machine_memory(&machine, &held, memory));
                     let stop = over.is_some();
@@ -854,6 +861,19 @@ fn over_epoll_budget(held: &usage::Held, budget: u64) -> Option<LimitReason> {
             "epoll-watches".to_string(),
             format!(
                 "registered more than {budget} epoll watches, an eighth of what the kernel allows your user in all (fs.epoll.max_user_watches): more would leave your other programs unable to watch their files and connections"
+            ),
+        )
+    })
+}
+
+/// Whether the task keeps more files open through mappings than its share
+/// of the machine's file table, which every user's programs share.
+fn over_mapped_files(held: &usage::Held, budget: u64) -> Option<LimitReason> {
+    (held.mapped_files > budget).then(|| {
+        (
+            "mapped-files".to_string(),
+            format!(
+                "keeps more than {budget} files open through memory mappings, an eighth of the machine's file table (fs.file-max): more would leave every program on the machine unable to open files"
             ),
         )
     })

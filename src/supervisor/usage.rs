@@ -315,6 +315,8 @@ pub struct TaskProcs {
     /// Epoll watches the task may register in all: a share of the
     /// kernel's per-user quota, which the user's desktop shares.
     pub epoll_budget: u64,
+    /// Files the task may keep open through mappings in all.
+    pub mapped_budget: u64,
     /// The device of the kernel's anonymous inodes (epoll, eventfd).
     anon_dev: Option<u64>,
 }
@@ -347,6 +349,28 @@ fn epoll_user_quota() -> u64 {
 /// The epoll watches one task may register: an eighth of the user's quota.
 pub fn epoll_budget() -> u64 {
     epoll_user_quota() / 8
+}
+
+/// Files the task's processes may keep open through mappings, in all: an
+/// eighth of the machine's file table (`fs.file-max`), at most a million.
+/// `open`, `mmap`, `close` keeps a file open that RLIMIT_NOFILE no longer
+/// counts, up to `vm.max_map_count` per process: twelve processes held a
+/// third of the table, and a full table fails every open of every user's
+/// programs with ENFILE (pass 19A). Where the table is unbounded, what
+/// such files cost is kernel memory, hence the cap.
+pub fn mapped_files_budget() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/file-max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(1 << 20, |t| (t / 8).min(1 << 20))
+}
+
+/// Whether a line of `/proc/PID/maps` maps a file (an inode), which keeps
+/// that file open; every such mapping is counted as one (an upper bound:
+/// a library's few mappings share one open file).
+fn maps_a_file(line: &str) -> bool {
+    let mut f = line.split_whitespace();
+    f.nth(4).is_some_and(|ino| ino != "0") && f.next().is_some()
 }
 
 /// How many watches the epoll instance at `{base}/fd/FD` holds (one
@@ -500,6 +524,7 @@ impl TaskProcs {
             overlays_known: false,
             anon_dev: anon_inode_dev(),
             epoll_budget: epoll_budget(),
+            mapped_budget: mapped_files_budget(),
         }
     }
 
@@ -568,12 +593,14 @@ impl TaskProcs {
         let start = thread_cpu();
         let over_budget = || thread_cpu().saturating_sub(start) > limits.budget;
         let epoll_budget = self.epoll_budget;
+        let mapped_budget = self.mapped_budget;
         // Whether the scan may stop here: past its budget, or past a limit
         // with what it found so far.
         let enough = |held: &mut Held, shm: &std::collections::HashMap<(u64, u64), u64>| {
             held.shared_memory = shm.values().sum();
             if held.shared_memory > limits.memory
                 || held.epoll_watches > epoll_budget
+                || held.mapped_files > mapped_budget
                 || held.bytes > limits.bytes
             {
                 return true;
@@ -596,9 +623,7 @@ impl TaskProcs {
                 .flat_map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
                 .collect()
         };
-        let cmdline = |pid: &str| std::fs::read(format!("/proc/{pid}/cmdline")).ok();
         let helper = self.helper.to_string();
-        let ours = cmdline(&helper);
         let pid1s = children(&helper);
         let mut seen = std::collections::HashSet::new();
         let mut mapped: std::collections::HashMap<(u64, u64), u64> = Default::default();
@@ -645,7 +670,12 @@ impl TaskProcs {
                     // from a file it may not read, or one that made itself
                     // undumpable) could hold files unseen. A thread that
                     // let go of its memory (exiting, a zombie) holds none.
-                    let own = pid1s.contains(&pid) || (ours.is_some() && cmdline(&pid) == ours);
+                    // Ours are told by what the agent cannot have: no
+                    // seccomp filter. Every process of the agent inherits
+                    // its filters, which nothing removes; a command line
+                    // can be copied (pass 19A: an execute-only program
+                    // named as the helper held 2 GiB unseen).
+                    let own = pid1s.contains(&pid) || without_seccomp(&base);
                     if !own && has_memory(&base) {
                         held.uninspectable = true;
                     }
@@ -668,6 +698,7 @@ impl TaskProcs {
                     continue;
                 }
                 maps_read = true;
+                held.mapped_files += maps.lines().filter(|l| maps_a_file(l)).count() as u64;
                 // Not from the helper's own children: the uid-map writer
                 // lives in the host's mount table.
                 if !self.overlays_known && !pid1s.contains(&pid) {
@@ -753,6 +784,19 @@ pub struct Held {
     /// Bytes in memfds and shared anonymous mappings, which per-process
     /// memory rlimits do not count.
     pub shared_memory: u64,
+    /// File mappings of the task's processes (each keeps a file open).
+    pub mapped_files: u64,
+}
+
+/// Whether the thread at `base` (`/proc/PID/task/TID`) runs without a
+/// seccomp filter: only Airlock's own processes in a sandbox do. Its
+/// `status` can be read when its descriptors cannot.
+fn without_seccomp(base: &str) -> bool {
+    std::fs::read_to_string(format!("{base}/status")).is_ok_and(|st| {
+        st.lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .is_some_and(|v| v.trim() == "0")
+    })
 }
 
 #[cfg(test)]
