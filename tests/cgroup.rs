@@ -54,7 +54,14 @@ fn the_task_is_in_the_cgroup_its_report_names_and_it_is_gone_after() {
         "--",
         "sh",
         "-c",
-        "sleep 3",
+        // A sanitizer's shadow: a read-write reservation of 1 TiB, which
+        // the per-process data limit refuses and a memory cgroup allows.
+        "python3 -c 'import ctypes
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+p = libc.mmap(None, 1 << 40, 3, 0x22 | 0x4000, -1, 0)
+print(\"reserve\", \"ok\" if p not in (None, ctypes.c_void_p(-1).value) else \"refused\")'; sleep 3",
     ]);
     // The user manager is reached over the session bus, as from a desktop.
     for k in ["DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR"] {
@@ -63,7 +70,7 @@ fn the_task_is_in_the_cgroup_its_report_names_and_it_is_gone_after() {
         }
     }
     let child = cmd
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -135,6 +142,22 @@ fn the_task_is_in_the_cgroup_its_report_names_and_it_is_gone_after() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // With the memory limit the cgroup's, no data-size rlimit breaks a
+    // sanitizer's reservation; without, the rlimit is what limits memory.
+    let said = String::from_utf8_lossy(&out.stdout);
+    let memory_by_cgroup = layers
+        .iter()
+        .any(|l| l["what"] == "memory" && l["mechanism"] == "cgroup");
+    assert!(
+        layers.iter().any(|l| l["what"] == "memory"),
+        "the memory limit is reported: {layers:?}"
+    );
+    let expected = if memory_by_cgroup {
+        "reserve ok"
+    } else {
+        "reserve refused"
+    };
+    assert!(said.contains(expected), "{said} {layers:?}");
     if let Some(dir) = dir {
         let deadline = Instant::now() + Duration::from_secs(5);
         while dir.exists() && Instant::now() < deadline {

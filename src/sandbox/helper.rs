@@ -597,7 +597,7 @@ fn agent(
     // with pidfd_getfd, as an unprivileged user too. exec resets it anyway.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-    for l in limits::apply_rlimits(&spec.limits) {
+    for l in limits::apply_rlimits(&spec.limits, spec.memory_by_cgroup) {
         match l {
             Ok(e) => layers.push(e),
             Err(e) => ctl.fail("set resource limits", e),

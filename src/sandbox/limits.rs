@@ -9,7 +9,9 @@ use crate::event::Enforced;
 use crate::policy::{format_size, Limits};
 
 /// Applies the per-process limits; one entry per limit, saying how it is enforced.
-pub fn apply_rlimits(l: &Limits) -> Vec<Result<Enforced, String>> {
+/// With `memory_by_cgroup` the task's cgroup enforces `--memory` for the
+/// whole task, and no data-size rlimit is set.
+pub fn apply_rlimits(l: &Limits, memory_by_cgroup: bool) -> Vec<Result<Enforced, String>> {
     let mut out = Vec::new();
     let mut set = |res: Resource, value: u64, what: &str, shown: String, note: Option<&str>| {
         out.push(
@@ -41,13 +43,17 @@ pub fn apply_rlimits(l: &Limits) -> Vec<Result<Enforced, String>> {
     );
     // RLIMIT_DATA rather than RLIMIT_AS: runtimes that reserve large address
     // ranges (V8, Go, the JVM) keep working; what is really used is capped.
-    set(
-        Resource::RLIMIT_DATA,
-        l.memory,
-        "memory",
-        format_size(l.memory),
-        Some("per process: a task of many processes can use more in total; memfds and shared mappings count as a whole (the watchdog); System V segments and kernel memory such as socket buffers are not counted"),
-    );
+    // Only without a memory cgroup: sanitizers reserve terabytes of shadow
+    // with read-write mappings, which RLIMIT_DATA counts (pass 19A).
+    if !memory_by_cgroup {
+        set(
+            Resource::RLIMIT_DATA,
+            l.memory,
+            "memory",
+            format_size(l.memory),
+            Some("per process: a task of many processes can use more in total; memfds and shared mappings count as a whole (the watchdog); System V segments and kernel memory such as socket buffers are not counted"),
+        );
+    }
     // One file can never exceed what the whole task may write.
     set(
         Resource::RLIMIT_FSIZE,

@@ -416,6 +416,7 @@ pub fn plan(
         deny: expanded.into_iter().collect(),
         persistent_home: None,
         limits: policy.limits.clone(),
+        memory_by_cgroup: false,
         require_landlock: policy.require_landlock,
         seccomp: seccomp_profile,
         resolv_conf: "# This sandbox has no network.\n".into(),

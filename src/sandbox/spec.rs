@@ -81,6 +81,11 @@ pub struct SandboxSpec {
     /// A folder bound as `$HOME` instead of an empty tmpfs.
     pub persistent_home: Option<PathBuf>,
     pub limits: Limits,
+    /// The task's cgroup enforces the memory limit (for the whole task,
+    /// page cache and kernel memory included): the per-process data limit
+    /// would only break runtimes that reserve address space (sanitizers).
+    #[serde(default)]
+    pub memory_by_cgroup: bool,
     pub require_landlock: bool,
     pub seccomp: Profile,
     /// Give the agent a pseudo-terminal of its own, relayed by the helper.

@@ -99,6 +99,9 @@ fn run(shared: &Arc<Shared>, id: &TaskId, mut req: TaskRequest) {
     // kills and reaps it) before its cgroup goes.
     let planned = starting.and_then(|starting| {
         let (mut spec, layers, home_lock) = prepare(shared, id, &req, &task_dir, &base)?;
+        spec.memory_by_cgroup = cgroup_report
+            .iter()
+            .any(|c| c.what == "memory" && c.mechanism == "cgroup");
         // The task's network proxy (none for `--net none`), until the
         // sandbox ends.
         let emit = {
@@ -460,6 +463,14 @@ fn enforced(helper: &[Enforced], cgroup: &[Enforced], policy: &Policy) -> Vec<En
             None => e.clone(),
         })
         .collect();
+    // A limit only the cgroup enforces (memory, when the helper sets no
+    // rlimit for it).
+    let only_cgroup: Vec<Enforced> = cgroup
+        .iter()
+        .filter(|c| c.mechanism == "cgroup" && !all.iter().any(|a| a.what == c.what))
+        .cloned()
+        .collect();
+    all.extend(only_cgroup);
     all.extend(cgroup.iter().filter(|c| c.mechanism != "cgroup").cloned());
     all.push(Enforced {
         what: "tmp-size".into(),
