@@ -16,6 +16,8 @@ pub const CONTEXT: usize = 3;
 pub const SIZE_CAP: u64 = 8 << 20;
 /// Longest a line diff may take before it settles for a coarser result.
 const DEADLINE: Duration = Duration::from_secs(5);
+/// Time for the word-level marks of one file's changed lines, in all.
+const INLINE_BUDGET: Duration = Duration::from_secs(1);
 
 /// How the lines of a text end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,10 +311,10 @@ fn plain_line(tag: Tag, old_no: Option<usize>, new_no: Option<usize>, l: &[u8]) 
 }
 
 /// Word-level highlights of an old/new line pair.
-fn inline(old: &[u8], new: &[u8]) -> (Vec<Segment>, Vec<Segment>) {
+fn inline(old: &[u8], new: &[u8], until: Instant) -> (Vec<Segment>, Vec<Segment>) {
     let a = String::from_utf8_lossy(old);
     let b = String::from_utf8_lossy(new);
-    if a.len() > 2000 || b.len() > 2000 {
+    if a.len() > 2000 || b.len() > 2000 || Instant::now() >= until {
         let whole = |s: &str| {
             vec![Segment {
                 text: s.to_string(),
@@ -323,6 +325,7 @@ fn inline(old: &[u8], new: &[u8]) -> (Vec<Segment>, Vec<Segment>) {
     }
     let d = similar::TextDiff::configure()
         .algorithm(Algorithm::Myers)
+        .deadline(until)
         .diff_unicode_words(a.as_ref(), b.as_ref());
     let (mut l, mut r): (Vec<Segment>, Vec<Segment>) = (Vec::new(), Vec::new());
     let push = |v: &mut Vec<Segment>, t: &str, e: bool| match v.last_mut() {
@@ -396,6 +399,11 @@ pub fn diff_sides(old: Option<Side>, new: Option<Side>) -> FileDiff {
     let o = old.unwrap_or(b"");
     let n = new.unwrap_or(b"");
     let lh = line_hunks(o, n);
+    // Word-level marks of changed lines share one time budget per file: a
+    // file of thousands of lines rewritten into words that match nowhere
+    // took Myers 12 to 33 s (pass 19B). Past it, changed lines are marked
+    // whole, as lines too long to compare are.
+    let inline_until = Instant::now() + INLINE_BUDGET;
     let mut hunks = Vec::new();
     for (hi, ids) in lh.hunks.iter().enumerate() {
         let first = ids[0];
@@ -473,7 +481,7 @@ pub fn diff_sides(old: Option<Side>, new: Option<Side>) -> FileDiff {
                             (Some(a), Some(b)) => {
                                 let (sa, ea) = split_ending(a);
                                 let (sb, eb) = split_ending(b);
-                                let (la, lb) = inline(sa, sb);
+                                let (la, lb) = inline(sa, sb, inline_until);
                                 dels.push(Line {
                                     tag: Tag::Delete,
                                     old_no: Some(old_index + k + 1),
@@ -532,6 +540,17 @@ pub fn diff_sides(old: Option<Side>, new: Option<Side>) -> FileDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_marks_past_their_budget_mark_the_whole_line() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let (l, _) = inline(b"alpha beta gamma", b"alpha BETA gamma", later);
+        assert!(l.iter().any(|s| !s.emphasized), "{l:?}");
+        let (l, r) = inline(b"alpha beta gamma", b"alpha BETA gamma", Instant::now());
+        assert_eq!(l.len(), 1);
+        assert!(l[0].emphasized && r[0].emphasized);
+        assert_eq!(r[0].text, "alpha BETA gamma");
+    }
 
     #[test]
     fn hunks_context_and_inline() {
