@@ -3374,3 +3374,62 @@ fn folders_holding_hidden_names_keep_their_mode() {
     let ct = text(&c);
     assert!(ct.contains("private/x") && !ct.contains('→'), "{ct}");
 }
+
+/// A relative `--only` name is looked up in every grant: with two grants
+/// that both have `a.txt` changed, `--only a.txt` committed both, though
+/// the user may have looked at one (pass 19B). Refused as ambiguous,
+/// nothing committed; a full path commits that one only.
+#[test]
+fn a_relative_only_path_in_two_grants_is_refused() {
+    let w = World::new();
+    let (one, two) = (w.project.join("one"), w.project.join("two"));
+    for d in [&one, &two] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("a.txt"), "user\n").unwrap();
+        chmod(d, 0o777);
+        chmod(&d.join("a.txt"), 0o666);
+    }
+    let o = w.run(
+        &[
+            "--grant",
+            &format!("{}:rw", one.display()),
+            "--grant",
+            &format!("{}:rw", two.display()),
+        ],
+        &format!(
+            "echo agent >> {}/a.txt && echo agent >> {}/a.txt && echo done",
+            one.display(),
+            two.display()
+        ),
+    );
+    assert!(text(&o).contains("done"), "{}", text(&o));
+    let id = w.tasks().pop().unwrap();
+    let id = id.file_name().unwrap().to_string_lossy().to_string();
+    let c = output_within(
+        w.cmd(&["commit", &id, "--only", "a.txt"]),
+        Duration::from_secs(60),
+    );
+    assert!(!c.status.success(), "{}", text(&c));
+    assert!(
+        text(&c).contains("more than one granted folder"),
+        "{}",
+        text(&c)
+    );
+    for d in [&one, &two] {
+        assert_eq!(std::fs::read_to_string(d.join("a.txt")).unwrap(), "user\n");
+    }
+    let full = one.join("a.txt").display().to_string();
+    let c = output_within(
+        w.cmd(&["commit", &id, "--only", &full]),
+        Duration::from_secs(60),
+    );
+    assert!(c.status.success(), "{}", text(&c));
+    assert_eq!(
+        std::fs::read_to_string(one.join("a.txt")).unwrap(),
+        "user\nagent\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(two.join("a.txt")).unwrap(),
+        "user\n"
+    );
+}

@@ -762,18 +762,34 @@ fn commit_inner(args: CommitArgs) -> Result<ExitCode> {
     // quietly commit less (or, with several grants, fail half-way).
     let named = args.only.iter().chain(hunks.iter().map(|(p, _)| p));
     for p in named {
-        let found = sets.iter().any(|(_, cs, _)| {
-            to_rel(&cs.grant, p).is_some_and(|rel| {
-                let prefix = [rel.as_slice(), b"/"].concat();
-                cs.changes
-                    .iter()
-                    .any(|c| c.path == rel || c.path.starts_with(&prefix))
+        let grants: Vec<&Path> = sets
+            .iter()
+            .filter(|(_, cs, _)| {
+                to_rel(&cs.grant, p).is_some_and(|rel| {
+                    let prefix = [rel.as_slice(), b"/"].concat();
+                    cs.changes
+                        .iter()
+                        .any(|c| c.path == rel || c.path.starts_with(&prefix))
+                })
             })
-        });
-        if !found {
+            .map(|(_, cs, _)| cs.grant.as_path())
+            .collect();
+        if grants.is_empty() {
             bail!(gettext_f(
                 "{path} is not among the task's changes",
                 &[("path", &escape_path(p))]
+            ));
+        }
+        // A relative name is looked up in every grant: one that names a
+        // change in two would commit both, though the user may have
+        // looked at one (pass 19B).
+        if grants.len() > 1 && p.is_relative() {
+            bail!(gettext_f(
+                "{path} is a change in more than one granted folder; name it by its full path, such as {full}",
+                &[
+                    ("path", &escape_path(p)),
+                    ("full", &escape_path(&grants[0].join(p))),
+                ]
             ));
         }
     }
