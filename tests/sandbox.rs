@@ -1070,6 +1070,62 @@ fn keys_typed_while_the_task_ran_never_answer_the_review() {
     assert!(t.contains("Nothing was committed"), "{t}");
 }
 
+/// The review commits grant by grant: one committed before the user quits
+/// (or before an error in a later grant) is in the audit log all the same
+/// (pass 19B: it went unrecorded, and the review said "Nothing was
+/// committed" after a commit).
+#[test]
+fn a_review_left_after_one_grant_logs_what_it_committed() {
+    let w = World::new();
+    let (one, two) = (w.project.join("one"), w.project.join("two"));
+    for d in [&one, &two] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("a.txt"), "user\n").unwrap();
+        chmod(d, 0o777);
+        chmod(&d.join("a.txt"), 0o666);
+    }
+    let c = w.cmd(&[
+        "run",
+        "--local",
+        "--review",
+        "--grant",
+        &format!("{}:rw", one.display()),
+        "--grant",
+        &format!("{}:rw", two.display()),
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "echo agent >> {}/a.txt; echo agent >> {}/a.txt",
+            one.display(),
+            two.display()
+        ),
+    ]);
+    let t = common::drive_on_pty(
+        c,
+        false,
+        &[
+            ("[q]uit?", b"a\n", Duration::from_millis(500)),
+            ("changes committed.", b"q\n", Duration::from_secs(1)),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(one.join("a.txt")).unwrap(),
+        "user\nagent\n",
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(two.join("a.txt")).unwrap(),
+        "user\n",
+        "{t}"
+    );
+    assert!(t.contains("Nothing more was committed"), "{t}");
+    let o = output_within(w.cmd(&["tasks", "--json"]), Duration::from_secs(60));
+    let task: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(task["state"], "partly_committed", "{task}\n{t}");
+}
+
 #[test]
 fn a_damaged_audit_database_stops_the_task_before_it_runs_and_names_the_file() {
     let w = World::new();

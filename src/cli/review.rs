@@ -1069,120 +1069,134 @@ pub fn interactive_review(task_dir: &TaskDir) -> Result<()> {
     let stdin = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
     let mut commits = Vec::new();
     let mut partial = false;
-    for (index, cs, snap) in r.change_sets()? {
-        if cs.changes.is_empty() {
-            continue;
-        }
-        super::tell!(
-            "{}",
-            gettext_f("In {path}:", &[("path", &escape_path(&cs.grant))])
-        );
-        let mut approved = Vec::new();
-        let mut keep = BTreeSet::new();
-        let mut shown = Vec::new();
-        for c in cs.changes.iter().filter(|c| c.kind != ChangeKind::Refused) {
-            loop {
-                print_change(&st, c);
-                let prompt = if c.conflict {
-                    gettext(
+    // Grant by grant: whatever ends the review (the user quits, an error
+    // in a later grant), what was committed before is logged (pass 19B: an
+    // earlier grant's commit went unrecorded).
+    let mut each = || -> Result<bool> {
+        for (index, cs, snap) in r.change_sets()? {
+            if cs.changes.is_empty() {
+                continue;
+            }
+            super::tell!(
+                "{}",
+                gettext_f("In {path}:", &[("path", &escape_path(&cs.grant))])
+            );
+            let mut approved = Vec::new();
+            let mut keep = BTreeSet::new();
+            let mut shown = Vec::new();
+            for c in cs.changes.iter().filter(|c| c.kind != ChangeKind::Refused) {
+                loop {
+                    print_change(&st, c);
+                    let prompt = if c.conflict {
+                        gettext(
                         "[a]pprove anyway (keep the agent's version) / [s]kip / [d]iff / [q]uit? ",
                     )
-                } else {
-                    gettext("[a]pprove / [s]kip / [d]iff / [q]uit? ")
-                };
-                {
-                    let _ = write!(std::io::stdout(), "{prompt}");
-                }
-                let _ = std::io::stdout().flush();
-                // Only keys typed after the question count: the agent may
-                // have asked for "a" itself while it ran.
-                let Some(answer) =
-                    super::terminal::answer(stdin, &mut std::io::stdout(), &prompt, None, None)
-                else {
-                    super::tell!();
-                    super::tell!("{}", gettext("Nothing was committed."));
-                    return Ok(());
-                };
-                match answer.trim() {
-                    "a" | "A" => {
-                        approved.push(c.path.clone());
-                        if c.conflict {
-                            keep.insert(c.path.clone());
+                    } else {
+                        gettext("[a]pprove / [s]kip / [d]iff / [q]uit? ")
+                    };
+                    {
+                        let _ = write!(std::io::stdout(), "{prompt}");
+                    }
+                    let _ = std::io::stdout().flush();
+                    // Only keys typed after the question count: the agent may
+                    // have asked for "a" itself while it ran.
+                    let Some(answer) =
+                        super::terminal::answer(stdin, &mut std::io::stdout(), &prompt, None, None)
+                    else {
+                        super::tell!();
+                        return Ok(true);
+                    };
+                    match answer.trim() {
+                        "a" | "A" => {
+                            approved.push(c.path.clone());
+                            if c.conflict {
+                                keep.insert(c.path.clone());
+                            }
+                            shown.push((index, c));
+                            break;
                         }
-                        shown.push((index, c));
-                        break;
-                    }
-                    "s" | "S" => break,
-                    "d" | "D" => {
-                        if let Some(d) = file_diff(&cs, c)? {
-                            print_diff(&st, &d, false);
+                        "s" | "S" => break,
+                        "d" | "D" => {
+                            if let Some(d) = file_diff(&cs, c)? {
+                                print_diff(&st, &d, false);
+                            }
                         }
+                        "q" | "Q" => return Ok(true),
+                        _ => {}
                     }
-                    "q" | "Q" => {
-                        super::tell!("{}", gettext("Nothing was committed."));
-                        return Ok(());
-                    }
-                    _ => {}
                 }
             }
-        }
-        r.record_shown(shown)?;
-        let reviewable = cs
-            .changes
-            .iter()
-            .filter(|c| c.kind != ChangeKind::Refused)
-            .count();
-        partial |= approved.len() < reviewable;
-        if approved.is_empty() {
-            continue;
-        }
-        let wanted: BTreeSet<Vec<u8>> = approved.iter().cloned().collect();
-        let mut sel = Selection::exactly(approved);
-        sel.keep_agent = keep;
-        let finished = || r.finished();
-        let rep = ws::commit(
-            &r.dir,
-            index,
-            &cs,
-            &sel,
-            snap.as_ref(),
-            &finished,
-            // The user's umask for what the commit creates, as for
-            // `airlock commit`.
-            &CommitOptions::from_env(),
-        )?;
-        super::tell!(
-            "{}",
-            gettext_f(
-                "{n} changes committed.",
-                &[("n", &rep.committed.len().to_string())]
-            )
-        );
-        for (dir, by) in created_for(&rep.committed, &wanted) {
+            r.record_shown(shown)?;
+            let reviewable = cs
+                .changes
+                .iter()
+                .filter(|c| c.kind != ChangeKind::Refused)
+                .count();
+            partial |= approved.len() < reviewable;
+            if approved.is_empty() {
+                continue;
+            }
+            let wanted: BTreeSet<Vec<u8>> = approved.iter().cloned().collect();
+            let mut sel = Selection::exactly(approved);
+            sel.keep_agent = keep;
+            let finished = || r.finished();
+            let rep = ws::commit(
+                &r.dir,
+                index,
+                &cs,
+                &sel,
+                snap.as_ref(),
+                &finished,
+                // The user's umask for what the commit creates, as for
+                // `airlock commit`.
+                &CommitOptions::from_env(),
+            )?;
             super::tell!(
-                "  {}",
+                "{}",
                 gettext_f(
-                    "also created {dir}/, needed by {path}",
-                    &[("dir", &escape(dir)), ("path", &escape(by))]
+                    "{n} changes committed.",
+                    &[("n", &rep.committed.len().to_string())]
                 )
             );
+            for (dir, by) in created_for(&rep.committed, &wanted) {
+                super::tell!(
+                    "  {}",
+                    gettext_f(
+                        "also created {dir}/, needed by {path}",
+                        &[("dir", &escape(dir)), ("path", &escape(by))]
+                    )
+                );
+            }
+            for p in &rep.conflicts {
+                super::tell!(
+                    "  {}",
+                    gettext_f("conflict, left as it is: {path}", &[("path", &escape(p))])
+                );
+            }
+            partial |= !rep.conflicts.is_empty();
+            commits.push(commit_entry(&rep));
         }
-        for p in &rep.conflicts {
-            super::tell!(
-                "  {}",
-                gettext_f("conflict, left as it is: {path}", &[("path", &escape(p))])
-            );
-        }
-        partial |= !rep.conflicts.is_empty();
-        commits.push(commit_entry(&rep));
-    }
-    if !commits.is_empty() {
-        let to = if partial {
+        Ok(false)
+    };
+    let outcome = each();
+    let any = !commits.is_empty();
+    if any {
+        let to = if partial || !matches!(outcome, Ok(false)) {
             TaskState::PartlyCommitted
         } else {
             TaskState::Committed
         };
         record_decision(&r.manifest.id, to, commits, false);
+    }
+    if outcome? {
+        super::tell!(
+            "{}",
+            if any {
+                gettext("Nothing more was committed.")
+            } else {
+                gettext("Nothing was committed.")
+            }
+        );
     }
     Ok(())
 }
