@@ -825,6 +825,96 @@ time.sleep(30)' & done; sleep 20; echo not stopped"
     );
 }
 
+/// More roads past the limits, closed under our profile and under an
+/// imported allow-all one with unix sockets allowed (pass 20A): io_uring
+/// (IORING_OP_FALLOCATE preallocated 4000 MiB under --max-upper 10M when
+/// unix sockets were allowed), the extent-size hint of FS_IOC_FSSETXATTR
+/// (every small write then allocates a whole extent on XFS), and
+/// `file_setattr`, newer than this build's table, which the imported
+/// profile let through to set that same hint.
+#[test]
+fn escape_more_roads_past_the_limits_under_any_profile() {
+    let w = World::new();
+    let profile = w.path().join("allow-all.json");
+    std::fs::write(&profile, r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#).unwrap();
+    std::fs::write(w.project.join("f"), "x").unwrap();
+    chmod(&w.project.join("f"), 0o666);
+    let grant = format!("{}:rw", w.project.display());
+    let profile_arg = profile.display().to_string();
+    let at_fdcwd = (-100i64) as u64;
+    let script = [
+        // io_uring_setup(8, params)
+        py_syscall(425, &[8, 0]),
+        // file_setattr(AT_FDCWD, "f", …): ENOSYS, as on an older kernel.
+        py_syscall(469, &[at_fdcwd, 0, 0, 0, 0]),
+        format!(
+            "python3 -c 'import ctypes, os; fd = os.open(\"{}/f\", os.O_RDWR); l=ctypes.CDLL(None, use_errno=True); l.syscall.restype=ctypes.c_long; b=ctypes.create_string_buffer(28); r=l.syscall(16, fd, ctypes.c_ulong(0x401c5820), b); print(\"rc=%d errno=%d\" % (r, ctypes.get_errno()))'",
+            w.project.display()
+        ),
+    ]
+    .join("; ");
+    for args in [
+        vec!["--grant", &grant],
+        vec![
+            "--grant",
+            &grant,
+            "--allow-unix-sockets",
+            "--seccomp-profile",
+            &profile_arg,
+        ],
+    ] {
+        let o = w.run(&args, &script);
+        let t = text(&o);
+        let lines: Vec<&str> = t.lines().filter(|l| l.starts_with("rc=")).collect();
+        assert_eq!(
+            lines,
+            vec![
+                format!("rc=-1 errno={}", libc::EPERM),
+                format!("rc=-1 errno={}", libc::ENOSYS),
+                format!("rc=-1 errno={}", libc::EOPNOTSUPP),
+            ],
+            "{args:?}: {t}"
+        );
+    }
+}
+
+/// A name or a path that is not UTF-8 made the scan's text reads of
+/// `/proc` fail (pass 20A): an undumpable process so named was taken for
+/// one holding no memory, and one such mapping hid all of a process's
+/// mappings. Here a 256 MiB memfd named `\xff`, mapped shared and its
+/// descriptor closed, under --memory 64M: the task is stopped.
+#[test]
+fn escape_names_that_are_not_utf8_hide_nothing_from_the_scan() {
+    let w = World::new();
+    let o = w.run(
+        &["--memory", "64M"],
+        "python3 -c 'import ctypes, mmap, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.memfd_create(b\"\\xff\", 0)
+os.ftruncate(fd, 256 << 20)
+m = mmap.mmap(fd, 256 << 20, mmap.MAP_SHARED)
+os.close(fd)
+for i in range(0, 256 << 20, 4096):
+    m[i] = 1
+print(\"holding\", flush=True)
+time.sleep(20)
+print(\"not stopped\")'",
+    );
+    let t = text(&o);
+    assert!(
+        !o.status.success() && !t.contains("not stopped") && t.contains("shared memory"),
+        "{t}"
+    );
+    // SAFETY: geteuid only reads.
+    if unsafe { libc::geteuid() } != 0 {
+        let o = w.run(
+            &[],
+            "cp /bin/sleep \"$(printf '/tmp/\\377')\" && chmod 111 \"$(printf '/tmp/\\377')\" && \"$(printf '/tmp/\\377')\" 20; echo not stopped",
+        );
+        assert_stopped_for(&o, "cannot be inspected");
+    }
+}
+
 /// fscrypt's key and policy ioctls act on the user's whole file system
 /// (a read-only grant's file is enough): removing the user's key locked
 /// their encrypted folders after the task, and adding keys filled their key

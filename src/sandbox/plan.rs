@@ -386,8 +386,12 @@ pub fn plan(
         SeccompChoice::OciFile(path) => crate::policy::oci::import_file(path)?,
     };
     // Whatever the profile: the rules Airlock's limits rely on, and unless
-    // the policy allows them, the unix-socket rules.
+    // the policy allows them, the unix-socket rules. Calls newer than this
+    // build's table answer ENOSYS under an imported profile too: no rule
+    // here can guard what it does not know (pass 20A: `file_setattr` set
+    // an extent-size hint that filled the disk).
     seccomp_profile.rules.extend(seccomp::limit_rules());
+    seccomp_profile.refuse_unknown = true;
     if !policy.unix_sockets {
         seccomp_profile.rules.extend(seccomp::unix_socket_rules());
     }

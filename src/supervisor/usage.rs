@@ -508,8 +508,19 @@ fn thread_cpu() -> Duration {
 /// shows everyone a root-owned `fd` folder, yet holds nothing: it must not
 /// pass for a process hiding from us.
 fn has_memory(base: &str) -> bool {
-    std::fs::read_to_string(format!("{base}/status"))
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("VmSize:")))
+    read_lossy(&format!("{base}/status"))
+        .is_some_and(|s| s.lines().any(|l| l.starts_with("VmSize:")))
+}
+
+/// A `/proc` file read as text whatever its bytes: a process's name, and
+/// the paths in its mappings, are the agent's to choose, and one that is
+/// not UTF-8 must not make the whole file unreadable to the scan (pass
+/// 20A: such a name hid an undumpable process, such a path all of a
+/// process's mappings).
+fn read_lossy(path: &str) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 impl TaskProcs {
@@ -691,7 +702,7 @@ impl TaskProcs {
                     continue;
                 }
                 // Threads share their memory: one live thread's maps.
-                let Ok(maps) = std::fs::read_to_string(format!("{base}/maps")) else {
+                let Some(maps) = read_lossy(&format!("{base}/maps")) else {
                     continue;
                 };
                 if maps.is_empty() {
@@ -704,7 +715,7 @@ impl TaskProcs {
                 if !self.overlays_known && !pid1s.contains(&pid) {
                     // A mapping names an overlay file by the overlay's
                     // device: those of the task's read-write grants.
-                    if let Ok(mi) = std::fs::read_to_string(format!("{base}/mountinfo")) {
+                    if let Some(mi) = read_lossy(&format!("{base}/mountinfo")) {
                         self.devs.extend(mi.lines().filter_map(overlay_dev));
                         self.overlays_known = true;
                     }
@@ -737,7 +748,7 @@ impl TaskProcs {
                 {
                     continue;
                 }
-                let Ok(smaps) = std::fs::read_to_string(format!("{base}/smaps")) else {
+                let Some(smaps) = read_lossy(&format!("{base}/smaps")) else {
                     continue;
                 };
                 for (key, len) in shared_resident(&smaps) {
@@ -792,7 +803,7 @@ pub struct Held {
 /// seccomp filter: only Airlock's own processes in a sandbox do. Its
 /// `status` can be read when its descriptors cannot.
 fn without_seccomp(base: &str) -> bool {
-    std::fs::read_to_string(format!("{base}/status")).is_ok_and(|st| {
+    read_lossy(&format!("{base}/status")).is_some_and(|st| {
         st.lines()
             .find_map(|l| l.strip_prefix("Seccomp:"))
             .is_some_and(|v| v.trim() == "0")
