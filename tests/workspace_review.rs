@@ -315,12 +315,34 @@ fn blank_drawing_letters_are_flagged_and_shown() {
     assert!(!d.contains('\u{3164}'), "{d}");
 }
 
+/// Variation selectors are identifier characters too (`isAdmin` and
+/// `isAdmin` + U+FE00 are two JavaScript names): flagged and shown escaped
+/// (pass 20B). An emoji's own presentation selector (❤️) is ordinary text.
+#[test]
+fn variation_selectors_are_flagged_but_emoji_are_text() {
+    let f = Fixture::new();
+    f.setup("echo keep > keep");
+    f.snapshot();
+    f.agent(
+        "printf 'const isAdmin\\357\\270\\200 = true;\\n' > app.js \
+         && printf 'We \\342\\235\\244\\357\\270\\217 it\\n' > README.md",
+    );
+    let t = text(&airlock(&f, &["changes", f.id.as_str()]));
+    let line = |name: &str| line_naming(&t, name);
+    assert!(line("A app.js").contains("control characters"), "{t}");
+    assert!(!line("A README.md").contains("control characters"), "{t}");
+    let d = text(&airlock(&f, &["diff", f.id.as_str()]));
+    assert!(d.contains("isAdmin\\u{fe00}"), "{d}");
+    assert!(d.contains("We \u{2764}\u{fe0f} it"), "{d}");
+}
+
 #[test]
 fn package_json_scripts_and_hidden_git_config_are_flagged() {
     let f = Fixture::new();
     f.setup(
         "printf '{\"name\":\"p\",\"scripts\":{\"test\":\"jest\"},\"version\":\"1.0.0\"}\\n' > package.json \
-         && mkdir -p .git/modules/sub && echo '[core]' > .git/modules/sub/config",
+         && mkdir -p .git/modules/sub .git/hooks .husky && echo '[core]' > .git/modules/sub/config \
+         && printf '#!/bin/sh\\nnpm test\\n' > .husky/pre-commit && chmod +x .husky/pre-commit",
     );
     f.snapshot();
     f.agent(
@@ -331,7 +353,12 @@ fn package_json_scripts_and_hidden_git_config_are_flagged() {
          && echo ../.cache_meta > .git/commondir && mkdir -p .cache_meta docs tools2 \
          && printf '[Core]\\n\\tFsMonitor = touch PWNED\\n' > .cache_meta/config \
          && printf '[core]\\n\\tbare = true\\n' > docs/config && echo 'ref: refs/heads/main' > docs/HEAD \
-         && ln -s ../.m2 tools2/.git && echo 'plain = setting' > docs/other.config",
+         && ln -s ../.m2 tools2/.git && echo 'plain = setting' > docs/other.config \
+         && echo 'touch PWNED' >> .husky/pre-commit && rm -r .git/hooks && ln -s ../tools .git/hooks \
+         && printf '[core]\\n\\tfsmonitor = touch PWNED\\n' > .gitconfig && mkdir -p site docs2 \
+         && ln -s ../notes.md docs2/config \
+         && seq 300 | sed 's/.*/# a comment line long enough to fill the head/' > site/config \
+         && printf '[core]\\n\\tpager = touch PWNED\\n' >> site/config",
     );
     let o = airlock(&f, &["changes", f.id.as_str()]);
     let t = text(&o);
@@ -355,6 +382,14 @@ fn package_json_scripts_and_hidden_git_config_are_flagged() {
     );
     assert!(line("A docs/config").contains("git configuration"), "{t}");
     assert!(!line("A docs/other.config").contains("runs code"), "{t}");
+    // Pass 20B: the project's own hooks folder (husky), the hooks folder
+    // made a link, a shared .gitconfig, a config that is a link, and one
+    // whose keys come after a head of comments.
+    assert!(line("M .husky/pre-commit").contains("git hook"), "{t}");
+    assert!(line(" .git/hooks").contains("runs code"), "{t}");
+    assert!(line("A .gitconfig").contains("git configuration"), "{t}");
+    assert!(line("A docs2/config").contains("git configuration"), "{t}");
+    assert!(line("A site/config").contains("git configuration"), "{t}");
 }
 
 fn getcap(p: &std::path::Path) -> String {

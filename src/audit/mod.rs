@@ -990,11 +990,9 @@ fn db_error(path: &Path, e: rusqlite::Error) -> Error {
 /// Characters a terminal may act on or that reorder text: C0/C1 controls,
 /// DEL, and the Unicode bidi controls (Trojan Source).
 pub fn is_terminal_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-        )
+    // Zero-width, tag and other invisible characters too (pass 20B): the
+    // same set the review shows escaped.
+    c.is_control() || crate::workspace::names::is_hidden_format(c)
 }
 
 /// serde_json leaves DEL, C1 controls and bidi controls raw; inside JSON

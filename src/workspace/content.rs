@@ -282,6 +282,8 @@ struct Controls {
     seq: [u8; 4],
     len: usize,
     need: usize,
+    /// The last character read whole (for emoji presentation selectors).
+    prev: Option<char>,
 }
 
 impl Controls {
@@ -289,6 +291,7 @@ impl Controls {
         self.after_cr = false;
         self.len = 0;
         self.need = 0;
+        self.prev = None;
     }
 
     fn feed(&mut self, b: &[u8]) {
@@ -310,6 +313,9 @@ impl Controls {
                         self.found = true;
                         return;
                     }
+                    if self.need == 0 {
+                        self.prev = self.decoded();
+                    }
                     continue;
                 }
                 // Not UTF-8 after all: this byte starts afresh.
@@ -330,15 +336,24 @@ impl Controls {
             self.seq[0] = c;
             self.len = 1;
             self.need = need;
+            if need == 0 {
+                self.prev = Some(char::from(c));
+            }
         }
+    }
+
+    /// The character of the sequence just completed.
+    fn decoded(&self) -> Option<char> {
+        std::str::from_utf8(&self.seq[..self.len])
+            .ok()
+            .and_then(|s| s.chars().next())
     }
 
     /// Whether the sequence just completed is a character shown escaped.
     fn hidden(&self) -> bool {
-        std::str::from_utf8(&self.seq[..self.len])
-            .ok()
-            .and_then(|s| s.chars().next())
-            .is_some_and(super::names::is_hidden_format)
+        self.decoded().is_some_and(|c| {
+            super::names::is_hidden_format(c) && !super::names::emoji_presentation(self.prev, c)
+        })
     }
 
     fn end(&mut self) {
@@ -421,6 +436,10 @@ mod tests {
         assert!(has_controls("timeout,\u{3164}}".as_bytes()));
         assert!(has_controls("a\u{1d175}b".as_bytes()));
         assert!(!has_controls("한국어 ⠁".as_bytes()));
+        assert!(!has_controls("love ❤\u{fe0f} 1\u{fe0f}\u{20e3}".as_bytes()));
+        assert!(has_controls("isAdmin\u{fe00} = true".as_bytes()));
+        assert!(has_controls("isAdmin\u{fe0f} = true".as_bytes()));
+        assert!(has_controls("app\u{e0100}.js".as_bytes()));
         // Across the chunks a stream is fed in.
         let mut c = Controls::default();
         c.feed(b"x\xe3\x85");

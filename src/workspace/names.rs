@@ -51,10 +51,17 @@ pub fn escape_text(s: &str) -> String {
 pub fn escape_text_runs(s: &str) -> Vec<(String, bool)> {
     let mut out: Vec<(String, bool)> = Vec::new();
     let mut one = String::new();
+    let mut prev = None;
     for c in s.chars() {
         one.clear();
+        let shown_as_is = emoji_presentation(prev, c);
+        prev = Some(c);
         let escaped = match c {
             '\\' | '\t' => {
+                one.push(c);
+                false
+            }
+            c if shown_as_is => {
                 one.push(c);
                 false
             }
@@ -83,6 +90,20 @@ fn push_char(out: &mut String, c: char) {
     }
 }
 
+/// Text or emoji presentation (U+FE0E, U+FE0F) right after a symbol that
+/// has both (❤️, ☺︎, keycaps): ordinary in text with emoji, and shown as
+/// it is there. Anywhere else a variation selector is escaped and flagged.
+pub fn emoji_presentation(prev: Option<char>, c: char) -> bool {
+    matches!(c, '\u{fe0e}' | '\u{fe0f}')
+        && prev.is_some_and(|p| {
+            matches!(p as u32,
+                0x23 | 0x2a | 0x30..=0x39 | 0xa9 | 0xae
+                | 0x2000..=0x2bff
+                | 0x3030 | 0x303d | 0x3297 | 0x3299
+                | 0x1f000..=0x1faff)
+        })
+}
+
 /// C1 controls, bidi embeddings/overrides/isolates, marks, zero-width and
 /// other invisible characters that can make a name look like another.
 pub fn is_hidden_format(c: char) -> bool {
@@ -97,7 +118,15 @@ pub fn is_hidden_format(c: char) -> bool {
         | 0x2060..=0x206f
         | 0xfeff
         | 0xfff9..=0xfffb
-        | 0xe0000..=0xe007f
+        // Variation selectors (identifier characters in JavaScript and
+        // Python: `isAdmin` and `isAdmin` + U+FE00 are two names), the
+        // Mongolian free variation selectors, shorthand format controls,
+        // and the rest of Unicode's default-ignorable code points.
+        | 0x180b..=0x180f
+        | 0xfe00..=0xfe0f
+        | 0xfff0..=0xfff8
+        | 0x1bca0..=0x1bca3
+        | 0xe0000..=0xe0fff
         // Letters and signs that draw as blank space: the Hangul fillers
         // and Khmer inherent vowels are identifier characters in
         // JavaScript and Python ("invisible backdoor" parameters), the

@@ -79,7 +79,9 @@ fn runs_code(path: &[u8]) -> Option<&'static str> {
     // and worktrees' (`.git/worktrees/…`) own folders included.
     if let Some(i) = parts.iter().position(|&p| p == ".git") {
         let rest = &parts[i + 1..];
-        if rest.iter().rev().skip(1).any(|&p| p == "hooks") {
+        // The hooks folder itself too: replaced by a link to a folder of
+        // the agent's, every hook in it runs (pass 20B).
+        if rest.contains(&"hooks") {
             return Some("git hook");
         }
         if rest.last() == Some(&"config") || rest.ends_with(&["info", "attributes"]) {
@@ -89,6 +91,16 @@ fn runs_code(path: &[u8]) -> Option<&'static str> {
         if matches!(rest.last(), Some(&"commondir") | Some(&"gitdir")) {
             return Some(GIT_REDIRECTION);
         }
+    }
+    // The hooks folders that projects point `core.hooksPath` at (husky,
+    // and the usual names for a repository's own hooks).
+    if parts
+        .iter()
+        .rev()
+        .skip(1)
+        .any(|&p| matches!(p, ".husky" | ".githooks" | ".git-hooks"))
+    {
+        return Some("git hook (core.hooksPath)");
     }
     if parts.contains(&".devcontainer") {
         return Some("dev container configuration");
@@ -117,6 +129,8 @@ fn runs_code(path: &[u8]) -> Option<&'static str> {
     match name {
         ".envrc" => Some("direnv"),
         ".gitattributes" | ".gitmodules" => Some("git filters or submodules"),
+        // A project's shared git config, pulled in with include.path.
+        ".gitconfig" => Some("git configuration (core.fsmonitor, core.sshCommand, filters)"),
         "Makefile" | "makefile" | "GNUmakefile" => Some("Makefile"),
         "build.rs" => Some("cargo build script"),
         "setup.py" | "conftest.py" => Some("Python build or test hook"),
@@ -136,32 +150,39 @@ fn runs_code(path: &[u8]) -> Option<&'static str> {
 const GIT_REDIRECTION: &str = "git folder redirection (gitdir, commondir)";
 
 /// Whether the start of a file named `config` reads as a git config: a
-/// section git knows, or a key that runs a command. Git's names are
-/// case-insensitive.
+/// section git knows, or a key that runs a command, or nothing but
+/// comments (what follows them cannot be seen here, pass 20B). Git's names
+/// are case-insensitive.
 fn looks_like_git_config(head: &[u8]) -> bool {
     let t = String::from_utf8_lossy(head).to_ascii_lowercase();
-    [
-        "[core",
-        "[filter",
-        "[diff",
-        "[merge",
-        "[alias",
-        "[credential",
-        "[include",
-        "[remote",
-        "[submodule",
-        "[extensions",
-        "fsmonitor",
-        "sshcommand",
-        "hookspath",
-        "askpass",
-        "textconv",
-        "gitproxy",
-        "pager",
-        "editor",
-    ]
-    .iter()
-    .any(|k| t.contains(k))
+    let only_comments = t.len() >= super::content::HEAD
+        && t.lines().all(|l| {
+            let l = l.trim_start();
+            l.is_empty() || l.starts_with('#') || l.starts_with(';')
+        });
+    only_comments
+        || [
+            "[core",
+            "[filter",
+            "[diff",
+            "[merge",
+            "[alias",
+            "[credential",
+            "[include",
+            "[remote",
+            "[submodule",
+            "[extensions",
+            "fsmonitor",
+            "sshcommand",
+            "hookspath",
+            "askpass",
+            "textconv",
+            "gitproxy",
+            "pager",
+            "editor",
+        ]
+        .iter()
+        .any(|k| t.contains(k))
 }
 
 /// Whether an edit of `package.json` changes its `scripts` (which `npm
@@ -290,8 +311,18 @@ pub fn assess(grant: &Path, c: &Change, content: &Content) -> Vec<Risk> {
         // `gitdir: elsewhere`, or a link to elsewhere: git then obeys that
         // folder's config and hooks.
         r.push(Risk::RunsCode(GIT_REDIRECTION.into()));
+    } else if c.path.split(|&b| b == b'/').any(|p| p == b".git")
+        && c.after
+            .as_ref()
+            .is_some_and(|a| a.kind == NodeKind::Symlink)
+    {
+        // Anything of a `.git` made a link: git follows it elsewhere.
+        r.push(Risk::RunsCode(GIT_REDIRECTION.into()));
     } else if c.path.rsplit(|&b| b == b'/').next() == Some(b"config")
-        && content.new.is_some_and(|n| looks_like_git_config(&n.head))
+        && (content.new.is_some_and(|n| looks_like_git_config(&n.head))
+            // A link named config: git follows it to content the review
+            // shows elsewhere, unflagged (pass 20B).
+            || c.after.as_ref().is_some_and(|a| a.kind == NodeKind::Symlink))
     {
         // A git config outside any `.git`: the target of a `commondir` or
         // of a `.git` link, or a bare repository, which git obeys too.
