@@ -145,6 +145,14 @@ fn deleted_folder_filled_by_user_is_a_conflict_not_a_recursive_delete() {
         b"mine"
     );
     assert!(f.grant.join("box/in/a").exists());
+    // Keeping the agent's version on purpose deletes it, the user's file
+    // too: the commit is not refused as a whole because the folder differs
+    // from the task's start by that very change (pass 20B: it always was).
+    let mut sel = Selection::all();
+    sel.keep_agent.insert(b"box".to_vec());
+    let rep = commit(&f, &sel).unwrap();
+    assert!(rep.conflicts.is_empty(), "{rep:?}");
+    assert!(!f.grant.join("box").exists());
 }
 
 #[test]

@@ -593,3 +593,51 @@ fn an_undo_restores_the_rest_when_a_socket_or_fifo_cannot_come_back() {
     }
     assert_eq!(after, expected, "{said}");
 }
+
+/// The name a changed entry is kept under fits in 255 bytes however long
+/// the agent made the entry's own (pass 20B: ENAMETOOLONG left every later
+/// recovery failing, and the cut-off commit's files in the user's folder).
+#[test]
+fn a_long_name_is_kept_aside_under_a_name_that_fits() {
+    let long = "L".repeat(250);
+    let fixture = || {
+        let f = Fixture::new();
+        f.setup("echo a > a.txt");
+        f.snapshot();
+        f.agent(&format!("echo agent > {long} && echo b > zz.txt"));
+        f
+    };
+    let placed = (1..200)
+        .find(|&k| {
+            let f = fixture();
+            let stopped = matches!(
+                commit_stopping(&f, Some(k)),
+                Err(airlock::Error::CommitStopped(_))
+            );
+            stopped && f.grant.join(&long).exists()
+        })
+        .expect("a stop with the long-named file in place");
+    let f = fixture();
+    assert!(commit_stopping(&f, Some(placed)).is_err());
+    {
+        use std::io::Write;
+        let mut m = std::fs::OpenOptions::new()
+            .append(true)
+            .open(f.grant.join(&long))
+            .unwrap();
+        m.write_all(b"USER EDIT\n").unwrap();
+    }
+    let out = ws::recover(&f.task).unwrap();
+    let RecoveryOutcome::RolledBack { kept, .. } = &out else {
+        panic!("{out:?}");
+    };
+    assert_eq!(kept.len(), 1, "{out:?}");
+    assert!(kept[0].file_name().unwrap().len() <= 255, "{out:?}");
+    assert!(
+        std::fs::read_to_string(&kept[0])
+            .unwrap()
+            .contains("USER EDIT"),
+        "{out:?}"
+    );
+    assert!(!f.task.path().join("commit.journal").exists());
+}

@@ -341,12 +341,14 @@ fn package_json_scripts_and_hidden_git_config_are_flagged() {
     let f = Fixture::new();
     f.setup(
         "printf '{\"name\":\"p\",\"scripts\":{\"test\":\"jest\"},\"version\":\"1.0.0\"}\\n' > package.json \
+         && mkdir lib && cp package.json lib/package.json \
          && mkdir -p .git/modules/sub .git/hooks .husky && echo '[core]' > .git/modules/sub/config \
          && printf '#!/bin/sh\\nnpm test\\n' > .husky/pre-commit && chmod +x .husky/pre-commit",
     );
     f.snapshot();
     f.agent(
         "printf '{\"name\":\"p\",\"scripts\":{\"test\":\"touch PWNED; jest\"},\"version\":\"1.0.0\"}\\n' > package.json \
+         && sed -i 's/1.0.0/1.0.1/' lib/package.json \
          && printf '[core]\\nfsmonitor = touch PWNED\\n' > .git/modules/sub/config \
          && mkdir -p sub && echo 'gitdir: ../.meta' > sub/.git \
          && mkdir -p .venv/lib/python3.11/site-packages && echo 'import os' > .venv/lib/python3.11/site-packages/zz.pth \
@@ -358,13 +360,20 @@ fn package_json_scripts_and_hidden_git_config_are_flagged() {
          && printf '[core]\\n\\tfsmonitor = touch PWNED\\n' > .gitconfig && mkdir -p site docs2 \
          && ln -s ../notes.md docs2/config \
          && seq 300 | sed 's/.*/# a comment line long enough to fill the head/' > site/config \
-         && printf '[core]\\n\\tpager = touch PWNED\\n' >> site/config",
+         && printf '[core]\\n\\tpager = touch PWNED\\n' >> site/config \
+         && mkdir -p .vscode ci && echo '{}' > .vscode/mcp.json && echo '{}' > x.code-workspace \
+         && echo '{}' > .devcontainer.json && mkdir -p web && echo 'x=1' > web/.npmrc \
+         && echo '[tools]' > mise.toml && ln -s ci .github",
     );
     let o = airlock(&f, &["changes", f.id.as_str()]);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     let line = |name: &str| line_naming(&t, name);
     assert!(line("M package.json").contains("npm scripts"), "{t}");
+    // A version bump leaves the scripts as they were (pass 20B: every
+    // edit was flagged).
+    let lib = line("lib/package.json");
+    assert!(!lib.is_empty() && !lib.contains("npm scripts"), "{t}");
     assert!(
         line("M .git/modules/sub/config").contains("git configuration"),
         "{t}"
@@ -390,6 +399,16 @@ fn package_json_scripts_and_hidden_git_config_are_flagged() {
     assert!(line("A .gitconfig").contains("git configuration"), "{t}");
     assert!(line("A docs2/config").contains("git configuration"), "{t}");
     assert!(line("A site/config").contains("git configuration"), "{t}");
+    for name in [
+        "A .vscode/mcp.json",
+        "A x.code-workspace",
+        "A .devcontainer.json",
+        "A web/.npmrc",
+        "A mise.toml",
+        "A .github",
+    ] {
+        assert!(line(name).contains("runs code"), "{name}: {t}");
+    }
 }
 
 fn getcap(p: &std::path::Path) -> String {

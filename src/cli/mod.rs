@@ -4,14 +4,36 @@
 
 /// `eprintln!` that never panics: `airlock run` goes on (and records its
 /// task's end) when nobody reads its standard error any more
-/// (`2>&1 | head -1`).
+/// (`2>&1 | head -1`). What it says may hold names an agent chose (an
+/// error about a file of its): control and invisible characters are shown
+/// escaped, so no message can be redrawn into another (pass 20B: a failed
+/// commit's error read as its success line).
 macro_rules! say {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($t)*);
+        let line = $crate::cli::terminal_safe(&format!($($t)*));
+        let _ = writeln!(std::io::stderr(), "{line}");
     }};
 }
 pub(crate) use say;
+
+/// `s` with every character unsafe on a terminal escaped (`\u{1b}`), but
+/// line breaks and tabs as they are.
+pub(crate) fn terminal_safe(s: &str) -> String {
+    let unsafe_here = |c: char| c != '\n' && c != '\t' && crate::audit::is_terminal_unsafe(c);
+    if !s.chars().any(unsafe_here) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if unsafe_here(c) {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 /// `println!` that never panics. A closed stdout (`airlock commit | head`)
 /// must not stop a commit half-way, between grants, before the decision
@@ -166,5 +188,18 @@ pub fn main() -> ExitCode {
         // Single-threaded here: nothing above starts a thread.
         Some(Command::Probe(args)) => doctor::probe_main(args),
         None => open_window(cli.verbose),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_cannot_redraw_the_terminal() {
+        let said =
+            super::terminal_safe("no space left on zz\r\x1b[2Kx: 2 changes committed.\x1b[8m\n");
+        assert!(!said.contains('\r') && !said.contains('\x1b'), "{said}");
+        assert!(said.ends_with("committed.\\u{1b}[8m\n"), "{said}");
+        assert_eq!(super::terminal_safe("a\tb\nc"), "a\tb\nc");
+        assert_eq!(super::terminal_safe("x\u{200b}y"), "x\\u{200b}y");
     }
 }

@@ -35,7 +35,7 @@ pub struct ServeArgs {
 
 fn report(r: anyhow::Result<ExitCode>) -> ExitCode {
     r.unwrap_or_else(|e| {
-        eprintln!("airlock: {e:#}");
+        super::say!("airlock: {e:#}");
         ExitCode::FAILURE
     })
 }

@@ -185,7 +185,13 @@ fn is_package_json(path: &[u8]) -> bool {
 /// read for this counts as changed.
 fn scripts_changed(old: Option<&std::fs::File>, new: &std::fs::File) -> bool {
     const MAX: u64 = 4 << 20;
+    // From the start, whatever read the file before (the content scan
+    // leaves the offset at the end: every edit then looked like a change
+    // of the scripts, pass 20B).
     let read = |f: &std::fs::File| -> Option<Vec<u8>> {
+        use std::io::{Seek, SeekFrom};
+        let mut f = f;
+        f.seek(SeekFrom::Start(0)).ok()?;
         let mut v = Vec::new();
         f.take(MAX + 1).read_to_end(&mut v).ok()?;
         (v.len() as u64 <= MAX).then_some(v)

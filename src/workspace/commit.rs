@@ -189,6 +189,11 @@ pub(crate) struct Op {
     pub tree: Vec<TreeEntry>,
     /// Whether a copy of the original is in `orig/<k>`.
     pub backed_up: bool,
+    /// The user kept the agent's version over a change of their own
+    /// (`--keep-agent`): a folder that goes away is not compared with the
+    /// task's start again, which it differs from by that very change.
+    #[serde(default)]
+    pub forced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -793,6 +798,7 @@ impl<'a> Txn<'a> {
                     hash: e.hash,
                     tree: Vec::new(),
                     backed_up: op.backed_up,
+                    forced: false,
                 };
                 self.put_upper_file(
                     uparent.as_raw_fd(),
@@ -837,6 +843,7 @@ impl<'a> Txn<'a> {
                         // now (the user may have saved a file in it since
                         // the plan).
                         && !(o.kind == NodeKind::Dir
+                            && !op.forced
                             && !(op.action == Action::Put && op.kind == NodeKind::Dir)
                             && op.action != Action::Chmod
                             && match self.snapshot {
@@ -1143,11 +1150,15 @@ fn roll_back(task: &Path, j: &Journal, steps: &mut Steps) -> Result<Vec<PathBuf>
 /// never over anything); returns the new name's path under the folder.
 fn keep_aside(dir: RawFd, name: &[u8], seq: u64) -> std::io::Result<Vec<u8>> {
     for i in 1u32..1000 {
-        let mut to = name.to_vec();
-        to.extend_from_slice(format!(".airlock-kept-{seq}").as_bytes());
+        let mut suffix = format!(".airlock-kept-{seq}");
         if i > 1 {
-            to.extend_from_slice(format!("-{i}").as_bytes());
+            suffix.push_str(&format!("-{i}"));
         }
+        // Within a name's 255 bytes, however long the agent made it (pass
+        // 20B: ENAMETOOLONG left the recovery failing for good).
+        let stem = &name[..name.len().min(255 - suffix.len())];
+        let mut to = stem.to_vec();
+        to.extend_from_slice(suffix.as_bytes());
         match fsx::rename_noreplace(dir, name, &to) {
             Ok(()) => return Ok(to),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
@@ -1471,6 +1482,7 @@ fn plan(
             Some(s) => is_conflict(root, s, c).map_err(gerr)?,
             None => differs_from_review(root, c).map_err(gerr)?,
         };
+        let forced = conflict;
         if conflict && !sel.keep_agent.contains(&c.path) {
             report.conflicts.push(c.path.clone());
             skipped.insert(c.path.clone());
@@ -1516,6 +1528,7 @@ fn plan(
                 .unwrap_or(0),
             hash: c.hash,
             tree: Vec::new(),
+            forced,
         };
         match (c.kind, after.map(|a| a.kind)) {
             (ChangeKind::Deleted, _) => {

@@ -108,10 +108,7 @@ fn runs_code(path: &[u8]) -> Option<&'static str> {
     if parts.contains(&".idea") {
         return Some("IDE project settings (run configurations)");
     }
-    if s.ends_with(".vscode/tasks.json")
-        || s.ends_with(".vscode/settings.json")
-        || s.ends_with(".vscode/launch.json")
-    {
+    if parts.contains(&".vscode") || name.ends_with(".code-workspace") {
         return Some("editor tasks and settings");
     }
     if s.contains(".github/workflows/") || s.ends_with(".gitlab-ci.yml") {
@@ -126,8 +123,18 @@ fn runs_code(path: &[u8]) -> Option<&'static str> {
     if s.contains("systemd/user/") {
         return Some("systemd user unit");
     }
+    if parts.contains(&"conf.d") && name.ends_with(".fish") {
+        return Some("shell start-up file");
+    }
     match name {
         ".envrc" => Some("direnv"),
+        ".devcontainer.json" => Some("dev container configuration"),
+        ".npmrc" | ".yarnrc" | ".yarnrc.yml" | ".pnpmfile.cjs" => {
+            Some("package manager configuration (scripts, registries)")
+        }
+        "mise.toml" | ".mise.toml" | ".tool-versions" | "shell.nix" | "flake.nix"
+        | "default.nix" => Some("environment set up on entering the folder"),
+        ".vimrc" | ".exrc" | ".nvimrc" | ".lvimrc" | ".nvim.lua" => Some("editor start-up file"),
         ".gitattributes" | ".gitmodules" => Some("git filters or submodules"),
         // A project's shared git config, pulled in with include.path.
         ".gitconfig" => Some("git configuration (core.fsmonitor, core.sshCommand, filters)"),
@@ -311,6 +318,29 @@ pub fn assess(grant: &Path, c: &Change, content: &Content) -> Vec<Risk> {
         // `gitdir: elsewhere`, or a link to elsewhere: git then obeys that
         // folder's config and hooks.
         r.push(Risk::RunsCode(GIT_REDIRECTION.into()));
+    } else if c
+        .after
+        .as_ref()
+        .is_some_and(|a| a.kind == NodeKind::Symlink)
+        && matches!(
+            c.path.rsplit(|&b| b == b'/').next(),
+            Some(
+                b".vscode"
+                    | b".devcontainer"
+                    | b".github"
+                    | b".cargo"
+                    | b".idea"
+                    | b".husky"
+                    | b".githooks"
+                    | b"hooks"
+            )
+        )
+    {
+        // A folder of settings that run code, made a link: the tools read
+        // it through the link, and what it points to shows unflagged.
+        r.push(Risk::RunsCode(
+            "a folder of settings that run code, made a link".into(),
+        ));
     } else if c.path.split(|&b| b == b'/').any(|p| p == b".git")
         && c.after
             .as_ref()

@@ -168,6 +168,7 @@ fn undo_here(task_dir: &TaskDir, stop_after: Option<u64>) -> Result<UndoReport, 
                     perm: op.perm,
                     hash: None,
                     tree: Vec::new(),
+                    forced: false,
                 });
             }
             continue;
@@ -182,6 +183,7 @@ fn undo_here(task_dir: &TaskDir, stop_after: Option<u64>) -> Result<UndoReport, 
             perm: op.orig.as_ref().map(|o| o.perm).unwrap_or(op.perm),
             hash: None,
             tree: Vec::new(),
+            forced: false,
         };
         let back = match (op.action, &op.orig) {
             (Action::Chmod, _) => Op {
