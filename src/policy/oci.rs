@@ -150,6 +150,11 @@ fn syscall_entry_lines(text: &str) -> Vec<usize> {
 }
 
 fn action(s: &str, errno: Option<u32>, default_errno: u32) -> Result<Action, String> {
+    // The kernel keeps 16 bits of an errno action: 65536 became 0, a
+    // refusal turned into "succeeds without doing anything" (pass 20A).
+    if let Some(e) = errno.filter(|e| *e == 0 || *e > 4095) {
+        return Err(format!("errnoRet {e} is not an error number (1-4095)"));
+    }
     Ok(match s {
         "SCMP_ACT_ALLOW" => Action::Allow,
         "SCMP_ACT_ERRNO" => Action::Errno(errno.unwrap_or(default_errno)),
@@ -161,6 +166,11 @@ fn action(s: &str, errno: Option<u32>, default_errno: u32) -> Result<Action, Str
         "SCMP_ACT_NOTIFY" => return Err("SCMP_ACT_NOTIFY needs a listener of the profile's own; Airlock's monitor is the only listener".into()),
         other => return Err(format!("unknown action {other:?}")),
     })
+}
+
+/// Whether a rule's names include `ioctl`.
+fn names_ioctl(names: &[String]) -> bool {
+    names.iter().any(|n| n == "ioctl")
 }
 
 fn op(s: &str, value: u64, value_two: u64) -> Result<(Op, u64), String> {
@@ -276,11 +286,22 @@ pub fn import_str(name: &str, text: &str) -> Result<Profile, Error> {
                 ));
             }
             let (o, v) = op(&a.op, a.value, a.value_two).map_err(|m| perr(line, 1, m))?;
+            // An ioctl's request is an int to the kernel: compared on its
+            // low 32 bits, or high bits set by the caller pass a rule
+            // (CVE-2019-10063; pass 20A).
+            let low32 = a.index == 1 && names_ioctl(&sc.names);
+            if low32 && sc.names.len() > 1 {
+                return Err(perr(
+                    line,
+                    1,
+                    "a rule with argument conditions on ioctl must name ioctl alone (its request is compared on 32 bits, other calls' arguments on 64)".into(),
+                ));
+            }
             args.push(ArgCond {
                 index: a.index,
                 op: o,
-                value: v,
-                low32: false,
+                value: if low32 { v & 0xffff_ffff } else { v },
+                low32,
             });
         }
         let mut names = sc.names.clone();
@@ -358,6 +379,42 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn ioctl_requests_compare_32_bits_and_errno_values_are_errors() {
+        let p = import_str(
+            "p.json",
+            r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "syscalls": [
+    {"names": ["ioctl"], "action": "SCMP_ACT_ERRNO",
+     "args": [{"index": 1, "value": 16987, "op": "SCMP_CMP_EQ"}]}
+  ]
+}"#,
+        )
+        .unwrap();
+        assert!(p.rules[0].args[0].low32, "{:?}", p.rules[0]);
+        let mixed = r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "syscalls": [
+    {"names": ["ioctl", "read"], "action": "SCMP_ACT_ERRNO",
+     "args": [{"index": 1, "value": 1, "op": "SCMP_CMP_EQ"}]}
+  ]
+}"#;
+        let e = import_str("m.json", mixed).unwrap_err().to_string();
+        assert!(
+            e.starts_with("m.json:4:") && e.contains("ioctl alone"),
+            "{e}"
+        );
+        let big = r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "syscalls": [
+    {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 65536}
+  ]
+}"#;
+        let e = import_str("e.json", big).unwrap_err().to_string();
+        assert!(e.starts_with("e.json:4:") && e.contains("65536"), "{e}");
     }
 
     #[test]

@@ -481,6 +481,16 @@ pub fn limit_rules() -> Vec<Rule> {
             vec![],
             "secret memory is counted by no limit without a memory cgroup",
         ),
+        // System V message queues: kernel memory, up to half a gigabyte in
+        // the sandbox's own IPC namespace (pass 20A: 488 MiB under --memory
+        // 64M), whose limits only its root could lower, and no agent here
+        // has a use for them. ENOSYS, as on a kernel built without them.
+        answer(
+            "msgget",
+            ENOSYS,
+            vec![],
+            "message queues hold kernel memory no limit counts without a memory cgroup",
+        ),
         answer(
             "vmsplice",
             ENOSYS,
