@@ -851,6 +851,8 @@ fn escape_more_roads_past_the_limits_under_any_profile() {
             "python3 -c 'import ctypes, os; fd = os.open(\"{}/f\", os.O_RDWR); l=ctypes.CDLL(None, use_errno=True); l.syscall.restype=ctypes.c_long; b=ctypes.create_string_buffer(28); r=l.syscall(16, fd, ctypes.c_ulong(0x401c5820), b); print(\"rc=%d errno=%d\" % (r, ctypes.get_errno()))'",
             w.project.display()
         ),
+        // System V message queues (kernel memory no limit counts).
+        "python3 -c 'import ctypes; l=ctypes.CDLL(None, use_errno=True); r=l.msgget(0, 0o1600); print(\"rc=%d errno=%d\" % (r, ctypes.get_errno()))'".to_string(),
     ]
     .join("; ");
     for args in [
@@ -872,6 +874,7 @@ fn escape_more_roads_past_the_limits_under_any_profile() {
                 format!("rc=-1 errno={}", libc::EPERM),
                 format!("rc=-1 errno={}", libc::ENOSYS),
                 format!("rc=-1 errno={}", libc::EOPNOTSUPP),
+                format!("rc=-1 errno={}", libc::ENOSYS),
             ],
             "{args:?}: {t}"
         );
