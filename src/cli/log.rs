@@ -331,18 +331,7 @@ pub fn escape_for_terminal(s: &str) -> String {
 /// Last line of defence for a whole output line: escapes what is unsafe
 /// without doubling backslashes already produced by [`escape_for_terminal`].
 pub(crate) fn escape_unsafe(s: &str) -> String {
-    if !s.chars().any(is_terminal_unsafe) {
-        return s.to_string();
-    }
-    s.chars()
-        .map(|c| {
-            if is_terminal_unsafe(c) {
-                format!("\\u{{{:x}}}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    super::escape_where(s, is_terminal_unsafe)
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in local time.

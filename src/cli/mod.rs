@@ -20,8 +20,14 @@ pub(crate) use say;
 /// `s` with every character unsafe on a terminal escaped (`\u{1b}`), but
 /// line breaks and tabs as they are.
 pub(crate) fn terminal_safe(s: &str) -> String {
-    let unsafe_here = |c: char| c != '\n' && c != '\t' && crate::audit::is_terminal_unsafe(c);
-    if !s.chars().any(unsafe_here) {
+    escape_where(s, |c| {
+        c != '\n' && c != '\t' && crate::audit::is_terminal_unsafe(c)
+    })
+}
+
+/// `s` with the characters `unsafe_here` picks written as `\u{…}`.
+pub(crate) fn escape_where(s: &str, unsafe_here: impl Fn(char) -> bool) -> String {
+    if !s.chars().any(&unsafe_here) {
         return s.to_string();
     }
     s.chars()

@@ -305,7 +305,7 @@ pub const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
 /// passed it 150 times over. EOPNOTSUPP makes glibc's posix_fallocate
 /// write the blocks instead, at a pace the watchdog keeps up with.
 pub fn limit_rules() -> Vec<Rule> {
-    vec![
+    let mut rules = vec![
         answer("fallocate", libc::EOPNOTSUPP as u32, vec![], PREALLOCATION),
         // Answered with success and not done: inside the sandbox it
         // protects nothing (ptrace is refused, core dumps are off), and an
@@ -401,37 +401,6 @@ pub fn limit_rules() -> Vec<Rule> {
             ],
             "pipe buffers come from one quota for all the user's programs",
         ),
-        // The generic ioctls that preallocate like fallocate (any file
-        // system with fallocate, overlayfs included): one call reserved
-        // the whole disk before the watchdog saw it (pass 19A).
-        answer(
-            "ioctl",
-            libc::EOPNOTSUPP as u32,
-            vec![arg(1, Op::Eq, FS_IOC_RESVSP)],
-            PREALLOCATION,
-        ),
-        answer(
-            "ioctl",
-            libc::EOPNOTSUPP as u32,
-            vec![arg(1, Op::Eq, FS_IOC_RESVSP64)],
-            PREALLOCATION,
-        ),
-        answer(
-            "ioctl",
-            libc::EOPNOTSUPP as u32,
-            vec![arg(1, Op::Eq, FS_IOC_ZERO_RANGE)],
-            PREALLOCATION,
-        ),
-        // An extent-size hint makes every small write allocate a whole
-        // extent (XFS): a 30 GiB disk filled in 33 ms under --max-upper
-        // 100M (pass 20A). Project ids and the other attributes it sets are
-        // nothing an agent needs.
-        answer(
-            "ioctl",
-            libc::EOPNOTSUPP as u32,
-            vec![arg(1, Op::Eq, FS_IOC_FSSETXATTR)],
-            PREALLOCATION,
-        ),
         // io_uring does file work (IORING_OP_FALLOCATE, …) without the calls
         // these rules inspect: refused under every profile, whatever the
         // policy says of unix sockets (pass 20A: 4000 MiB preallocated under
@@ -439,35 +408,6 @@ pub fn limit_rules() -> Vec<Rule> {
         deny(
             &["io_uring_setup", "io_uring_enter", "io_uring_register"],
             "io_uring does file work without the calls the limits inspect",
-        ),
-        // fscrypt keys are held per file system and host user, and these
-        // work on any file, a read-only grant's too: the agent removed the
-        // user's key (their encrypted folders locked after the task) and
-        // filled the user's key quota, past the keyctl refusal (pass 19A).
-        // Reading a folder's policy or a key's status stays.
-        answer(
-            "ioctl",
-            libc::EPERM as u32,
-            vec![arg(1, Op::Eq, FS_IOC_SET_ENCRYPTION_POLICY)],
-            FSCRYPT,
-        ),
-        answer(
-            "ioctl",
-            libc::EPERM as u32,
-            vec![arg(1, Op::Eq, FS_IOC_ADD_ENCRYPTION_KEY)],
-            FSCRYPT,
-        ),
-        answer(
-            "ioctl",
-            libc::EPERM as u32,
-            vec![arg(1, Op::Eq, FS_IOC_REMOVE_ENCRYPTION_KEY)],
-            FSCRYPT,
-        ),
-        answer(
-            "ioctl",
-            libc::EPERM as u32,
-            vec![arg(1, Op::Eq, FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS)],
-            FSCRYPT,
         ),
         // Memory that no limit without a memory cgroup counts, and that no
         // process's resident size shows (so the kernel's OOM killer would
@@ -519,7 +459,47 @@ pub fn limit_rules() -> Vec<Rule> {
             )],
             FILE_TABLES,
         ),
-    ]
+    ];
+    // ioctls, their requests compared on 32 bits:
+    // - those that preallocate like fallocate (any file system with
+    //   fallocate, overlayfs included): one call reserved the whole disk
+    //   before the watchdog saw it (pass 19A); and an extent-size hint,
+    //   which makes every small write allocate a whole extent on XFS (a
+    //   30 GiB disk filled in 33 ms under --max-upper 100M, pass 20A);
+    // - fscrypt's key and policy changes: keys are held per file system and
+    //   host user, and these work on any file, a read-only grant's too (the
+    //   agent removed the user's key, their encrypted folders locked after
+    //   the task, and filled the user's key quota past the keyctl refusal,
+    //   pass 19A). Reading a policy or a key's status stays.
+    for (errno, requests, reason) in [
+        (
+            libc::EOPNOTSUPP as u32,
+            &[
+                FS_IOC_RESVSP,
+                FS_IOC_RESVSP64,
+                FS_IOC_ZERO_RANGE,
+                FS_IOC_FSSETXATTR,
+            ][..],
+            PREALLOCATION,
+        ),
+        (
+            libc::EPERM as u32,
+            &[
+                FS_IOC_SET_ENCRYPTION_POLICY,
+                FS_IOC_ADD_ENCRYPTION_KEY,
+                FS_IOC_REMOVE_ENCRYPTION_KEY,
+                FS_IOC_REMOVE_ENCRYPTION_KEY_ALL_USERS,
+            ][..],
+            FSCRYPT,
+        ),
+    ] {
+        rules.extend(
+            requests
+                .iter()
+                .map(|r| answer("ioctl", errno, vec![arg(1, Op::Eq, *r)], reason)),
+        );
+    }
+    rules
 }
 
 /// `fcntl(F_SETPIPE_SZ)` and a pipe's default size (16 pages).
