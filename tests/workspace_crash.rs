@@ -641,3 +641,45 @@ fn a_long_name_is_kept_aside_under_a_name_that_fits() {
     );
     assert!(!f.task.path().join("commit.journal").exists());
 }
+
+/// Closing the terminal (SIGHUP), Ctrl+C or SIGTERM during `airlock
+/// commit` waits for the commit to finish and be logged, then ends the
+/// command: cut off half-way it left the user's folder half-committed until
+/// the next review command (pass 20B). SIGKILL is the test above.
+#[test]
+fn a_hangup_during_a_commit_lets_it_finish_first() {
+    let f = Fixture::new();
+    f.setup("echo a > a.txt && echo b > b.txt");
+    f.snapshot();
+    f.agent("echo agent >> a.txt && head -c 200000000 /dev/zero > big.bin && echo agent >> b.txt");
+    let child = airlock(&f)
+        .args(["commit", f.id.as_str()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = f.task.path().join("commit.journal");
+    let t0 = Instant::now();
+    while !journal.exists() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(journal.exists(), "the commit never started");
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    let out = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGHUP), "{:?}", out.status);
+    assert!(!journal.exists(), "the commit was cut off");
+    assert_eq!(
+        std::fs::read_to_string(f.grant.join("a.txt")).unwrap(),
+        "a\nagent\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.grant.join("b.txt")).unwrap(),
+        "b\nagent\n"
+    );
+    assert_eq!(
+        std::fs::metadata(f.grant.join("big.bin")).unwrap().len(),
+        200_000_000
+    );
+}

@@ -744,11 +744,53 @@ fn parse_hunks(spec: &Path) -> Result<(PathBuf, BTreeSet<usize>)> {
     Ok((PathBuf::from(std::ffi::OsStr::from_bytes(&b[..i])), set))
 }
 
+/// Ctrl+C, a closed terminal (SIGHUP) and SIGTERM wait until a commit or
+/// an undo has finished and been logged, then take effect: cut off half-way
+/// it would leave the user's folder half-committed until the next review
+/// command rolls it back (pass 20B). Blocked, not ignored, so the signal
+/// still ends the command afterwards; threads started meanwhile inherit the
+/// mask. SIGKILL still cuts it off, and recovery handles that.
+struct HeldSignals(Option<nix::sys::signal::SigSet>);
+
+impl HeldSignals {
+    fn new() -> HeldSignals {
+        use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+        let mut set = SigSet::empty();
+        for s in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            set.add(s);
+        }
+        let mut old = SigSet::empty();
+        HeldSignals(
+            pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+                .ok()
+                .map(|()| old),
+        )
+    }
+}
+
+impl Drop for HeldSignals {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(old),
+                None,
+            );
+        }
+    }
+}
+
 pub fn commit(args: CommitArgs) -> ExitCode {
     report(commit_inner(args))
 }
 
 fn commit_inner(args: CommitArgs) -> Result<ExitCode> {
+    let _held = HeldSignals::new();
     let r = open(&args.task)?;
     r.require_finished()?;
     let hunks = args
@@ -995,6 +1037,7 @@ pub fn undo(args: TaskArg) -> ExitCode {
 }
 
 fn undo_inner(args: TaskArg) -> Result<ExitCode> {
+    let _held = HeldSignals::new();
     let r = open(&args.task)?;
     let finished = || r.finished();
     let stop = CommitOptions::from_env().stop_after;
