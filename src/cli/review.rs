@@ -750,10 +750,10 @@ fn parse_hunks(spec: &Path) -> Result<(PathBuf, BTreeSet<usize>)> {
 /// command rolls it back (pass 20B). Blocked, not ignored, so the signal
 /// still ends the command afterwards; threads started meanwhile inherit the
 /// mask. SIGKILL still cuts it off, and recovery handles that.
-struct HeldSignals(Option<nix::sys::signal::SigSet>);
+pub(crate) struct HeldSignals(Option<nix::sys::signal::SigSet>);
 
 impl HeldSignals {
-    fn new() -> HeldSignals {
+    pub(crate) fn new() -> HeldSignals {
         use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
         let mut set = SigSet::empty();
         for s in [

@@ -464,6 +464,11 @@ fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     if args.review {
         if terminal {
             let dir = crate::task::TaskDir::new(&crate::dirs::tasks_dir(), &id);
+            // Held as for `airlock commit`: what an earlier grant
+            // committed must reach the log before a hang-up or SIGTERM
+            // ends us (pass 21A). At a prompt, a closed terminal ends the
+            // review as an end of input would.
+            let _held = super::review::HeldSignals::new();
             super::review::interactive_review(&dir)?;
         } else {
             super::say!(
